@@ -1,0 +1,151 @@
+"""The two storage interfaces every backend implements.
+
+An :class:`IndexStore` keeps small documents (records: tags, metrics, references) in named
+collections and answers MongoDB queries over them. A :class:`BlobStore` keeps large byte
+strings under ``/``-separated keys. The repository layer (datasets, models, logs, tasks) is
+written once against these two ABCs and never looks at which implementation it has.
+
+Both ABCs are small on purpose: a handful of abstract primitives, and derived operations
+implemented here once. ``abc.ABC`` enforces them: a backend that forgets a primitive cannot
+be instantiated.
+"""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, BinaryIO
+
+Document = dict[str, Any]
+SortSpec = Sequence[tuple[str, int]]
+
+
+class IndexStore(ABC):
+    """Documents in named collections, queried with MongoDB's query language.
+
+    Documents carry an ``_id`` (a :class:`bson.ObjectId` set by the caller), and may hold
+    any BSON value: strings, numbers, booleans, ``None``, timezone-aware ``datetime``,
+    ``ObjectId``, lists and nested dicts. ``filter`` arguments are MongoDB filters and mean
+    the same on every backend (the differential test in ``tests/`` pins it).
+    """
+
+    #: URI this store was opened from, with any password removed.
+    uri: str = ""
+
+    @abstractmethod
+    def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
+        """Insert documents, all or none, durably before returning."""
+
+    @abstractmethod
+    def find(
+        self,
+        collection: str,
+        filter: Mapping[str, Any],
+        sort: SortSpec | None = None,
+        limit: int | None = None,
+    ) -> list[Document]:
+        """Return the documents matching ``filter``, ordered by ``sort`` (PyMongo form)."""
+
+    @abstractmethod
+    def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
+        """Apply an update (``$set``, ``$unset``, ``$inc``, ``$push``) to every match; return the count."""
+
+    @abstractmethod
+    def find_one_and_update(
+        self,
+        collection: str,
+        filter: Mapping[str, Any],
+        update: Mapping[str, Any],
+        sort: SortSpec | None = None,
+    ) -> Document | None:
+        """Atomically update the first match (by ``sort``) and return it as it is *after* the update.
+
+        This is the primitive task claims rest on: two callers racing on the same document
+        must never both get it, across threads, processes and machines.
+        """
+
+    @abstractmethod
+    def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
+        """Delete every match; return the count."""
+
+    def create_index(self, collection: str, keys: SortSpec) -> None:  # noqa: B027 - optional hook
+        """Declare a compound index the repository queries by; backends may ignore it."""
+
+    def insert_one(self, collection: str, document: Document) -> None:
+        """Insert one document (derived from :meth:`insert_many`)."""
+        self.insert_many(collection, [document])
+
+    def find_one(
+        self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None
+    ) -> Document | None:
+        """Return the first match by ``sort``, or ``None``."""
+        found = self.find(collection, filter, sort=sort, limit=1)
+        return found[0] if found else None
+
+    def count(self, collection: str, filter: Mapping[str, Any]) -> int:
+        """Number of matches. Backends with a cheaper count override it."""
+        return len(self.find(collection, filter))
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files. Safe to call twice."""
+
+
+class BlobStore(ABC):
+    """Byte strings under ``/``-separated keys.
+
+    Writes are atomic per key: a reader sees the whole old value, the whole new value or
+    nothing, never a partial write. That, together with the repository writing blobs
+    before the record that points at them, is what keeps a crash from leaving a record
+    whose bytes are missing.
+    """
+
+    uri: str = ""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes | BinaryIO) -> None:
+        """Store ``data`` (bytes or a readable binary stream) under ``key``, replacing any old value."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """Return the bytes under ``key``; raise :class:`~tensorhub.errors.NotFoundError` if absent."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Yield every key starting with ``prefix`` (in no particular order)."""
+
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` holds a value. Derived from :meth:`get`; backends override it cheaply."""
+        from tensorhub.errors import NotFoundError
+
+        try:
+            self.get(key)
+        except NotFoundError:
+            return False
+        return True
+
+    def get_range(self, key: str, start: int, length: int | None = None) -> bytes:
+        """Return ``length`` bytes from offset ``start`` (to the end when ``length`` is None).
+
+        The default reads the whole blob; backends that can seek override it.
+        """
+        data = self.get(key)
+        return data[start:] if length is None else data[start : start + length]
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable stream over the blob (the default buffers it whole)."""
+        return io.BytesIO(self.get(key))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every key under ``prefix``; return how many were deleted."""
+        keys = list(self.list(prefix))
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. Safe to call twice."""

@@ -1,0 +1,211 @@
+"""``mongodb://`` backend: pymongo collections for the index, GridFS for blobs.
+
+One ``MongoClient`` serves both layers of a URI. The client is created with short server
+selection and connect timeouts and pinged at once, so an unreachable server fails in
+seconds with :class:`~tensorhub.errors.BackendUnavailableError` instead of hanging on the
+first query. The database is the URI's path (``mongodb://host/mydb``), ``tensorhub`` if none.
+Every driver error is translated in :func:`translate_errors`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+
+import gridfs
+import pymongo
+import pymongo.errors
+from bson.errors import InvalidDocument
+
+from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec
+from tensorhub.errors import (
+    BackendUnavailableError,
+    InvalidArgumentError,
+    InvalidQueryError,
+    NotFoundError,
+    SerializationError,
+)
+from tensorhub.query import normalize_sort
+from tensorhub.registry import Stores, redact
+
+DEFAULT_DATABASE = "tensorhub"
+BLOB_BUCKET = "blobs"
+#: seconds to wait for a server before giving up (TENSORHUB_MONGO_TIMEOUT overrides)
+SERVER_TIMEOUT = float(os.environ.get("TENSORHUB_MONGO_TIMEOUT", "5"))
+
+
+@contextmanager
+def translate_errors(where: str) -> Iterator[None]:
+    """Turn pymongo and bson errors into tensorhub errors that say what to do."""
+    try:
+        yield
+    except InvalidDocument as exc:
+        raise SerializationError(f"cannot store this value in a record: {exc}") from exc
+    except pymongo.errors.DuplicateKeyError as exc:
+        raise InvalidArgumentError(f"a record with this _id already exists: {exc}") from exc
+    except (pymongo.errors.ConnectionFailure, pymongo.errors.ConfigurationError) as exc:
+        raise BackendUnavailableError(
+            f"MongoDB at {where} is unreachable ({exc.__class__.__name__}: {str(exc)[:200]}). "
+            "Check that the server runs, the host and port, and the network."
+        ) from exc
+    except pymongo.errors.OperationFailure as exc:
+        if exc.code in (13, 18):  # Unauthorized, AuthenticationFailed
+            raise BackendUnavailableError(f"MongoDB at {where} refused the credentials: {exc}") from exc
+        raise InvalidQueryError(f"MongoDB rejected the operation: {exc}") from exc
+
+
+def _sort(sort: SortSpec | None) -> list[tuple[str, int]] | None:
+    return normalize_sort(sort) or None
+
+
+class MongoIndexStore(IndexStore):
+    """Each collection of the index is a MongoDB collection of the URI's database."""
+
+    def __init__(self, client: Any, database: str, where: str) -> None:
+        self.client = client
+        self.db = client[database]
+        self.uri = where
+
+    def close(self) -> None:
+        self.client.close()  # idempotent; shared with the GridFS store of the same URI
+
+    def _coll(self, name: str) -> Any:
+        return self.db[name]
+
+    def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
+        if not documents:
+            return
+        with translate_errors(self.uri):
+            self._coll(collection).insert_many([dict(d) for d in documents], ordered=True)
+
+    def find(
+        self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None, limit: int | None = None
+    ) -> list[Document]:
+        with translate_errors(self.uri):
+            cursor = self._coll(collection).find(dict(filter))
+            if sort:
+                cursor = cursor.sort(_sort(sort))
+            if limit:
+                cursor = cursor.limit(limit)
+            return list(cursor)
+
+    def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
+        with translate_errors(self.uri):
+            return self._coll(collection).update_many(dict(filter), dict(update)).matched_count
+
+    def find_one_and_update(
+        self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any], sort: SortSpec | None = None
+    ) -> Document | None:
+        with translate_errors(self.uri):
+            return self._coll(collection).find_one_and_update(
+                dict(filter), dict(update), sort=_sort(sort), return_document=pymongo.ReturnDocument.AFTER
+            )
+
+    def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
+        with translate_errors(self.uri):
+            return self._coll(collection).delete_many(dict(filter)).deleted_count
+
+    def count(self, collection: str, filter: Mapping[str, Any]) -> int:
+        with translate_errors(self.uri):
+            return self._coll(collection).count_documents(dict(filter))
+
+    def create_index(self, collection: str, keys: SortSpec) -> None:
+        with translate_errors(self.uri):
+            self._coll(collection).create_index(list(keys))
+
+
+class GridFSBlobStore(BlobStore):
+    """Blobs as GridFS files named by key; a put uploads the new file, then removes older versions."""
+
+    def __init__(self, client: Any, database: str, where: str) -> None:
+        self.client = client
+        self.bucket = gridfs.GridFSBucket(client[database], bucket_name=BLOB_BUCKET)
+        self.files = client[database][f"{BLOB_BUCKET}.files"]
+        self.uri = where
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _ids(self, key: str) -> list[Any]:
+        return [f["_id"] for f in self.files.find({"filename": key}, {"_id": 1}).sort("uploadDate", 1)]
+
+    def put(self, key: str, data: bytes | BinaryIO) -> None:
+        with translate_errors(self.uri):
+            old = self._ids(key)
+            self.bucket.upload_from_stream(key, data)
+            for file_id in old:
+                self.bucket.delete(file_id)
+
+    def _open(self, key: str) -> Any:
+        try:
+            return self.bucket.open_download_stream_by_name(key)
+        except gridfs.errors.NoFile as exc:
+            raise NotFoundError(f"blob {key!r} is missing from GridFS at {self.uri}") from exc
+
+    def get(self, key: str) -> bytes:
+        with translate_errors(self.uri):
+            with self._open(key) as stream:
+                return stream.read()
+
+    def get_range(self, key: str, start: int, length: int | None = None) -> bytes:
+        with translate_errors(self.uri):
+            with self._open(key) as stream:
+                stream.seek(start)
+                return stream.read() if length is None else stream.read(length)
+
+    def open(self, key: str) -> BinaryIO:
+        with translate_errors(self.uri):
+            return self._open(key)
+
+    def exists(self, key: str) -> bool:
+        with translate_errors(self.uri):
+            return self.files.count_documents({"filename": key}, limit=1) > 0
+
+    def delete(self, key: str) -> None:
+        with translate_errors(self.uri):
+            for file_id in self._ids(key):
+                try:
+                    self.bucket.delete(file_id)
+                except gridfs.errors.NoFile:
+                    pass  # deleted concurrently: the goal is reached
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        import re
+
+        with translate_errors(self.uri):
+            names = self.files.distinct("filename", {"filename": {"$regex": "^" + re.escape(prefix)}})
+        yield from names
+
+
+def database_name(uri: str) -> str:
+    name = urlsplit(uri).path.lstrip("/")
+    return name or DEFAULT_DATABASE
+
+
+def connect(uri: str) -> Any:
+    """A pinged ``MongoClient`` for ``uri`` (fails fast when the server is unreachable)."""
+    timeout_ms = int(SERVER_TIMEOUT * 1000)
+    where = redact(uri)
+    with translate_errors(where):
+        client = pymongo.MongoClient(
+            uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms
+        )
+        try:
+            client.admin.command("ping")
+        except Exception:
+            client.close()
+            raise
+    return client
+
+
+def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
+    """Open ``mongodb://[user:pw@]host[:port]/[db]``: one client shared by the index and GridFS."""
+    client = connect(uri)
+    where, database = redact(uri), database_name(uri)
+    return Stores(
+        index=MongoIndexStore(client, database, where) if index else None,
+        blobs=GridFSBlobStore(client, database, where) if blobs else None,
+    )

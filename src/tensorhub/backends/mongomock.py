@@ -1,0 +1,131 @@
+"""``mongomock://`` backend: mongomock for the index, an in-process dict for blobs.
+
+For fast offline tests (ours and users'). Two deliberate differences from a plain
+``mongomock.MongoClient()``:
+
+* Stores are shared per URI within a process: ``TensorHub("mongomock://")`` twice sees one
+  store, as two clients of one MongoDB server would. ``mongomock://name`` gives a separate one.
+  :func:`reset` forgets them all (test isolation).
+* Every operation holds a per-store lock: mongomock is not thread-safe (8 threads claiming
+  from one collection made duplicate claims), and task claims must stay atomic.
+
+GridFS is not used: mongomock's GridFS breaks with pymongo 4.20.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, BinaryIO
+
+import mongomock
+import mongomock.store
+
+from tensorhub.backends.base import BlobStore, Document, SortSpec
+from tensorhub.backends.mongo import MongoIndexStore
+from tensorhub.documents import normalize_document
+from tensorhub.errors import NotFoundError
+from tensorhub.registry import Stores
+
+_servers: dict[str, tuple[Any, dict[str, bytes], threading.RLock]] = {}
+_servers_lock = threading.Lock()
+
+
+def reset() -> None:
+    """Forget every in-process mongomock store (for test isolation)."""
+    with _servers_lock:
+        _servers.clear()
+
+
+def _server(name: str) -> tuple[Any, dict[str, bytes], threading.RLock]:
+    with _servers_lock:
+        if name not in _servers:
+            _servers[name] = (mongomock.store.ServerStore(), {}, threading.RLock())
+        return _servers[name]
+
+
+class MongomockIndexStore(MongoIndexStore):
+    """:class:`MongoIndexStore` over mongomock, with every call serialised by the store's lock.
+
+    Values are normalised through BSON on the way in, so types (datetimes to the millisecond,
+    tuples as lists) match what a real server returns.
+    """
+
+    def __init__(self, client: Any, lock: threading.RLock, where: str) -> None:
+        super().__init__(client, "tensorhub", where)
+        self._lock = lock
+
+    def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
+        with self._lock:
+            super().insert_many(collection, [normalize_document(d) for d in documents])
+
+    def find(self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None,
+             limit: int | None = None) -> list[Document]:
+        with self._lock:
+            return super().find(collection, filter, sort, limit)
+
+    def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
+        with self._lock:
+            return super().update_many(collection, filter, normalize_document(update))
+
+    def find_one_and_update(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any],
+                            sort: SortSpec | None = None) -> Document | None:
+        with self._lock:
+            return super().find_one_and_update(collection, filter, normalize_document(update), sort)
+
+    def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
+        with self._lock:
+            return super().delete_many(collection, filter)
+
+    def count(self, collection: str, filter: Mapping[str, Any]) -> int:
+        with self._lock:
+            return super().count(collection, filter)
+
+    def create_index(self, collection: str, keys: SortSpec) -> None:
+        with self._lock:
+            super().create_index(collection, keys)
+
+
+class MemoryBlobStore(BlobStore):
+    """Blobs in a dict shared by every store opened on the same ``mongomock://`` name."""
+
+    def __init__(self, blobs: dict[str, bytes], lock: threading.RLock, where: str) -> None:
+        self._blobs = blobs
+        self._lock = lock
+        self.uri = where
+
+    def put(self, key: str, data: bytes | BinaryIO) -> None:
+        value = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else data.read()
+        with self._lock:
+            self._blobs[key] = value
+
+    def get(self, key: str) -> bytes:
+        with self._lock:
+            try:
+                return self._blobs[key]
+            except KeyError as exc:
+                raise NotFoundError(f"blob {key!r} is missing from {self.uri}") from exc
+
+    def exists(self, key: str) -> bool:
+        with self._lock:
+            return key in self._blobs
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._blobs.pop(key, None)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        with self._lock:
+            keys = [k for k in self._blobs if k.startswith(prefix)]
+        yield from keys
+
+
+def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
+    """Open ``mongomock://[name]``: the in-process store of that name, created on first use."""
+    name = uri.split("://", 1)[1].strip("/")
+    server, blob_dict, lock = _server(name)
+    where = f"mongomock://{name}"
+    return Stores(
+        index=MongomockIndexStore(mongomock.MongoClient(tz_aware=True, _store=server), lock, where) if index else None,
+        blobs=MemoryBlobStore(blob_dict, lock, where) if blobs else None,
+    )

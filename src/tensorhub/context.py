@@ -1,0 +1,57 @@
+"""Where a ``TensorHub()`` with no arguments connects.
+
+Inside a running task, the store and project the task came from (set by the runner, for
+in-process scripts in a context variable and for child processes in the environment);
+otherwise ``$TENSORHUB_URI`` (and ``$TENSORHUB_BLOBS_URI``, ``$TENSORHUB_PROJECT``), else the
+embedded default ``file://./tensorhub-data``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tensorhub.registry import DEFAULT_URI
+
+ENV_URI = "TENSORHUB_URI"
+ENV_BLOBS = "TENSORHUB_BLOBS_URI"
+ENV_PROJECT = "TENSORHUB_PROJECT"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Everything needed to open the same hub elsewhere (another thread or process)."""
+
+    uri: str
+    blobs: str | None
+    project_name: str
+
+    def environ(self) -> dict[str, str]:
+        env = {ENV_URI: self.uri, ENV_PROJECT: self.project_name}
+        if self.blobs:
+            env[ENV_BLOBS] = self.blobs
+        return env
+
+
+_current: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("tensorhub_task", default=None)
+
+
+@contextlib.contextmanager
+def task_connection(connection: Connection) -> Iterator[None]:
+    """Make ``TensorHub()`` inside this block connect where ``connection`` says."""
+    token = _current.set(connection)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def default_connection() -> tuple[str, str | None, str | None]:
+    """``(uri, blobs_uri, project_name)`` for a ``TensorHub()`` called without a URI."""
+    current = _current.get()
+    if current is not None:
+        return current.uri, current.blobs, current.project_name
+    return os.environ.get(ENV_URI) or DEFAULT_URI, os.environ.get(ENV_BLOBS) or None, os.environ.get(ENV_PROJECT)

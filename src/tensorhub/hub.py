@@ -1,0 +1,323 @@
+"""``TensorHub``: the public facade. It opens the stores a URI names and delegates each record
+kind to its module (:mod:`~tensorhub.datasets`, :mod:`~tensorhub.models`, :mod:`~tensorhub.logs`,
+:mod:`~tensorhub.tasks`), which are written once against the storage ABCs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from tensorhub import datasets as _datasets
+from tensorhub import logs as _logs
+from tensorhub import models as _models
+from tensorhub import tasks as _tasks
+from tensorhub.context import Connection, default_connection
+from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
+from tensorhub.progress import progress_bar
+from tensorhub.records import Records
+from tensorhub.registry import open_stores, redact
+
+log = logging.getLogger(__name__)
+
+
+def _default_project_name() -> str:
+    """The running script's file stem, as TensorLayer did ("default" in an interactive session)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None) or (sys.argv[0] if sys.argv and sys.argv[0] else "")
+    stem = Path(path).stem if path else ""
+    return stem if stem and stem not in ("-c", "__main__", "ipykernel_launcher", "pytest") else "default"
+
+
+def _tensorlayer_uri(ip: str, port: int, dbname: str, username: str | None, password: str | None) -> str:
+    auth = f"{quote(username, safe='')}:{quote(password or '', safe='')}@" if username else ""
+    return f"mongodb://{auth}{ip}:{int(port)}/{dbname}"
+
+
+class TensorHub:
+    """One project's view of a tensorhub store: datasets, models, logs and tasks.
+
+    Example::
+
+        hub = TensorHub("file:///data/hub", project_name="tutorial")
+        hub.save_dataset([X_train, y_train], "mnist", version="1.0")
+        X, y = hub.find_dataset("mnist", version="1.0")
+
+    ``uri`` picks the backend (``file://``, ``mongodb://``, ``s3://``, ``mongomock://``);
+    ``blobs`` optionally puts the large bytes elsewhere (``blobs="s3://bucket/prefix"``). With no
+    URI, ``$TENSORHUB_URI`` or ``file://./tensorhub-data`` is used, or, inside a task, the store
+    the task came from. ``ip``/``port``/``dbname``/``username``/``password`` is TensorLayer's
+    signature and means MongoDB.
+    """
+
+    def __init__(self, uri: str | None = None, project_name: str | None = None, *, blobs: str | None = None,
+                 ip: str | None = None, port: int | None = None, dbname: str | None = None,
+                 username: str | None = None, password: str | None = None, studyID: Any = None) -> None:
+        env_project = None
+        if uri is None and ip is None and port is None and dbname is None:
+            uri, env_blobs, env_project = default_connection()
+            blobs = blobs or env_blobs
+        elif uri is None:
+            uri = _tensorlayer_uri(ip or "localhost", port or 27017, dbname or "tensorhub", username, password)
+        elif ip is not None or port is not None or dbname is not None:
+            raise InvalidArgumentError("pass either a URI or TensorLayer's ip/port/dbname, not both")
+        if project_name is None:
+            project_name = env_project or _default_project_name()
+        if not isinstance(project_name, str) or not project_name:
+            raise InvalidArgumentError(f"project_name must be a non-empty string, got {project_name!r}")
+        self.uri, self.blobs_uri, self.project_name = uri, blobs, project_name
+        stores = open_stores(uri, index=True, blobs=blobs is None)
+        blob_store = stores.blobs
+        if blobs is not None:
+            try:
+                blob_store = open_stores(blobs, index=False, blobs=True).blobs
+            except BaseException:
+                stores.index.close()
+                raise
+        self._records = Records(stores.index, blob_store, project_name)
+        for collection in ("datasets", "models", "tasks", *_logs.COLLECTIONS.values()):
+            name_field = {"datasets": "dataset_name", "models": "model_name", "tasks": "task_name"}.get(collection)
+            keys = [("project_name", 1)] + ([(name_field, 1)] if name_field else []) + [("time", -1)]
+            stores.index.create_index(collection, keys)
+
+    # ------------------------------------------------------------------ connection
+    @property
+    def connection(self) -> Connection:
+        """What another process needs to open this same hub."""
+        return Connection(self.uri, self.blobs_uri, self.project_name)
+
+    @property
+    def index(self) -> Any:
+        """The :class:`~tensorhub.backends.base.IndexStore` behind this hub."""
+        return self._records.index
+
+    @property
+    def blobs(self) -> Any:
+        """The :class:`~tensorhub.backends.base.BlobStore` behind this hub."""
+        return self._records.blobs
+
+    def close(self) -> None:
+        """Release connections and files."""
+        self._records.index.close()
+        self._records.blobs.close()
+
+    def __enter__(self) -> TensorHub:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        blobs = f", blobs={redact(self.blobs_uri)!r}" if self.blobs_uri else ""
+        return f"TensorHub({redact(self.uri)!r}{blobs}, project_name={self.project_name!r})"
+
+    __repr__ = __str__
+
+    # ------------------------------------------------------------------ datasets
+    def save_dataset(self, dataset: Any = None, dataset_name: str | None = None, **kwargs: Any) -> Any:
+        """Store ``dataset`` (arrays in lists/tuples/dicts) under ``dataset_name``; extra kwargs are tags.
+
+        Example: ``hub.save_dataset([X, y], "mnist", version="1.0")``. Returns the record id.
+        """
+        allow_pickle = bool(kwargs.pop("allow_pickle", False))
+        return _datasets.save_dataset(self._records, dataset, dataset_name, allow_pickle=allow_pickle, **kwargs)
+
+    def find_dataset(self, dataset_name: str | None = None, sort: Any = None, lazy: bool = False,
+                     **kwargs: Any) -> Any:
+        """The newest (or first by ``sort``) dataset matching the query, or ``None``."""
+        found = self.find_all_datasets(dataset_name, sort=sort, lazy=lazy, limit=1, **kwargs)
+        return found[0] if found else None
+
+    def find_all_datasets(self, dataset_name: str | None = None, sort: Any = None, lazy: bool = False,
+                          **kwargs: Any) -> list:
+        """Every dataset matching the query (newest first)."""
+        return _datasets.find_all_datasets(self._records, dataset_name, sort=sort, lazy=lazy, **kwargs)
+
+    def find_dataset_records(self, dataset_name: str | None = None, sort: Any = None, **kwargs: Any) -> list[dict]:
+        """The records (schema, tags) of matching datasets, without reading any blob."""
+        if dataset_name is not None:
+            kwargs["dataset_name"] = dataset_name
+        return self._records.find(_datasets.COLLECTION, kwargs, sort=sort)
+
+    def delete_datasets(self, **kwargs: Any) -> int:
+        """Delete matching datasets and their blobs; return how many records were deleted."""
+        return self._records.delete(_datasets.COLLECTION, kwargs)
+
+    find_top_dataset = find_dataset
+    find_datasets = find_all_datasets
+
+    # ------------------------------------------------------------------ models
+    def save_model(self, network: Any = None, model_name: str = "model", **kwargs: Any) -> Any:
+        """Store a model (``torch.nn.Module``, list/dict of arrays, or an adapter's type); kwargs are tags.
+
+        Example: ``hub.save_model(net, "mlp", test_accuracy=0.97)``.
+        """
+        kwargs.pop("sess", None) and warnings.warn("sess= is ignored (TensorFlow 1 leftover)", DeprecationWarning,
+                                                    stacklevel=2)
+        allow_pickle = bool(kwargs.pop("allow_pickle", False))
+        return _models.save_model(self._records, network, model_name, allow_pickle=allow_pickle, **kwargs)
+
+    def find_all_models(self, sort: Any = None, model_name: str | None = None, **kwargs: Any) -> list:
+        """Every model matching the query (newest first), each carrying ``tensorhub_record``."""
+        if "sess" in kwargs:
+            kwargs.pop("sess")
+            warnings.warn("sess= is ignored (TensorFlow 1 leftover)", DeprecationWarning, stacklevel=2)
+        options = {k: kwargs.pop(k) for k in ("allow_pickle", "into") if k in kwargs}
+        limit = kwargs.pop("limit", None)
+        if model_name is not None:
+            kwargs["model_name"] = model_name
+        found = self._records.find(_models.COLLECTION, kwargs, sort=sort, limit=limit)
+        return [_models.load_model(self._records, record, **options) for record in found]
+
+    def find_model(self, sort: Any = None, model_name: str | None = None, **kwargs: Any) -> Any:
+        """The newest (or first by ``sort``) model matching the query, or ``None``.
+
+        Example: ``net = hub.find_model(sort=[("test_accuracy", -1)])``.
+        """
+        found = self.find_all_models(sort=sort, model_name=model_name, limit=1, **kwargs)
+        return found[0] if found else None
+
+    def delete_model(self, **kwargs: Any) -> int:
+        """Delete matching models and their blobs; return how many were deleted."""
+        return self._records.delete(_models.COLLECTION, kwargs)
+
+    find_top_model = find_model
+    delete_models = delete_model
+
+    # ------------------------------------------------------------------ logs
+    def _save_log(self, kind: str, fields: dict[str, Any]) -> Any:
+        return _logs.save_logs(self._records, kind, [fields])[0]
+
+    def save_training_log(self, **kwargs: Any) -> Any:
+        """Record one training log row, e.g. ``hub.save_training_log(epoch=3, loss=0.2)``."""
+        return self._save_log("training", kwargs)
+
+    def save_validation_log(self, **kwargs: Any) -> Any:
+        """Record one validation log row."""
+        return self._save_log("validation", kwargs)
+
+    def save_testing_log(self, **kwargs: Any) -> Any:
+        """Record one testing log row."""
+        return self._save_log("testing", kwargs)
+
+    def save_training_logs(self, rows: Any) -> list:
+        """Record many training log rows in one batch (one durable write)."""
+        return _logs.save_logs(self._records, "training", rows)
+
+    def save_validation_logs(self, rows: Any) -> list:
+        """Record many validation log rows in one batch."""
+        return _logs.save_logs(self._records, "validation", rows)
+
+    def save_testing_logs(self, rows: Any) -> list:
+        """Record many testing log rows in one batch."""
+        return _logs.save_logs(self._records, "testing", rows)
+
+    def find_training_logs(self, sort: Any = None, limit: int | None = None, **kwargs: Any) -> list[dict]:
+        """Training log rows matching the query, newest first."""
+        return self._records.find(_logs.COLLECTIONS["training"], kwargs, sort=sort, limit=limit)
+
+    def find_validation_logs(self, sort: Any = None, limit: int | None = None, **kwargs: Any) -> list[dict]:
+        """Validation log rows matching the query, newest first."""
+        return self._records.find(_logs.COLLECTIONS["validation"], kwargs, sort=sort, limit=limit)
+
+    def find_testing_logs(self, sort: Any = None, limit: int | None = None, **kwargs: Any) -> list[dict]:
+        """Testing log rows matching the query, newest first."""
+        return self._records.find(_logs.COLLECTIONS["testing"], kwargs, sort=sort, limit=limit)
+
+    def delete_training_log(self, **kwargs: Any) -> int:
+        """Delete matching training logs (all of this project's when no kwargs)."""
+        return self._records.delete(_logs.COLLECTIONS["training"], kwargs)
+
+    def delete_validation_log(self, **kwargs: Any) -> int:
+        """Delete matching validation logs (all of this project's when no kwargs)."""
+        return self._records.delete(_logs.COLLECTIONS["validation"], kwargs)
+
+    def delete_testing_log(self, **kwargs: Any) -> int:
+        """Delete matching testing logs (all of this project's when no kwargs)."""
+        return self._records.delete(_logs.COLLECTIONS["testing"], kwargs)
+
+    # ------------------------------------------------------------------ tasks
+    def create_task(self, task_name: str | None = None, script: Any = None, hyper_parameters: dict | None = None,
+                    saved_result_keys: list[str] | None = None, **kwargs: Any) -> Any:
+        """Queue a run of ``script`` (a Python file; its text is stored) with ``hyper_parameters`` as globals.
+
+        Options: ``max_attempts`` (default 3), ``timeout`` (seconds), ``priority`` (higher first);
+        other kwargs are tags. Example::
+
+            hub.create_task("mnist", "task_script.py", dict(n_units=800), saved_result_keys=["test_accuracy"])
+        """
+        return _tasks.create_task(self._records, task_name, script, hyper_parameters, saved_result_keys, **kwargs)
+
+    def _task_query(self, task_name: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if task_name is not None:
+            kwargs["task_name"] = task_name
+        return kwargs
+
+    def run_task(self, task_name: str | None = None, sort: Any = None, lease: float = _tasks.DEFAULT_LEASE,
+                 **kwargs: Any) -> bool:
+        """Claim one pending task (highest priority, oldest first unless ``sort``) and run it.
+
+        Returns False when no task was available. The task ends ``finished`` or ``failed``.
+        """
+        claimed = _tasks.claim_task(self._records, self._task_query(task_name, kwargs), sort=sort, lease=lease)
+        if claimed is None:
+            return False
+        _tasks.run_claimed(self._records, claimed, self.connection, lease=lease)
+        return True
+
+    run_top_task = run_task
+
+    def check_unfinished_task(self, task_name: str | None = None, **kwargs: Any) -> bool:
+        """Whether any matching task is still ``pending`` or ``running``."""
+        query = self._task_query(task_name, kwargs)
+        query["status"] = {"$in": _tasks.UNFINISHED}
+        return bool(self._records.find(_tasks.COLLECTION, query, limit=1))
+
+    def find_tasks(self, task_name: str | None = None, sort: Any = None, **kwargs: Any) -> list[dict]:
+        """Task records matching the query (newest first unless ``sort``)."""
+        limit = kwargs.pop("limit", None)
+        return self._records.find(_tasks.COLLECTION, self._task_query(task_name, kwargs), sort=sort, limit=limit)
+
+    def wait_for_tasks(self, task_name: str | None = None, timeout: float | None = None, poll: float = 0.5,
+                       **kwargs: Any) -> list[dict]:
+        """Block until no matching task is unfinished; return the matching task records.
+
+        Raises :class:`~tensorhub.errors.TaskTimeoutError` after ``timeout`` seconds.
+        """
+        query = self._task_query(task_name, kwargs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        total = len(self._records.find(_tasks.COLLECTION, query))
+        with progress_bar(total=total, desc="tasks", unit="task") as bar:
+            while True:
+                tasks = self._records.find(_tasks.COLLECTION, query)
+                done = sum(t["status"] not in _tasks.UNFINISHED for t in tasks)
+                bar.total = len(tasks)
+                bar.n = done
+                bar.refresh()
+                if done == len(tasks):
+                    return tasks
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TaskTimeoutError(f"{len(tasks) - done} task(s) still unfinished after {timeout}s")
+                time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+    def cancel_tasks(self, **kwargs: Any) -> int:
+        """Cancel matching tasks: pending ones never start, running ones are asked to stop.
+
+        Returns the number of tasks affected.
+        """
+        pending = self._records.index.update_many(
+            _tasks.COLLECTION, self._records.scope({**kwargs, "status": _tasks.PENDING}),
+            {"$set": {"status": _tasks.CANCELLED, "finished_at": _tasks.utcnow()}})
+        running = self._records.index.update_many(
+            _tasks.COLLECTION, self._records.scope({**kwargs, "status": _tasks.RUNNING}),
+            {"$set": {"cancel_requested": True}})
+        return pending + running
+
+    def delete_tasks(self, **kwargs: Any) -> int:
+        """Delete matching task records; return how many were deleted."""
+        return self._records.delete(_tasks.COLLECTION, kwargs)

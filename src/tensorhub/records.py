@@ -1,0 +1,139 @@
+"""The repository core: project scoping, record stamping, blob-then-record saves, deletes with blobs.
+
+Every record kind (datasets, models, logs, tasks) stores through :class:`Records`, which holds
+the invariants in one place:
+
+* every record has ``_id``, ``project_name`` and ``time`` (UTC, timezone-aware), and every
+  query is scoped to the project;
+* a save writes its blobs first and the record last, and removes the blobs again if anything
+  fails, so a record is visible only once its bytes are complete and a failed save leaves
+  nothing behind;
+* a delete removes the records first and their blobs after, so no visible record ever points
+  at missing bytes.
+
+It knows nothing of any backend: only the :class:`IndexStore` and :class:`BlobStore` ABCs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bson import ObjectId
+
+from tensorhub.backends.base import BlobStore, Document, IndexStore
+from tensorhub.documents import normalize_document
+from tensorhub.errors import InvalidArgumentError, InvalidQueryError
+from tensorhub.query import normalize_sort
+
+log = logging.getLogger(__name__)
+
+#: newest first, with the ObjectId breaking ties between records of the same millisecond
+NEWEST_FIRST = [("time", -1), ("_id", -1)]
+BLOB_PREFIX_FIELD = "blob_prefix"
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC, truncated to BSON's millisecond precision."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def as_object_id(value: Any) -> ObjectId:
+    """An ``ObjectId`` from an id, its hex string, or a record that has an ``_id``."""
+    if isinstance(value, Mapping):
+        value = value.get("_id")
+    if isinstance(value, ObjectId):
+        return value
+    if isinstance(value, str) and ObjectId.is_valid(value):
+        return ObjectId(value)
+    raise InvalidArgumentError(f"expected a record id (ObjectId or its 24-hex string) or a record, got {value!r}")
+
+
+class Records:
+    """Scoped, blob-aware access to one project's records in an index store and a blob store."""
+
+    def __init__(self, index: IndexStore, blobs: BlobStore, project_name: str) -> None:
+        self.index = index
+        self.blobs = blobs
+        self.project_name = project_name
+
+    def scope(self, query: Mapping[str, Any] | None = None) -> Document:
+        """``query`` restricted to this project (keys are validated as a MongoDB filter's)."""
+        query = dict(query or {})
+        for key in query:
+            if not isinstance(key, str):
+                raise InvalidQueryError(f"query keys must be strings, got {key!r}")
+        if "project_name" in query and query["project_name"] != self.project_name:
+            return {"$and": [query, {"project_name": self.project_name}]}
+        query["project_name"] = self.project_name
+        return query
+
+    def new_record(self, fields: Mapping[str, Any]) -> Document:
+        """A record with ``_id``, ``project_name`` and ``time`` set, plus ``fields``, BSON-normalised.
+
+        Raises :class:`~tensorhub.errors.SerializationError` before anything is written when a
+        field cannot be stored.
+        """
+        for key in fields:
+            if not isinstance(key, str) or key.startswith("$") or key == "_id":
+                raise InvalidArgumentError(f"record field names must be plain strings not starting with '$', got {key!r}")
+        record = {"_id": ObjectId(), "project_name": self.project_name, "time": utcnow()}
+        record.update(fields)
+        return normalize_document(record)
+
+    def blob_prefix(self, collection: str, record_id: ObjectId) -> str:
+        return f"{collection}/{record_id}/"
+
+    def save(self, collection: str, record: Document, blobs: Iterable[tuple[str, Any]] = ()) -> ObjectId:
+        """Write ``blobs`` (name, bytes-or-stream) under the record's prefix, then the record.
+
+        If anything fails, the blobs already written are removed and the error propagates.
+        """
+        prefix = self.blob_prefix(collection, record["_id"])
+        written: list[str] = []
+        try:
+            for name, data in blobs:
+                key = prefix + name
+                self.blobs.put(key, data)
+                written.append(key)
+            if written:
+                record[BLOB_PREFIX_FIELD] = prefix
+            self.index.insert_one(collection, record)
+        except BaseException:
+            self._remove_blobs(written)
+            raise
+        return record["_id"]
+
+    def _remove_blobs(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            try:
+                self.blobs.delete(key)
+            except Exception:  # best effort: the original error matters more
+                log.warning("could not remove blob %s after a failed save", key, exc_info=True)
+
+    def find(
+        self, collection: str, query: Mapping[str, Any] | None = None, sort: Any = None, limit: int | None = None
+    ) -> list[Document]:
+        """Matching records of this project, newest first unless ``sort`` says otherwise."""
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise InvalidArgumentError(f"limit must be a non-negative int, got {limit!r}")
+        order = normalize_sort(sort) or NEWEST_FIRST
+        return self.index.find(collection, self.scope(query), sort=order, limit=limit or None)
+
+    def find_one(self, collection: str, query: Mapping[str, Any] | None = None, sort: Any = None) -> Document | None:
+        found = self.find(collection, query, sort=sort, limit=1)
+        return found[0] if found else None
+
+    def delete(self, collection: str, query: Mapping[str, Any] | None = None) -> int:
+        """Delete matching records, then their blobs; return the number of records deleted."""
+        records = self.index.find(collection, self.scope(query))
+        if not records:
+            return 0
+        deleted = self.index.delete_many(collection, {"_id": {"$in": [r["_id"] for r in records]}})
+        for record in records:
+            if record.get(BLOB_PREFIX_FIELD):
+                self.blobs.delete_prefix(record[BLOB_PREFIX_FIELD])
+        return deleted

@@ -1,0 +1,137 @@
+"""URI scheme -> backend registry.
+
+A backend is a function ``open_stores(uri, *, index, blobs) -> Stores`` named by a lazy
+dotted path, so that choosing ``file://`` never imports boto3 and a missing optional
+dependency is reported with the pip extra that installs it. Third-party packages add
+schemes with :func:`register_backend` or the ``tensorhub.backends`` entry-point group
+(name = scheme, value = ``"package.module:open_stores"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from urllib.parse import urlsplit, urlunsplit
+
+from tensorhub.backends.base import BlobStore, IndexStore
+from tensorhub.errors import BackendNotInstalledError, ConfigurationError, UnknownSchemeError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "tensorhub.backends"
+DEFAULT_URI = "file://./tensorhub-data"
+
+
+@dataclass(frozen=True)
+class Stores:
+    """What a backend opened for a URI: an index store, a blob store, or both."""
+
+    index: IndexStore | None
+    blobs: BlobStore | None
+
+
+Opener = Callable[..., Stores]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    target: str | Opener
+    extra: str | None = None  # pip extra that provides the dependencies
+
+
+_BUILTIN: dict[str, _Entry] = {
+    "file": _Entry("tensorhub.backends.file:open_stores"),
+    "mongodb": _Entry("tensorhub.backends.mongo:open_stores", "mongo"),
+    "mongomock": _Entry("tensorhub.backends.mongomock:open_stores", "mongomock"),
+    "s3": _Entry("tensorhub.backends.s3:open_stores", "s3"),
+}
+_ALIASES = {"mongodb+srv": "mongodb"}
+_registered: dict[str, _Entry] = {}
+
+
+def register_backend(scheme: str, opener: str | Opener, extra: str | None = None) -> None:
+    """Make ``scheme://`` URIs open with ``opener`` (a callable or ``"module:function"``).
+
+    Example::
+
+        register_backend("memcache", "my_pkg.hub_backend:open_stores")
+    """
+    _registered[scheme.lower()] = _Entry(opener, extra)
+
+
+def normalize_scheme(scheme: str) -> str:
+    """Lower-case a scheme and fold aliases (``mongodb+srv`` is served by the ``mongodb`` backend)."""
+    scheme = scheme.lower()
+    return _ALIASES.get(scheme, scheme)
+
+
+def _entry_point_backends() -> dict[str, _Entry]:
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name.lower()] = _Entry(ep.value)
+    return found
+
+
+def known_schemes() -> list[str]:
+    """Every scheme that can be opened now (built-in, registered, from entry points, aliases)."""
+    return sorted({*_BUILTIN, *_registered, *_entry_point_backends(), *_ALIASES})
+
+
+def _lookup(scheme: str) -> _Entry:
+    for table in (_registered, _BUILTIN):
+        if scheme in table:
+            return table[scheme]
+    plugins = _entry_point_backends()
+    if scheme in plugins:
+        return plugins[scheme]
+    raise UnknownSchemeError(
+        f"no tensorhub backend for URI scheme {scheme!r}; known schemes: {', '.join(known_schemes())}. "
+        "Third-party backends register with tensorhub.register_backend() or the "
+        f"{ENTRY_POINT_GROUP!r} entry-point group."
+    )
+
+
+def _load(entry: _Entry, scheme: str) -> Opener:
+    if callable(entry.target):
+        return entry.target
+    module_name, _, attr = entry.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f"pip install 'tensorhub[{entry.extra}]'" if entry.extra else "check the backend's installation"
+        raise BackendNotInstalledError(
+            f"the {scheme}:// backend needs a package that is not installed ({exc.name or exc}); {hint}"
+        ) from exc
+    return getattr(module, attr)
+
+
+def split_scheme(uri: str) -> str:
+    """The normalised scheme of ``uri``; a bare path means ``file``."""
+    if "://" not in uri:
+        return "file"
+    return normalize_scheme(uri.split("://", 1)[0])
+
+
+def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
+    """Open the stores a URI names; only the layers asked for are opened."""
+    if not isinstance(uri, str) or not uri:
+        raise ConfigurationError(f"a store URI must be a non-empty string such as {DEFAULT_URI!r}, got {uri!r}")
+    scheme = split_scheme(uri)
+    opener = _load(_lookup(scheme), scheme)
+    log.debug("opening %s (index=%s, blobs=%s)", redact(uri), index, blobs)
+    return opener(uri, index=index, blobs=blobs)
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any password replaced by ``***`` (for logs, errors and ``str(hub)``)."""
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = f"{parts.username}:***" if parts.username else ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))

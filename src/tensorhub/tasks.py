@@ -1,0 +1,240 @@
+"""Tasks: a queue of scripts with hyper-parameters, claimed atomically under a lease.
+
+A task record holds the script's text, so runners need no copy. Status moves
+``pending -> running -> finished``, or ``-> failed`` (error and traceback stored), or
+``-> cancelled``. A claim is a lease: the runner records itself as ``owner``, a
+``lease_expires_at`` and a fresh ``claim_id``, and a heartbeat thread renews the lease while
+the script runs. A task whose lease ran out is claimable again until ``max_attempts`` claims
+were used; then it is ``failed``. The final write is conditional on the ``claim_id``, so a
+runner that lost its lease can never overwrite the outcome of the runner that took over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import traceback
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bson import ObjectId
+
+from tensorhub.context import Connection, task_connection
+from tensorhub.documents import normalize_document
+from tensorhub.errors import InvalidArgumentError, ScriptError, SerializationError
+from tensorhub.records import Records, utcnow
+
+log = logging.getLogger(__name__)
+
+COLLECTION = "tasks"
+PENDING, RUNNING, FINISHED, FAILED, CANCELLED = "pending", "running", "finished", "failed", "cancelled"
+UNFINISHED = [PENDING, RUNNING]
+#: queue order: highest priority first, then oldest first
+QUEUE_ORDER = [("priority", -1), ("time", 1), ("_id", 1)]
+DEFAULT_LEASE = 60.0
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+def read_script(script: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(path, text)`` of a task script; a clear :class:`ScriptError` if it cannot be read."""
+    if not isinstance(script, (str, os.PathLike)):
+        raise InvalidArgumentError(f"script must be the path of a Python file, got {type(script).__name__}")
+    path = Path(script)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ScriptError(f"task script {str(path)!r} does not exist (cwd: {os.getcwd()}); "
+                          "pass the path of a Python file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScriptError(f"cannot read task script {str(path)!r}: {exc}") from exc
+    try:
+        compile(text, str(path), "exec")
+    except SyntaxError as exc:
+        raise ScriptError(f"task script {str(path)!r} has a syntax error: {exc}") from exc
+    return str(path), text
+
+
+def create_task(records: Records, task_name: str, script: str | os.PathLike[str],
+                hyper_parameters: Mapping[str, Any] | None = None, saved_result_keys: list[str] | None = None,
+                *, max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, priority: int = 0,
+                **fields: Any) -> ObjectId:
+    """Queue a task; see :meth:`tensorhub.TensorHub.create_task`."""
+    if not isinstance(task_name, str) or not task_name:
+        raise InvalidArgumentError(f"task_name must be a non-empty string, got {task_name!r}")
+    hyper_parameters = dict(hyper_parameters or {})
+    for key in hyper_parameters:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise InvalidArgumentError(f"hyper-parameter names must be Python identifiers, got {key!r}")
+    if saved_result_keys is None:
+        saved_result_keys = []
+    if isinstance(saved_result_keys, str) or not all(isinstance(k, str) for k in saved_result_keys):
+        raise InvalidArgumentError("saved_result_keys must be a list of variable names, e.g. ['test_accuracy']")
+    if not isinstance(max_attempts, int) or max_attempts < 1:
+        raise InvalidArgumentError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    path, text = read_script(script)
+    record = records.new_record({
+        **fields,
+        "task_name": task_name,
+        "script": text,
+        "script_path": path,
+        "hyper_parameters": hyper_parameters,
+        "saved_result_keys": list(saved_result_keys),
+        "status": PENDING,
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "attempts_left": max_attempts,
+        "attempts": 0,
+        "timeout": timeout,
+        "errors": [],
+    })
+    return records.save(COLLECTION, record)
+
+
+def worker_identity(worker_id: str | None = None) -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "worker_id": worker_id or uuid.uuid4().hex[:12]}
+
+
+def expire_exhausted(records: Records, query: Mapping[str, Any]) -> int:
+    """Mark running tasks whose lease ran out with no attempts left as ``failed`` for good."""
+    now = utcnow()
+    return records.index.update_many(COLLECTION, records.scope({
+        **query, "status": RUNNING, "lease_expires_at": {"$lt": now}, "attempts_left": {"$lte": 0},
+    }), {"$set": {"status": FAILED, "finished_at": now,
+                  "error": "the runner stopped renewing its lease and no attempts are left"}})
+
+
+def claim_task(records: Records, query: Mapping[str, Any], sort: Any = None, lease: float = DEFAULT_LEASE,
+               owner: dict | None = None) -> dict | None:
+    """Atomically take the first claimable task (pending, or running with an expired lease)."""
+    expire_exhausted(records, query)
+    now = utcnow()
+    claimable = {"$or": [{"status": PENDING},
+                         {"status": RUNNING, "lease_expires_at": {"$lt": now}}]}
+    filter = records.scope({**query, "attempts_left": {"$gt": 0}, "cancel_requested": {"$ne": True}})
+    filter = {"$and": [filter, claimable]}
+    claimed = records.index.find_one_and_update(
+        COLLECTION, filter,
+        {"$set": {"status": RUNNING, "owner": owner or worker_identity(), "claim_id": ObjectId(),
+                  "started_at": now, "lease_expires_at": now + dt.timedelta(seconds=lease)},
+         "$inc": {"attempts": 1, "attempts_left": -1}},
+        sort=sort or QUEUE_ORDER,
+    )
+    if claimed is not None and claimed["attempts"] > 1 and len(claimed.get("errors", [])) < claimed["attempts"] - 1:
+        note = {"attempt": claimed["attempts"] - 1, "error": "lease expired: the runner died or stalled"}
+        records.index.update_many(COLLECTION, {"_id": claimed["_id"]}, {"$push": {"errors": note}})
+    return claimed
+
+
+def _is_mine(claimed: dict) -> dict:
+    return {"_id": claimed["_id"], "claim_id": claimed["claim_id"]}
+
+
+def finish(records: Records, claimed: dict, update: Mapping[str, Any]) -> bool:
+    """Write a task's outcome if this runner still holds the claim; False if the lease was lost."""
+    done = records.index.update_many(COLLECTION, _is_mine(claimed), {"$set": {**update, "finished_at": utcnow()},
+                                                                      "$unset": {"lease_expires_at": ""}})
+    if not done:
+        log.warning("task %s: lease lost before it ended; its outcome was not recorded", claimed["_id"])
+    return bool(done)
+
+
+def release(records: Records, claimed: dict) -> None:
+    """Hand a claimed task back to ``pending`` (runner shutting down); the attempt is not counted."""
+    records.index.update_many(COLLECTION, _is_mine(claimed), {
+        "$set": {"status": PENDING}, "$unset": {"owner": "", "claim_id": "", "lease_expires_at": ""},
+        "$inc": {"attempts": -1, "attempts_left": 1}})
+
+
+class Heartbeat(threading.Thread):
+    """Renews a claim's lease every ``lease / 3`` seconds until stopped."""
+
+    def __init__(self, records: Records, claimed: dict, lease: float) -> None:
+        super().__init__(name=f"tensorhub-heartbeat-{claimed['_id']}", daemon=True)
+        self.records, self.claimed, self.lease = records, claimed, lease
+        self.stopped = threading.Event()
+        self.cancel_requested = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.lease / 3):
+            try:
+                renewed = self.records.index.find_one_and_update(
+                    COLLECTION, _is_mine(self.claimed),
+                    {"$set": {"lease_expires_at": utcnow() + dt.timedelta(seconds=self.lease)}})
+            except Exception:  # a transient store error must not kill the task; the next beat retries
+                log.warning("task %s: lease renewal failed", self.claimed["_id"], exc_info=True)
+                continue
+            if renewed is None:
+                log.warning("task %s: lease lost", self.claimed["_id"])
+                return
+            if renewed.get("cancel_requested"):
+                self.cancel_requested.set()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays -> Python values, so results store as ordinary record fields."""
+    if hasattr(value, "tolist") and type(value).__module__ == "numpy":
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def collect_results(namespace: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The globals named in ``saved_result_keys``; a clear error if one is missing or unstorable."""
+    missing = [k for k in keys if k not in namespace]
+    if missing:
+        raise SerializationError(f"the script never set the result variable(s) {missing}; "
+                                 "assign them at the top level of the script")
+    result = {k: _plain(namespace[k]) for k in keys}
+    return normalize_document(result)
+
+
+def execute_script(claimed: dict, connection: Connection) -> dict[str, Any]:
+    """Run a task's script in this process with its hyper-parameters as globals; return its results."""
+    namespace: dict[str, Any] = {"__name__": "__main__", "__file__": claimed.get("script_path", "<task>")}
+    namespace.update(claimed.get("hyper_parameters") or {})
+    code = compile(claimed["script"], claimed.get("script_path", "<task>"), "exec")
+    with task_connection(connection):
+        exec(code, namespace)  # noqa: S102 - running the user's task is the point
+    return collect_results(namespace, claimed.get("saved_result_keys") or [])
+
+
+def run_claimed(records: Records, claimed: dict, connection: Connection, lease: float = DEFAULT_LEASE) -> str:
+    """Run a claimed task in-process under a heartbeat; record and return its final status."""
+    log.info("task %s (%s): running attempt %d", claimed["_id"], claimed["task_name"], claimed["attempts"])
+    heartbeat = Heartbeat(records, claimed, lease)
+    heartbeat.start()
+    try:
+        result = execute_script(claimed, connection)
+    except (KeyboardInterrupt, GeneratorExit):
+        heartbeat.stop()
+        release(records, claimed)
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any failure of the user's script is recorded
+        heartbeat.stop()
+        if isinstance(exc, SystemExit) and exc.code in (None, 0):
+            finish(records, claimed, {"status": FINISHED, "result": {}})
+            return FINISHED
+        error = f"{type(exc).__name__}: {exc}"
+        log.info("task %s failed: %s", claimed["_id"], error)
+        finish(records, claimed, {"status": FAILED, "error": error, "traceback": traceback.format_exc()})
+        records.index.update_many(COLLECTION, {"_id": claimed["_id"]},
+                                  {"$push": {"errors": {"attempt": claimed["attempts"], "error": error}}})
+        return FAILED
+    heartbeat.stop()
+    finish(records, claimed, {"status": FINISHED, "result": result})
+    log.info("task %s finished: %s", claimed["_id"], result)
+    return FINISHED
