@@ -114,7 +114,9 @@ class LazyArray:
             return np.asarray(self)[key]
         first, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
         n = self.shape[0]
+        keeps_axis = True
         if isinstance(first, (int, np.integer)):
+            keeps_axis = False
             index = int(first) + n if first < 0 else int(first)
             if not 0 <= index < n:
                 raise IndexError(f"index {first} is out of bounds for axis 0 with size {n}")
@@ -141,4 +143,6 @@ class LazyArray:
             else:
                 lo, hi = int(indices.min()), int(indices.max()) + 1
                 rows = self.read_rows(lo, hi)[indices - lo]
-        return rows[rest] if rest else rows
+        if not rest:
+            return rows
+        return rows[(slice(None), *rest)] if keeps_axis else rows[rest]

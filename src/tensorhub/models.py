@@ -157,13 +157,17 @@ class TorchAdapter(ModelAdapter):
         except SafetensorError as exc:
             raise CorruptDataError(f"the parameters of model {record['_id']} are unreadable: {exc}") from exc
         module = options.get("into")
-        if module is None:
+        rebuilt = module is None
+        if rebuilt:
             cls = _import_object(record["class_path"])
             module = cls(**(record.get("init_kwargs") or {}))
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise InvalidArgumentError(f"the stored parameters do not fit this module: {exc}") from exc
+            hint = (" The class was rebuilt with the stored constructor arguments "
+                    f"{record.get('init_kwargs') or {}}; give it a tensorhub_init_kwargs dict attribute, "
+                    "or pass into=<a built module>" if rebuilt else "")
+            raise InvalidArgumentError(f"the stored parameters do not fit this module: {exc}.{hint}") from exc
         return module
 
 

@@ -402,3 +402,30 @@ def apply_update(document: dict, update: Mapping[str, Any]) -> dict:
             else:
                 raise InvalidQueryError(f"unsupported update operator {op!r}; use $set $unset $inc $push $min $max")
     return document
+
+
+def validate_filter(query: Mapping[str, Any]) -> None:
+    """Raise :class:`InvalidQueryError` for a malformed filter, even when no document would be tested.
+
+    Evaluating a filter only checks the operators it reaches; this walks all of them, so a typo
+    such as ``{"$gtt": 1}`` fails the same way on an empty collection as on a full one.
+    """
+    probe: dict = {}
+    if not isinstance(query, Mapping):
+        raise InvalidQueryError(f"a query must be a dict, got {type(query).__name__}")
+    for key, condition in query.items():
+        if key in ("$and", "$or", "$nor"):
+            if not isinstance(condition, (list, tuple)) or not condition:
+                raise InvalidQueryError(f"{key} needs a non-empty list of queries")
+            for sub in condition:
+                validate_filter(sub)
+        elif _is_operator_doc(condition):
+            for op, arg in condition.items():
+                if op == "$not" and isinstance(arg, Mapping):
+                    validate_filter({key: arg})
+                elif op == "$elemMatch" and isinstance(arg, Mapping) and not _is_operator_doc(arg):
+                    validate_filter(arg)
+                else:
+                    _operator_matches([MISSING], op, arg, condition)
+        else:
+            matches(probe, {key: condition})

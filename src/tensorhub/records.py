@@ -26,7 +26,7 @@ from bson import ObjectId
 from tensorhub.backends.base import BlobStore, Document, IndexStore
 from tensorhub.documents import normalize_document
 from tensorhub.errors import InvalidArgumentError, InvalidQueryError
-from tensorhub.query import normalize_sort
+from tensorhub.query import normalize_sort, validate_filter
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class Records:
         for key in query:
             if not isinstance(key, str):
                 raise InvalidQueryError(f"query keys must be strings, got {key!r}")
+        validate_filter(query)
         if "project_name" in query and query["project_name"] != self.project_name:
             return {"$and": [query, {"project_name": self.project_name}]}
         query["project_name"] = self.project_name
@@ -121,6 +122,9 @@ class Records:
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise InvalidArgumentError(f"limit must be a non-negative int, got {limit!r}")
         order = normalize_sort(sort) or NEWEST_FIRST
+        if all(field != "_id" for field, _ in order):
+            # ties (same millisecond) break by insertion order, in the direction asked for time
+            order.append(("_id", dict(order).get("time", -1)))
         return self.index.find(collection, self.scope(query), sort=order, limit=limit or None)
 
     def find_one(self, collection: str, query: Mapping[str, Any] | None = None, sort: Any = None) -> Document | None:

@@ -57,6 +57,13 @@ def translate_errors(where: str) -> Iterator[None]:
         raise InvalidQueryError(f"MongoDB rejected the operation: {exc}") from exc
 
 
+def _update(update: Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse replacement documents up front, with the same error on every backend."""
+    if not update or not all(str(k).startswith("$") for k in update):
+        raise InvalidQueryError("an update must use operators such as {'$set': {...}}")
+    return dict(update)
+
+
 def _sort(sort: SortSpec | None) -> list[tuple[str, int]] | None:
     return normalize_sort(sort) or None
 
@@ -94,14 +101,14 @@ class MongoIndexStore(IndexStore):
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
         with translate_errors(self.uri):
-            return self._coll(collection).update_many(dict(filter), dict(update)).matched_count
+            return self._coll(collection).update_many(dict(filter), _update(update)).matched_count
 
     def find_one_and_update(
         self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any], sort: SortSpec | None = None
     ) -> Document | None:
         with translate_errors(self.uri):
             return self._coll(collection).find_one_and_update(
-                dict(filter), dict(update), sort=_sort(sort), return_document=pymongo.ReturnDocument.AFTER
+                dict(filter), _update(update), sort=_sort(sort), return_document=pymongo.ReturnDocument.AFTER
             )
 
     def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:

@@ -44,6 +44,12 @@ def _server(name: str) -> tuple[Any, dict[str, bytes], threading.RLock]:
         return _servers[name]
 
 
+def _normalize_update(update: Mapping[str, Any]) -> dict[str, Any]:
+    """BSON-normalise the values of an update document (operators are kept as they are)."""
+    return {op: normalize_document(fields) if isinstance(fields, Mapping) else fields
+            for op, fields in update.items()}
+
+
 class MongomockIndexStore(MongoIndexStore):
     """:class:`MongoIndexStore` over mongomock, with every call serialised by the store's lock.
 
@@ -66,12 +72,12 @@ class MongomockIndexStore(MongoIndexStore):
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
         with self._lock:
-            return super().update_many(collection, filter, normalize_document(update))
+            return super().update_many(collection, filter, _normalize_update(update))
 
     def find_one_and_update(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any],
                             sort: SortSpec | None = None) -> Document | None:
         with self._lock:
-            return super().find_one_and_update(collection, filter, normalize_document(update), sort)
+            return super().find_one_and_update(collection, filter, _normalize_update(update), sort)
 
     def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
         with self._lock:

@@ -1,0 +1,324 @@
+"""Contract tests for a whole :class:`~tensorhub.TensorHub` on one backend: the API of ``API.md``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tensorhub import TensorHub
+from tensorhub.errors import (
+    InvalidArgumentError,
+    InvalidQueryError,
+    ScriptError,
+    SerializationError,
+    TensorHubError,
+)
+
+
+def _script(tmp_path: Path, body: str, name: str = "task_script.py") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def _all_blobs(hub: TensorHub) -> list[str]:
+    return sorted(hub.blobs.list(""))
+
+
+class _Opaque:
+    """An arbitrary object: must never be stored without allow_pickle."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+class HubContract:
+    """Needs ``hub`` (a TensorHub on an empty store) and pytest's ``tmp_path``."""
+
+    # ------------------------------------------------------------------ records
+    def test_records_are_stamped(self, hub: TensorHub) -> None:
+        before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+        hub.save_training_log(loss=0.5)
+        (row,) = hub.find_training_logs()
+        assert row["project_name"] == hub.project_name
+        assert row["time"].tzinfo is not None and row["time"] >= before
+        assert "_id" in row and row["loss"] == 0.5
+
+    def test_queries_are_scoped_to_the_project(self, hub: TensorHub) -> None:
+        other = TensorHub(hub.uri, project_name="someone-else", blobs=hub.blobs_uri)
+        try:
+            other.save_training_log(loss=1.0)
+            hub.save_training_log(loss=2.0)
+            assert [r["loss"] for r in hub.find_training_logs()] == [2.0]
+            assert [r["loss"] for r in other.find_training_logs()] == [1.0]
+            assert hub.find_training_logs(project_name="someone-else") == []
+            assert hub.delete_training_log() == 1
+            assert len(other.find_training_logs()) == 1
+        finally:
+            other.close()
+
+    # ------------------------------------------------------------------ datasets
+    def test_dataset_round_trip_keeps_structure_dtypes_shapes(self, hub: TensorHub) -> None:
+        rng = np.random.default_rng(0)
+        dataset = {
+            "x": rng.random((50, 4, 3)).astype(np.float32),
+            "y": rng.integers(0, 10, 50).astype(np.int8),
+            "splits": (np.arange(5, dtype=np.uint64), [np.array([True, False]), np.float16(1.5)]),
+            "names": np.array(["a", "bc", "def"]),
+            "z": np.zeros((0, 3)),
+            "meta": {"source": "unit", "n": 50, "ratio": 0.25, "ok": True, "none": None, "inf": float("inf")},
+            "complex": np.array([1 + 2j, 3 - 4j]),
+        }
+        hub.save_dataset(dataset, "mixed")
+        got = hub.find_dataset("mixed")
+        assert set(got) == set(dataset)
+        for key in ("x", "y", "names", "z", "complex"):
+            assert got[key].dtype == dataset[key].dtype and got[key].shape == dataset[key].shape
+            np.testing.assert_array_equal(got[key], dataset[key])
+        assert isinstance(got["splits"], tuple) and isinstance(got["splits"][1], list)
+        np.testing.assert_array_equal(got["splits"][0], dataset["splits"][0])
+        assert got["splits"][1][1] == np.float16(1.5) and got["splits"][1][1].dtype == np.float16
+        assert got["meta"] == dataset["meta"]
+
+    def test_tensorlayer_dataset_tutorial(self, hub: TensorHub) -> None:
+        X_train, y_train = np.ones((20, 784), np.float32), np.arange(20)
+        X_test, y_test = np.zeros((5, 784), np.float32), np.arange(5)
+        hub.save_dataset(dataset=[X_train, y_train, X_test, y_test], dataset_name="mnist",
+                         description="this is a tutorial")
+        hub.save_dataset([X_train[:10], y_train[:10], X_test, y_test], "mnist", version="1.0")
+        dataset = hub.find_dataset("mnist")
+        assert dataset[0].shape == (10, 784)  # newest first
+        dataset = hub.find_dataset("mnist", version="1.0")
+        assert dataset[0].shape == (10, 784)
+        datasets = hub.find_all_datasets("mnist")
+        assert [d[0].shape[0] for d in datasets] == [10, 20]
+        assert hub.find_dataset("mnist", description="this is a tutorial")[0].shape == (20, 784)
+        assert hub.find_dataset("absent") is None
+        assert len(hub.find_datasets("mnist")) == 2 and hub.find_top_dataset("mnist") is not None
+
+    def test_dataset_records_hold_the_schema(self, hub: TensorHub) -> None:
+        hub.save_dataset([np.ones((3, 2), np.float64), np.arange(3)], "s")
+        (record,) = hub.find_dataset_records("s")
+        assert [(s["dtype"], s["shape"]) for s in record["schema"]] == [("<f8", [3, 2]), (np.arange(3).dtype.str, [3])]
+        assert record["nbytes"] == 48 + np.arange(3).nbytes
+
+    def test_dataset_sort_and_operators(self, hub: TensorHub) -> None:
+        for version in (1, 3, 2):
+            hub.save_dataset(np.full(2, version), "v", version=version)
+        assert hub.find_dataset("v", sort=[("version", 1)])[0] == 1
+        assert hub.find_dataset("v", sort=[("version", -1)])[0] == 3
+        assert sorted(d[0] for d in hub.find_all_datasets("v", version={"$gte": 2})) == [2, 3]
+        assert hub.find_dataset("v", **{"$or": [{"version": 7}, {"version": 3}]})[0] == 3
+
+    def test_lazy_dataset_reads_slices(self, hub: TensorHub) -> None:
+        x = np.arange(1000 * 6, dtype=np.int32).reshape(1000, 6)
+        hub.save_dataset((x, {"y": np.arange(1000)}), "lazy")
+        lazy_x, rest = hub.find_dataset("lazy", lazy=True)
+        assert lazy_x.shape == x.shape and lazy_x.dtype == x.dtype and len(lazy_x) == 1000
+        np.testing.assert_array_equal(lazy_x[10:20], x[10:20])
+        np.testing.assert_array_equal(lazy_x[-3], x[-3])
+        np.testing.assert_array_equal(lazy_x[[5, 900, 5]], x[[5, 900, 5]])
+        np.testing.assert_array_equal(lazy_x[100:0:-7, 2], x[100:0:-7, 2])
+        np.testing.assert_array_equal(np.asarray(rest["y"]), np.arange(1000))
+        with pytest.raises(IndexError):
+            lazy_x[1000]
+
+    def test_delete_datasets_deletes_blobs(self, hub: TensorHub) -> None:
+        hub.save_dataset([np.ones(3), np.zeros(2)], "gone")
+        hub.save_dataset([np.ones(3)], "kept")
+        assert len(_all_blobs(hub)) == 3
+        assert hub.delete_datasets(dataset_name="gone") == 1
+        assert hub.find_dataset("gone") is None
+        assert len(_all_blobs(hub)) == 1
+        assert hub.delete_datasets() == 1 and _all_blobs(hub) == []
+
+    def test_arbitrary_objects_are_refused_without_pickle(self, hub: TensorHub) -> None:
+        with pytest.raises(SerializationError, match="allow_pickle"):
+            hub.save_dataset([np.ones(2), _Opaque(1)], "unsafe")
+        with pytest.raises(SerializationError):
+            hub.save_dataset(np.array([{"a": 1}], dtype=object), "unsafe")
+        assert hub.find_dataset_records("unsafe") == [] and _all_blobs(hub) == []
+
+    def test_pickle_only_when_asked_on_save_and_load(self, hub: TensorHub) -> None:
+        hub.save_dataset([np.ones(2), _Opaque(7)], "pickled", allow_pickle=True)
+        with pytest.raises(SerializationError, match="allow_pickle"):
+            hub.find_dataset("pickled")
+        got = hub.find_dataset("pickled", allow_pickle=True)
+        assert got[1].value == 7 and np.array_equal(got[0], np.ones(2))
+
+    def test_bad_dataset_arguments(self, hub: TensorHub) -> None:
+        with pytest.raises(InvalidArgumentError):
+            hub.save_dataset(np.ones(2), 123)
+        with pytest.raises(InvalidArgumentError):
+            hub.save_dataset(np.ones(2), "")
+        with pytest.raises(SerializationError):
+            hub.save_dataset(np.ones(2), "tagged", tag=_Opaque(1))
+        assert hub.find_dataset_records() == [] and _all_blobs(hub) == []
+
+    # ------------------------------------------------------------------ models
+    def test_parameter_set_model_round_trip_and_record_attributes(self, hub: TensorHub) -> None:
+        params = [np.ones((3, 2), np.float32), np.zeros(2, np.float32)]
+        hub.save_model(params, accuracy=0.8, loss=2.3, name="second_model")
+        net = hub.find_model(accuracy=0.8, loss=2.3)
+        assert isinstance(net, list) and len(net) == 2
+        np.testing.assert_array_equal(net[0], params[0])
+        assert net._name == "second_model" and net._accuracy == 0.8
+        assert net.tensorhub_record["model_name"] == "model"
+        assert net.tensorhub_record["adapter"] == "params"
+
+    def test_model_tutorial_sorting_and_deletion(self, hub: TensorHub) -> None:
+        for acc in (0.5, 0.9, 0.7):
+            hub.save_model({"w": np.full(2, acc)}, "mlp", test_accuracy=acc)
+        with pytest.warns(DeprecationWarning):
+            net = hub.find_model(sess=object(), sort=[("test_accuracy", -1)])
+        assert net._test_accuracy == 0.9
+        assert hub.find_model(sort=[("time", 1)])._test_accuracy == 0.5
+        assert hub.find_model(sort=[("time", -1)])._test_accuracy == 0.7
+        assert hub.find_model()._test_accuracy == 0.7  # newest first by default
+        assert hub.find_top_model(test_accuracy={"$lt": 0.6})._test_accuracy == 0.5
+        assert len(hub.find_all_models(model_name="mlp")) == 3
+        assert hub.delete_model(test_accuracy=0.5) == 1
+        assert hub.delete_model() == 2
+        assert hub.find_model() is None and _all_blobs(hub) == []
+
+    def test_unknown_model_type_is_refused(self, hub: TensorHub) -> None:
+        with pytest.raises(SerializationError, match="adapter"):
+            hub.save_model(_Opaque(1), "weird")
+        assert hub.find_model() is None and _all_blobs(hub) == []
+
+    def test_torch_module_round_trip(self, hub: TensorHub) -> None:
+        torch = pytest.importorskip("torch")
+        pytest.importorskip("safetensors")
+        from tensorhub.testing.torch_models import TinyMLP
+
+        net = TinyMLP(4, 5, 2)
+        hub.save_model(net, "torchnet", test_accuracy=0.93)
+        loaded = hub.find_model(model_name="torchnet")
+        assert isinstance(loaded, TinyMLP) and loaded is not net
+        x = torch.randn(5, 4)
+        assert torch.equal(loaded(x), net(x))
+        assert loaded._test_accuracy == 0.93 and loaded.tensorhub_record["adapter"] == "torch"
+        target = TinyMLP(4, 5, 2)
+        into = hub.find_model(model_name="torchnet", into=target)
+        assert into is target and torch.equal(target(x), net(x))
+        with pytest.raises(TensorHubError):
+            hub.find_model(model_name="torchnet", into=TinyMLP(4, 3, 2))
+        hub.save_model(torch.nn.Sequential(torch.nn.Linear(2, 2)), "seq")
+        with pytest.raises(InvalidArgumentError, match="tensorhub_init_kwargs"):
+            hub.find_model(model_name="seq")  # Sequential() cannot be rebuilt without its layers
+
+    # ------------------------------------------------------------------ logs
+    def test_logs_tutorial(self, hub: TensorHub) -> None:
+        hub.save_training_log(accuracy=0.33)
+        hub.save_training_log(accuracy=0.44)
+        hub.save_validation_log(accuracy=0.5)
+        hub.save_testing_log(accuracy=0.6)
+        assert hub.delete_training_log(accuracy=0.33) == 1
+        assert [r["accuracy"] for r in hub.find_training_logs()] == [0.44]
+        assert hub.delete_training_log() == 1
+        assert hub.delete_validation_log() == 1
+        assert hub.delete_testing_log() == 1
+        assert hub.find_training_logs() == hub.find_validation_logs() == hub.find_testing_logs() == []
+
+    def test_batch_logs_sort_and_limit(self, hub: TensorHub) -> None:
+        ids = hub.save_training_logs([{"step": i, "loss": 1 / (i + 1)} for i in range(50)])
+        assert len(ids) == 50
+        rows = hub.find_training_logs(sort=[("step", 1)], limit=3)
+        assert [r["step"] for r in rows] == [0, 1, 2]
+        assert len(hub.find_training_logs(step={"$gte": 40})) == 10
+        assert hub.find_training_logs(limit=1, sort=[("loss", 1)])[0]["step"] == 49
+        hub.save_validation_logs([{"epoch": 1}, {"epoch": 2}])
+        hub.save_testing_logs([{"epoch": 1}])
+        assert len(hub.find_validation_logs()) == 2 and len(hub.find_testing_logs()) == 1
+
+    def test_bad_log_input(self, hub: TensorHub) -> None:
+        with pytest.raises(InvalidArgumentError):
+            hub.save_training_logs({"loss": 1})
+        with pytest.raises(InvalidArgumentError):
+            hub.save_training_logs([{"loss": 1}, "not a dict"])
+        with pytest.raises(SerializationError):
+            hub.save_training_logs([{"loss": 1}, {"loss": _Opaque(2)}])
+        with pytest.raises(SerializationError):
+            hub.save_training_log(weights=np.ones(3))
+        assert hub.find_training_logs() == []  # the batch is all or nothing
+        with pytest.raises(InvalidQueryError):
+            hub.find_training_logs(loss={"$nosuchop": 1})
+        with pytest.raises(InvalidQueryError):
+            hub.find_training_logs(sort=[("loss", 2)])
+
+    # ------------------------------------------------------------------ tasks
+    def test_task_tutorial_runs_with_hyper_parameters_and_results(self, hub: TensorHub, tmp_path: Path) -> None:
+        script = _script(tmp_path, """
+            from tensorhub import TensorHub
+            hub = TensorHub()  # connects to the store and project the task came from
+            test_accuracy = n_units1 / 1000
+            hub.save_model({"w": __import__("numpy").ones(2)}, "mlp", test_accuracy=test_accuracy)
+        """)
+        for n in (800, 600, 400):
+            hub.create_task(task_name="mnist", script=script, hyper_parameters=dict(n_units1=n, n_units2=n),
+                            saved_result_keys=["test_accuracy"], description=f"{n}-{n}")
+        assert hub.check_unfinished_task(task_name="mnist")
+        ran = 0
+        while hub.run_task(task_name="mnist", sort=[("time", -1)]) and ran < 10:
+            ran += 1
+        assert ran == 3 and not hub.check_unfinished_task(task_name="mnist")
+        tasks = hub.find_tasks("mnist", sort=[("hyper_parameters.n_units1", 1)])
+        assert [t["status"] for t in tasks] == ["finished"] * 3
+        assert [t["result"]["test_accuracy"] for t in tasks] == [0.4, 0.6, 0.8]
+        assert "n_units1 / 1000" in tasks[0]["script"]
+        assert hub.find_model(sort=[("test_accuracy", -1)])._test_accuracy == 0.8
+        assert hub.run_task(task_name="mnist") is False
+        assert hub.delete_tasks(task_name="mnist") == 3
+
+    def test_failing_task_stores_error_and_traceback(self, hub: TensorHub, tmp_path: Path) -> None:
+        script = _script(tmp_path, """
+            def inner():
+                raise ValueError("bad hyper-parameter " + str(lr))
+            inner()
+        """)
+        hub.create_task("fail", script, {"lr": 0.1})
+        assert hub.run_task("fail") is True
+        (task,) = hub.find_tasks("fail")
+        assert task["status"] == "failed"
+        assert "ValueError: bad hyper-parameter 0.1" in task["error"]
+        assert "inner" in task["traceback"]
+
+    def test_missing_result_key_fails_the_task(self, hub: TensorHub, tmp_path: Path) -> None:
+        hub.create_task("noresult", _script(tmp_path, "x = 1\n"), saved_result_keys=["accuracy"])
+        hub.run_task("noresult")
+        (task,) = hub.find_tasks("noresult")
+        assert task["status"] == "failed" and "accuracy" in task["error"]
+
+    def test_bad_task_arguments(self, hub: TensorHub, tmp_path: Path) -> None:
+        with pytest.raises(ScriptError, match="does not exist"):
+            hub.create_task("t", tmp_path / "missing.py")
+        with pytest.raises(ScriptError, match="syntax"):
+            hub.create_task("t", _script(tmp_path, "def broken(:\n"))
+        good = _script(tmp_path, "x = 1\n", "good.py")
+        with pytest.raises(InvalidArgumentError):
+            hub.create_task("t", good, hyper_parameters={"not an identifier": 1})
+        with pytest.raises(InvalidArgumentError):
+            hub.create_task("t", good, saved_result_keys="x")
+        with pytest.raises(InvalidArgumentError):
+            hub.create_task("", good)
+        with pytest.raises(SerializationError):
+            hub.create_task("t", good, hyper_parameters={"obj": _Opaque(1)})
+        assert hub.find_tasks() == []
+
+    def test_cancel_pending_tasks(self, hub: TensorHub, tmp_path: Path) -> None:
+        script = _script(tmp_path, "x = 1\n")
+        hub.create_task("c", script)
+        hub.create_task("c", script)
+        assert hub.cancel_tasks(task_name="c") == 2
+        assert hub.run_task("c") is False
+        assert [t["status"] for t in hub.find_tasks("c")] == ["cancelled", "cancelled"]
+        assert hub.wait_for_tasks("c", timeout=5) and not hub.check_unfinished_task("c")
+
+    # ------------------------------------------------------------------ connection
+    def test_str_never_shows_a_password(self, hub: TensorHub) -> None:
+        assert "password" not in str(hub).lower() or "***" in str(hub)
+        assert hub.project_name in str(hub)

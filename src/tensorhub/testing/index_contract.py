@@ -1,0 +1,104 @@
+"""Contract tests for :class:`~tensorhub.backends.base.IndexStore` implementations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+from bson import ObjectId
+
+from tensorhub.backends.base import IndexStore
+from tensorhub.errors import InvalidQueryError, TensorHubError
+
+
+def _docs(n: int) -> list[dict]:
+    base = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    return [{"_id": ObjectId(), "i": i, "even": i % 2 == 0, "tags": [f"t{i % 3}"],
+             "meta": {"group": "a" if i < n // 2 else "b"}, "time": base + dt.timedelta(minutes=i)}
+            for i in range(n)]
+
+
+class IndexStoreContract:
+    """Needs an ``index_store`` fixture yielding an empty store."""
+
+    def test_insert_and_find(self, index_store: IndexStore) -> None:
+        docs = _docs(10)
+        index_store.insert_many("c", docs)
+        found = index_store.find("c", {"i": {"$gte": 5}}, sort=[("i", 1)])
+        assert [d["i"] for d in found] == [5, 6, 7, 8, 9]
+        assert found[0]["_id"] == docs[5]["_id"]
+        assert found[0]["time"] == docs[5]["time"] and found[0]["time"].tzinfo is not None
+
+    def test_collections_are_separate(self, index_store: IndexStore) -> None:
+        index_store.insert_many("c1", _docs(3))
+        index_store.insert_many("c2", _docs(2))
+        assert len(index_store.find("c1", {})) == 3
+        assert len(index_store.find("c2", {})) == 2
+        assert index_store.find("c3", {}) == []
+
+    def test_sort_and_limit(self, index_store: IndexStore) -> None:
+        index_store.insert_many("c", _docs(10))
+        found = index_store.find("c", {"even": True}, sort=[("i", -1)], limit=2)
+        assert [d["i"] for d in found] == [8, 6]
+        found = index_store.find("c", {}, sort=[("meta.group", 1), ("i", -1)], limit=3)
+        assert [d["i"] for d in found] == [4, 3, 2]
+
+    def test_dotted_keys_arrays_and_logic(self, index_store: IndexStore) -> None:
+        index_store.insert_many("c", _docs(10))
+        assert index_store.count("c", {"meta.group": "b"}) == 5
+        assert index_store.count("c", {"tags": "t1"}) == 3
+        assert index_store.count("c", {"$or": [{"i": 0}, {"i": {"$in": [8, 9]}}]}) == 3
+        assert index_store.count("c", {"i": {"$not": {"$lt": 7}}}) == 3
+        assert index_store.count("c", {"missing": {"$exists": False}}) == 10
+        assert index_store.count("c", {"tags": {"$regex": "^T2", "$options": "i"}}) == 3
+
+    def test_update_many(self, index_store: IndexStore) -> None:
+        index_store.insert_many("c", _docs(6))
+        assert index_store.update_many("c", {"even": True}, {"$set": {"x": 1}, "$inc": {"i": 100}}) == 3
+        assert sorted(d["i"] for d in index_store.find("c", {"x": 1})) == [100, 102, 104]
+        assert index_store.update_many("c", {"i": 1}, {"$unset": {"meta": ""}, "$push": {"tags": "new"}}) == 1
+        one = index_store.find_one("c", {"i": 1})
+        assert "meta" not in one and one["tags"] == ["t1", "new"]
+
+    def test_find_one_and_update_returns_updated_first_match(self, index_store: IndexStore) -> None:
+        index_store.insert_many("c", _docs(5))
+        got = index_store.find_one_and_update("c", {"even": True}, {"$set": {"taken": True}}, sort=[("i", -1)])
+        assert got["i"] == 4 and got["taken"] is True
+        assert index_store.find_one_and_update("c", {"i": 99}, {"$set": {"taken": True}}) is None
+        assert index_store.count("c", {"taken": True}) == 1
+
+    def test_concurrent_claims_have_one_winner(self, index_store: IndexStore) -> None:
+        index_store.insert_many("c", [{"_id": ObjectId(), "status": "pending"}])
+        winners: list[str] = []
+        barrier = threading.Barrier(8)
+
+        def claim(name: str) -> None:
+            barrier.wait(timeout=30)
+            got = index_store.find_one_and_update("c", {"status": "pending"}, {"$set": {"status": name}})
+            if got is not None:
+                winners.append(name)
+
+        threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(winners) == 1
+        assert index_store.find_one("c", {})["status"] == winners[0]
+
+    def test_delete_many(self, index_store: IndexStore) -> None:
+        index_store.insert_many("c", _docs(6))
+        assert index_store.delete_many("c", {"even": False}) == 3
+        assert sorted(d["i"] for d in index_store.find("c", {})) == [0, 2, 4]
+        assert index_store.delete_many("c", {"i": 99}) == 0
+
+    def test_unsupported_operator_is_a_clear_error(self, index_store: IndexStore) -> None:
+        index_store.insert_many("c", _docs(2))
+        with pytest.raises(TensorHubError):
+            index_store.find("c", {"i": {"$frobnicate": 1}})
+
+    def test_bad_update_is_a_clear_error(self, index_store: IndexStore) -> None:
+        index_store.insert_many("c", _docs(2))
+        with pytest.raises((InvalidQueryError, TensorHubError)):
+            index_store.update_many("c", {}, {"plain": 1})
