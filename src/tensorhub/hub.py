@@ -138,11 +138,12 @@ class TensorHub:
         """Every dataset matching the query (newest first)."""
         return _datasets.find_all_datasets(self._records, dataset_name, sort=sort, lazy=lazy, **kwargs)
 
-    def find_dataset_records(self, dataset_name: str | None = None, sort: Any = None, **kwargs: Any) -> list[dict]:
+    def find_dataset_records(self, dataset_name: str | None = None, sort: Any = None, limit: int | None = None,
+                             **kwargs: Any) -> list[dict]:
         """The records (schema, tags) of matching datasets, without reading any blob."""
         if dataset_name is not None:
             kwargs["dataset_name"] = dataset_name
-        return self._records.find(_datasets.COLLECTION, kwargs, sort=sort)
+        return self._records.find(_datasets.COLLECTION, kwargs, sort=sort, limit=limit)
 
     def delete_datasets(self, **kwargs: Any) -> int:
         """Delete matching datasets and their blobs; return how many records were deleted."""

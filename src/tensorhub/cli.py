@@ -1,0 +1,149 @@
+"""The ``tensorhub`` command: ``demo``, ``ls`` and ``worker``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from tensorhub.context import ENV_PROJECT, ENV_URI
+from tensorhub.hub import TensorHub
+from tensorhub.registry import DEFAULT_URI
+
+KINDS = ("datasets", "models", "tasks", "logs", "training-logs", "validation-logs", "testing-logs")
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as a plain-text table with the given columns (missing values shown empty)."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if hasattr(value, "strftime"):
+            return value.strftime("%Y-%m-%d %H:%M:%S")
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def _shape_summary(record: dict) -> str:
+    return ", ".join(f"{s['path']}:{s['dtype']}{tuple(s['shape'])}" for s in record.get("schema", []))
+
+
+_BUILTIN_FIELDS = {"_id", "project_name", "time", "spec", "schema", "blob_prefix", "blob_sha256", "parameters",
+                   "script", "traceback", "owner", "claim_id", "errors", "hyper_parameters", "result",
+                   "saved_result_keys", "pickled", "init_kwargs", "lease_expires_at", "started_at", "finished_at",
+                   "attempts_left", "max_attempts", "script_path", "format", "class_path"}
+
+
+def _extra_columns(rows: Sequence[dict], fixed: Sequence[str]) -> list[str]:
+    extra: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in _BUILTIN_FIELDS and key not in fixed and key not in extra:
+                extra.append(key)
+    return extra[:6]
+
+
+def list_records(hub: TensorHub, kind: str, limit: int, query: dict) -> tuple[list[dict], list[str]]:
+    """The rows and columns ``tensorhub ls KIND`` prints."""
+    if kind == "datasets":
+        rows = hub.find_dataset_records(limit=limit, **query)
+        for row in rows:
+            row["arrays"] = _shape_summary(row)
+            row["MB"] = row.get("nbytes", 0) / 1e6
+        fixed = ["dataset_name", "time", "MB", "arrays"]
+    elif kind == "models":
+        rows = hub._records.find("models", query, limit=limit)
+        fixed = ["model_name", "time", "adapter", "parameter_count"]
+    elif kind == "tasks":
+        rows = hub.find_tasks(limit=limit, **query)
+        for row in rows:
+            row["params"] = row.get("hyper_parameters")
+            row["result"] = row.get("result") or row.get("error")
+        fixed = ["task_name", "time", "status", "attempts", "params", "result"]
+        return rows, fixed
+    else:
+        which = "training" if kind in ("logs", "training-logs") else kind.split("-")[0]
+        rows = getattr(hub, f"find_{which}_logs")(limit=limit, **query)
+        fixed = ["time"]
+    return rows, fixed + _extra_columns(rows, fixed)
+
+
+def _hub(uri: str | None, project: str | None) -> TensorHub:
+    return TensorHub(uri or os.environ.get(ENV_URI) or DEFAULT_URI,
+                     project_name=project or os.environ.get(ENV_PROJECT) or "default")
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """tensorhub: datasets, models, logs and task queues in one queryable store."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command("ls")
+@click.argument("kind", type=click.Choice(KINDS))
+@click.option("--uri", default=None, help=f"Store URI (default: ${ENV_URI} or {DEFAULT_URI}).")
+@click.option("--project", "-p", default=None, help="Project name (default: $TENSORHUB_PROJECT or 'default').")
+@click.option("--limit", "-n", default=50, show_default=True, help="At most this many rows, newest first.")
+@click.option("--query", "-q", default="{}", help='A MongoDB query as JSON, e.g. \'{"status": "failed"}\'.')
+def ls_command(kind: str, uri: str | None, project: str | None, limit: int, query: str) -> None:
+    """List datasets, models, tasks or logs as a table (reads records only, never blobs)."""
+    try:
+        parsed = json.loads(query)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--query") from exc
+    with _hub(uri, project) as hub:
+        rows, columns = list_records(hub, kind, limit, parsed)
+    click.echo(format_table(rows, columns) if rows else f"no {kind} in project {hub.project_name!r} at {hub}")
+
+
+@main.command("worker")
+@click.argument("uri", required=False)
+@click.option("--task-name", default=None, help="Only run tasks with this task_name.")
+@click.option("--project", "-p", default=None, help="Project whose tasks to run.")
+@click.option("--lease", default=60.0, show_default=True, help="Seconds a claim lasts without a heartbeat.")
+@click.option("--poll", default=2.0, show_default=True, help="Longest wait between polls of an empty queue.")
+@click.option("--idle-exit", default=None, type=float, help="Exit after this many seconds with no task.")
+@click.option("--max-tasks", default=None, type=int, help="Exit after running this many tasks.")
+def worker_command(uri: str | None, task_name: str | None, project: str | None, lease: float, poll: float,
+                   idle_exit: float | None, max_tasks: int | None) -> None:
+    """Pull tasks from URI and run them, until SIGTERM/SIGINT, --idle-exit or --max-tasks."""
+    from tensorhub.worker import Worker, WorkerOptions
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("tensorhub").setLevel(logging.INFO)
+    with _hub(uri, project) as hub:
+        worker = Worker(hub, WorkerOptions(task_name=task_name, lease=lease, poll=poll, idle_exit=idle_exit,
+                                           max_tasks=max_tasks))
+        worker.install_signal_handlers()
+        ran = worker.run()
+    logging.getLogger("tensorhub.worker").info("worker ran %d task(s)", ran)
+
+
+@main.command("demo")
+@click.option("--uri", default=None, help=f"Store URI (default: {DEFAULT_URI}).")
+@click.option("--runners", default=2, show_default=True, help="Runner processes to start.")
+def demo_command(uri: str | None, runners: int) -> None:
+    """TensorLayer's tutorial workflow on scikit-learn's digits: dataset, three tasks, two runners, best model."""
+    from tensorhub.demo import run_demo
+
+    click.echo(run_demo(uri or DEFAULT_URI, runners=runners))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

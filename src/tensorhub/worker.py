@@ -1,0 +1,95 @@
+"""The long-running task runner behind ``tensorhub worker``.
+
+It claims one task at a time, runs it, and polls when the queue is empty with a backoff that
+grows to ``poll`` seconds, so an idle worker never busy-loops against the database. SIGTERM
+and SIGINT stop it cleanly: between tasks it exits at once; during a task the task is handed
+back to ``pending`` (never marked finished) and the worker exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from tensorhub import tasks as _tasks
+from tensorhub.hub import TensorHub
+
+log = logging.getLogger(__name__)
+
+
+class _Shutdown(KeyboardInterrupt):
+    """Raised in the main thread by a signal while a task runs; the runner hands the task back."""
+
+
+@dataclass
+class WorkerOptions:
+    task_name: str | None = None
+    lease: float = _tasks.DEFAULT_LEASE
+    poll: float = 2.0
+    idle_exit: float | None = None
+    max_tasks: int | None = None
+    sort: Any = None
+
+
+class Worker:
+    """Runs tasks from one hub until told to stop, idle for too long, or ``max_tasks`` ran."""
+
+    def __init__(self, hub: TensorHub, options: WorkerOptions) -> None:
+        self.hub = hub
+        self.options = options
+        self.owner = _tasks.worker_identity()
+        self.stopping = threading.Event()
+        self._busy = False
+        self.ran = 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("worker %s: received %s, stopping", self.owner["worker_id"], signal.Signals(signum).name)
+        self.stopping.set()
+        if self._busy:
+            raise _Shutdown()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def run_one(self) -> bool:
+        """Claim and run one task; False when none was available."""
+        query = {"task_name": self.options.task_name} if self.options.task_name else {}
+        claimed = _tasks.claim_task(self.hub._records, query, sort=self.options.sort, lease=self.options.lease,
+                                    owner=self.owner)
+        if claimed is None:
+            return False
+        self._busy = True
+        try:
+            _tasks.run_claimed(self.hub._records, claimed, self.hub.connection, lease=self.options.lease)
+        finally:
+            self._busy = False
+        self.ran += 1
+        return True
+
+    def run(self) -> int:
+        """Loop until stopped; return the number of tasks run."""
+        opts = self.options
+        log.info("worker %s on %s: waiting for tasks %r", self.owner["worker_id"], self.hub, opts.task_name)
+        idle_since = time.monotonic()
+        delay = min(0.05, opts.poll)
+        try:
+            while not self.stopping.is_set():
+                if opts.max_tasks is not None and self.ran >= opts.max_tasks:
+                    log.info("worker %s: ran %d task(s), the maximum", self.owner["worker_id"], self.ran)
+                    break
+                if self.run_one():
+                    idle_since, delay = time.monotonic(), min(0.05, opts.poll)
+                    continue
+                if opts.idle_exit is not None and time.monotonic() - idle_since >= opts.idle_exit:
+                    log.info("worker %s: idle for %.1fs, exiting", self.owner["worker_id"], opts.idle_exit)
+                    break
+                self.stopping.wait(delay)
+                delay = min(delay * 2, opts.poll)
+        except _Shutdown:
+            log.info("worker %s: task handed back, exiting", self.owner["worker_id"])
+        return self.ran

@@ -1,0 +1,57 @@
+"""Many runner processes against one store: every task runs exactly once."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tensorhub import TensorHub
+
+N_TASKS = 200
+N_RUNNERS = 4
+
+
+def _runner(uri: str, project: str, deadline_s: float) -> int:
+    """Run tasks until none is left (bounded by count and time)."""
+    import time
+
+    ran = 0
+    start = time.monotonic()
+    with TensorHub(uri, project_name=project) as hub:
+        while ran <= N_TASKS and time.monotonic() - start < deadline_s:
+            if not hub.run_task("conc"):
+                break
+            ran += 1
+    return ran
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["file", "mongodb"])
+def test_four_processes_run_each_task_exactly_once(backend: str, request: pytest.FixtureRequest,
+                                                   tmp_path: Path) -> None:
+    uri = f"file://{tmp_path}/store" if backend == "file" else f"{request.getfixturevalue('mongodb_base')}/conc"
+    script = tmp_path / "task.py"
+    script.write_text(textwrap.dedent("""
+        from tensorhub import TensorHub
+        TensorHub().save_training_log(task_index=index)
+        doubled = index * 2
+    """))
+    with TensorHub(uri, project_name="conc") as hub:
+        hub.delete_tasks()
+        hub.delete_training_log()
+        for i in range(N_TASKS):
+            hub.create_task("conc", script, {"index": i}, saved_result_keys=["doubled"])
+        with mp.get_context("spawn").Pool(N_RUNNERS) as pool:
+            counts = pool.starmap(_runner, [(uri, "conc", 240.0)] * N_RUNNERS)
+        assert sum(counts) == N_TASKS
+        tasks = hub.find_tasks("conc")
+        assert len(tasks) == N_TASKS
+        assert all(t["status"] == "finished" and t["attempts"] == 1 for t in tasks)
+        assert all(t["result"]["doubled"] == 2 * t["hyper_parameters"]["index"] for t in tasks)
+        runs = Counter(row["task_index"] for row in hub.find_training_logs())
+        assert runs == Counter(range(N_TASKS))  # each script body ran once, no more, no less
+        assert len({t["owner"]["pid"] for t in tasks}) > 1  # the work really was shared
