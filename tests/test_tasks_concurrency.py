@@ -1,4 +1,4 @@
-"""Many runner processes against one store: every task runs exactly once."""
+"""Many runner processes against one store: every task runs exactly once (each in its own child process)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,18 @@ import multiprocessing as mp
 import textwrap
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tensorhub import TensorHub
 
-N_TASKS = 200
+N_TASKS = 500
 N_RUNNERS = 4
 
 
-def _runner(uri: str, project: str, deadline_s: float) -> int:
-    """Run tasks until none is left (bounded by count and time)."""
+def _runner(uri: str, project: str, deadline_s: float, counts: Any) -> None:
+    """Run tasks until none is left (bounded by count and time); report how many ran."""
     import time
 
     ran = 0
@@ -26,7 +27,7 @@ def _runner(uri: str, project: str, deadline_s: float) -> int:
             if not hub.run_task("conc"):
                 break
             ran += 1
-    return ran
+    counts.put(ran)
 
 
 @pytest.mark.slow
@@ -45,8 +46,14 @@ def test_four_processes_run_each_task_exactly_once(backend: str, request: pytest
         hub.delete_training_log()
         for i in range(N_TASKS):
             hub.create_task("conc", script, {"index": i}, saved_result_keys=["doubled"])
-        with mp.get_context("spawn").Pool(N_RUNNERS) as pool:
-            counts = pool.starmap(_runner, [(uri, "conc", 240.0)] * N_RUNNERS)
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        runners = [ctx.Process(target=_runner, args=(uri, "conc", 240.0, queue)) for _ in range(N_RUNNERS)]
+        for runner in runners:
+            runner.start()
+        counts = [queue.get(timeout=300) for _ in runners]
+        for runner in runners:
+            runner.join(timeout=60)
         assert sum(counts) == N_TASKS
         tasks = hub.find_tasks("conc")
         assert len(tasks) == N_TASKS

@@ -120,8 +120,9 @@ def ls_command(kind: str, uri: str | None, project: str | None, limit: int, quer
 @click.option("--poll", default=2.0, show_default=True, help="Longest wait between polls of an empty queue.")
 @click.option("--idle-exit", default=None, type=float, help="Exit after this many seconds with no task.")
 @click.option("--max-tasks", default=None, type=int, help="Exit after running this many tasks.")
+@click.option("--in-process", is_flag=True, help="Run scripts in this process (TensorLayer's way), not in a child.")
 def worker_command(uri: str | None, task_name: str | None, project: str | None, lease: float, poll: float,
-                   idle_exit: float | None, max_tasks: int | None) -> None:
+                   idle_exit: float | None, max_tasks: int | None, in_process: bool) -> None:
     """Pull tasks from URI and run them, until SIGTERM/SIGINT, --idle-exit or --max-tasks."""
     from tensorhub.worker import Worker, WorkerOptions
 
@@ -129,7 +130,7 @@ def worker_command(uri: str | None, task_name: str | None, project: str | None, 
         logging.getLogger("tensorhub").setLevel(logging.INFO)
     with _hub(uri, project) as hub:
         worker = Worker(hub, WorkerOptions(task_name=task_name, lease=lease, poll=poll, idle_exit=idle_exit,
-                                           max_tasks=max_tasks))
+                                           max_tasks=max_tasks, in_process=in_process))
         worker.install_signal_handlers()
         ran = worker.run()
     logging.getLogger("tensorhub.worker").info("worker ran %d task(s)", ran)

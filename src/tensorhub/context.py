@@ -19,6 +19,8 @@ from tensorhub.registry import DEFAULT_URI
 ENV_URI = "TENSORHUB_URI"
 ENV_BLOBS = "TENSORHUB_BLOBS_URI"
 ENV_PROJECT = "TENSORHUB_PROJECT"
+#: set in a task's child process: the id of the task it runs
+ENV_TASK_ID = "TENSORHUB_TASK_ID"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ def task_connection(connection: Connection) -> Iterator[None]:
         yield
     finally:
         _current.reset(token)
+
+
+def inside_task() -> bool:
+    """Whether this code runs as a task (in-process or in a task's child process)."""
+    return _current.get() is not None or ENV_TASK_ID in os.environ
 
 
 def default_connection() -> tuple[str, str | None, str | None]:

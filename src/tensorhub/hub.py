@@ -16,8 +16,9 @@ from urllib.parse import quote
 from tensorhub import datasets as _datasets
 from tensorhub import logs as _logs
 from tensorhub import models as _models
+from tensorhub import runner as _runner
 from tensorhub import tasks as _tasks
-from tensorhub.context import Connection, default_connection
+from tensorhub.context import Connection, default_connection, inside_task
 from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
 from tensorhub.progress import progress_bar
 from tensorhub.records import Records
@@ -80,10 +81,14 @@ class TensorHub:
                 stores.index.close()
                 raise
         self._records = Records(stores.index, blob_store, project_name)
+        if not inside_task():  # the hub that created the task already declared the indexes
+            self._declare_indexes()
+
+    def _declare_indexes(self) -> None:
         for collection in ("datasets", "models", "tasks", *_logs.COLLECTIONS.values()):
             name_field = {"datasets": "dataset_name", "models": "model_name", "tasks": "task_name"}.get(collection)
             keys = [("project_name", 1)] + ([(name_field, 1)] if name_field else []) + [("time", -1)]
-            stores.index.create_index(collection, keys)
+            self._records.index.create_index(collection, keys)
 
     # ------------------------------------------------------------------ connection
     @property
@@ -259,16 +264,29 @@ class TensorHub:
             kwargs["task_name"] = task_name
         return kwargs
 
+    def create_sweep(self, task_name: str, script: Any, grid: dict[str, list] | None = None,
+                     points: list[dict] | None = None, saved_result_keys: list[str] | None = None,
+                     **kwargs: Any) -> list:
+        """Create one task per hyper-parameter point: the product of ``grid`` and/or each dict of ``points``.
+
+        Example: ``hub.create_sweep("mnist", "train.py", grid={"lr": [0.1, 0.01], "units": [400, 800]})``
+        creates 4 tasks. Returns their ids.
+        """
+        return [self.create_task(task_name, script, point, saved_result_keys, **kwargs)
+                for point in _tasks.sweep_points(grid, points)]
+
     def run_task(self, task_name: str | None = None, sort: Any = None, lease: float = _tasks.DEFAULT_LEASE,
-                 **kwargs: Any) -> bool:
+                 in_process: bool = False, **kwargs: Any) -> bool:
         """Claim one pending task (highest priority, oldest first unless ``sort``) and run it.
 
-        Returns False when no task was available. The task ends ``finished`` or ``failed``.
+        The script runs in a child process unless ``in_process=True`` (TensorLayer's way).
+        Returns False when no task was available; the task ends ``finished``, ``failed`` or
+        ``cancelled``.
         """
         claimed = _tasks.claim_task(self._records, self._task_query(task_name, kwargs), sort=sort, lease=lease)
         if claimed is None:
             return False
-        _tasks.run_claimed(self._records, claimed, self.connection, lease=lease)
+        _runner.run_claimed(self._records, claimed, self.connection, lease=lease, isolate=not in_process)
         return True
 
     run_top_task = run_task

@@ -12,11 +12,12 @@ runner that lost its lease can never overwrite the outcome of the runner that to
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import os
 import socket
 import threading
-import traceback
+import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,9 +25,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from tensorhub.context import Connection, task_connection
-from tensorhub.documents import normalize_document
-from tensorhub.errors import InvalidArgumentError, ScriptError, SerializationError
+from tensorhub.errors import InvalidArgumentError, ScriptError
 from tensorhub.records import Records, utcnow
 
 log = logging.getLogger(__name__)
@@ -97,6 +96,22 @@ def create_task(records: Records, task_name: str, script: str | os.PathLike[str]
     return records.save(COLLECTION, record)
 
 
+def sweep_points(grid: Mapping[str, list] | None, points: list[dict] | None) -> list[dict]:
+    """Hyper-parameter dicts: every combination of ``grid``'s values, then each of ``points``."""
+    if grid is None and points is None:
+        raise InvalidArgumentError("a sweep needs grid={'name': [values]} and/or points=[{...}, ...]")
+    combos: list[dict] = []
+    if grid is not None:
+        if not isinstance(grid, Mapping) or not all(isinstance(v, (list, tuple)) and v for v in grid.values()):
+            raise InvalidArgumentError("grid must map each hyper-parameter to a non-empty list of values")
+        combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    if points is not None:
+        if not all(isinstance(p, Mapping) for p in points):
+            raise InvalidArgumentError("points must be a list of hyper-parameter dicts")
+        combos += [dict(p) for p in points]
+    return combos
+
+
 def worker_identity(worker_id: str | None = None) -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "worker_id": worker_id or uuid.uuid4().hex[:12]}
 
@@ -110,10 +125,22 @@ def expire_exhausted(records: Records, query: Mapping[str, Any]) -> int:
                   "error": "the runner stopped renewing its lease and no attempts are left"}})
 
 
+_last_expiry: dict[int, float] = {}
+EXPIRY_INTERVAL = 5.0
+
+
+def _expire_now_and_then(records: Records, query: Mapping[str, Any]) -> None:
+    """Run :func:`expire_exhausted` at most every few seconds per store (it scans running tasks)."""
+    now = time.monotonic()
+    if now - _last_expiry.get(id(records.index), -EXPIRY_INTERVAL) >= EXPIRY_INTERVAL:
+        _last_expiry[id(records.index)] = now
+        expire_exhausted(records, query)
+
+
 def claim_task(records: Records, query: Mapping[str, Any], sort: Any = None, lease: float = DEFAULT_LEASE,
                owner: dict | None = None) -> dict | None:
     """Atomically take the first claimable task (pending, or running with an expired lease)."""
-    expire_exhausted(records, query)
+    _expire_now_and_then(records, query)
     now = utcnow()
     claimable = {"$or": [{"status": PENDING},
                          {"status": RUNNING, "lease_expires_at": {"$lt": now}}]}
@@ -179,62 +206,3 @@ class Heartbeat(threading.Thread):
     def stop(self) -> None:
         self.stopped.set()
         self.join()
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and arrays -> Python values, so results store as ordinary record fields."""
-    if hasattr(value, "tolist") and type(value).__module__ == "numpy":
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def collect_results(namespace: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:
-    """The globals named in ``saved_result_keys``; a clear error if one is missing or unstorable."""
-    missing = [k for k in keys if k not in namespace]
-    if missing:
-        raise SerializationError(f"the script never set the result variable(s) {missing}; "
-                                 "assign them at the top level of the script")
-    result = {k: _plain(namespace[k]) for k in keys}
-    return normalize_document(result)
-
-
-def execute_script(claimed: dict, connection: Connection) -> dict[str, Any]:
-    """Run a task's script in this process with its hyper-parameters as globals; return its results."""
-    namespace: dict[str, Any] = {"__name__": "__main__", "__file__": claimed.get("script_path", "<task>")}
-    namespace.update(claimed.get("hyper_parameters") or {})
-    code = compile(claimed["script"], claimed.get("script_path", "<task>"), "exec")
-    with task_connection(connection):
-        exec(code, namespace)  # noqa: S102 - running the user's task is the point
-    return collect_results(namespace, claimed.get("saved_result_keys") or [])
-
-
-def run_claimed(records: Records, claimed: dict, connection: Connection, lease: float = DEFAULT_LEASE) -> str:
-    """Run a claimed task in-process under a heartbeat; record and return its final status."""
-    log.info("task %s (%s): running attempt %d", claimed["_id"], claimed["task_name"], claimed["attempts"])
-    heartbeat = Heartbeat(records, claimed, lease)
-    heartbeat.start()
-    try:
-        result = execute_script(claimed, connection)
-    except (KeyboardInterrupt, GeneratorExit):
-        heartbeat.stop()
-        release(records, claimed)
-        raise
-    except BaseException as exc:  # noqa: BLE001 - any failure of the user's script is recorded
-        heartbeat.stop()
-        if isinstance(exc, SystemExit) and exc.code in (None, 0):
-            finish(records, claimed, {"status": FINISHED, "result": {}})
-            return FINISHED
-        error = f"{type(exc).__name__}: {exc}"
-        log.info("task %s failed: %s", claimed["_id"], error)
-        finish(records, claimed, {"status": FAILED, "error": error, "traceback": traceback.format_exc()})
-        records.index.update_many(COLLECTION, {"_id": claimed["_id"]},
-                                  {"$push": {"errors": {"attempt": claimed["attempts"], "error": error}}})
-        return FAILED
-    heartbeat.stop()
-    finish(records, claimed, {"status": FINISHED, "result": result})
-    log.info("task %s finished: %s", claimed["_id"], result)
-    return FINISHED

@@ -17,6 +17,7 @@ from typing import Any
 
 from tensorhub import tasks as _tasks
 from tensorhub.hub import TensorHub
+from tensorhub.runner import run_claimed
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class WorkerOptions:
     idle_exit: float | None = None
     max_tasks: int | None = None
     sort: Any = None
+    in_process: bool = False
 
 
 class Worker:
@@ -65,7 +67,8 @@ class Worker:
             return False
         self._busy = True
         try:
-            _tasks.run_claimed(self.hub._records, claimed, self.hub.connection, lease=self.options.lease)
+            run_claimed(self.hub._records, claimed, self.hub.connection, lease=self.options.lease,
+                        isolate=not self.options.in_process)
         finally:
             self._busy = False
         self.ran += 1

@@ -32,6 +32,9 @@ class IndexStore(ABC):
 
     #: URI this store was opened from, with any password removed.
     uri: str = ""
+    #: whether another process can open the same store from ``uri`` (False for in-memory stores);
+    #: task runners run scripts in-process when it is False.
+    shared_across_processes: bool = True
 
     @abstractmethod
     def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
@@ -101,6 +104,8 @@ class BlobStore(ABC):
     """
 
     uri: str = ""
+    #: whether another process can open the same store from ``uri`` (False for in-memory stores)
+    shared_across_processes: bool = True
 
     @abstractmethod
     def put(self, key: str, data: bytes | BinaryIO) -> None:

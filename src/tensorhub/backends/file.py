@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+from bson import ObjectId
+
 from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec
 from tensorhub.documents import decode_document, encode_document
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, NotFoundError
@@ -37,6 +39,19 @@ def path_from_uri(uri: str) -> Path:
         return Path(uri).expanduser()
     parts = urlsplit(uri)
     return Path(parts.netloc + parts.path).expanduser()
+
+
+def _ids_in(query: Mapping[str, Any]) -> list[str] | None:
+    """The ``_id`` values a filter is restricted to at its top level (equality or ``$in``), if any."""
+    if "_id" not in query:
+        return None
+    condition = query["_id"]
+    if isinstance(condition, ObjectId):
+        return [str(condition)]
+    if isinstance(condition, Mapping) and set(condition) == {"$in"} and isinstance(condition["$in"], list) \
+            and all(isinstance(v, ObjectId) for v in condition["$in"]) and len(condition["$in"]) <= 500:
+        return [str(v) for v in condition["$in"]]
+    return None
 
 
 class SQLiteIndexStore(IndexStore):
@@ -74,7 +89,13 @@ class SQLiteIndexStore(IndexStore):
                 self._conn.execute("COMMIT")
 
     def _scan(self, conn: sqlite3.Connection, collection: str, query: Mapping[str, Any]) -> list[Document]:
-        rows = conn.execute("SELECT doc FROM documents WHERE collection = ? ORDER BY rowid", (collection,))
+        ids = _ids_in(query)
+        if ids is not None:  # look records up by primary key instead of scanning the collection
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(f"SELECT doc FROM documents WHERE collection = ? AND id IN ({marks}) ORDER BY rowid",
+                                (collection, *ids))
+        else:
+            rows = conn.execute("SELECT doc FROM documents WHERE collection = ? ORDER BY rowid", (collection,))
         docs = (decode_document(row[0]) for row in rows)
         return [d for d in docs if matches(d, query)]
 

@@ -57,6 +57,8 @@ class MongomockIndexStore(MongoIndexStore):
     tuples as lists) match what a real server returns.
     """
 
+    shared_across_processes = False  # the data lives in this process's memory
+
     def __init__(self, client: Any, lock: threading.RLock, where: str) -> None:
         super().__init__(client, "tensorhub", where)
         self._lock = lock
@@ -94,6 +96,8 @@ class MongomockIndexStore(MongoIndexStore):
 
 class MemoryBlobStore(BlobStore):
     """Blobs in a dict shared by every store opened on the same ``mongomock://`` name."""
+
+    shared_across_processes = False
 
     def __init__(self, blobs: dict[str, bytes], lock: threading.RLock, where: str) -> None:
         self._blobs = blobs
