@@ -21,6 +21,8 @@ os.environ.setdefault("TENSORHUB_PROGRESS", "0")
 _counter = itertools.count()
 
 BACKENDS = ["file", "mongomock", "mongodb"]
+#: backends whose store a runner's child process can open (not the in-process mongomock)
+TASK_BACKENDS = ["file", "mongodb"]
 
 
 @pytest.fixture(scope="session")
