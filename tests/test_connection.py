@@ -162,7 +162,7 @@ def test_incomplete_backends_cannot_be_instantiated() -> None:
 def test_index_and_blobs_from_different_uris(mongodb_base: str, tmp_path) -> None:
     with TensorHub(f"{mongodb_base}/split", project_name="p", blobs=f"file://{tmp_path}/blobs") as hub:
         hub.save_dataset([np.arange(4)], "split")
-        assert list((tmp_path / "blobs" / "blobs" / "datasets").iterdir())
+        assert list((tmp_path / "blobs" / "blobs" / "chunks").iterdir())
         assert np.array_equal(hub.find_dataset("split")[0], np.arange(4))
         assert "blobs=" in str(hub)
         assert hub.delete_datasets() == 1

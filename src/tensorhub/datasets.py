@@ -1,85 +1,192 @@
-"""Datasets: nested structures of numpy arrays, stored as ``.npy`` blobs with their schema in the record.
+"""Datasets: nested structures of arrays, stored as compressed content-addressed chunks.
 
-The record of a dataset holds ``dataset_name``, the user's fields, the structure ``spec``
-(JSON text), and a ``schema`` list (path, dtype, shape, bytes, sha256 per array) so listings
-show what a dataset holds without reading blobs. Arrays are blobs named ``array-<i>.npy``.
+A dataset record holds ``dataset_name``, the user's fields, the structure ``spec`` (JSON text),
+a ``schema`` entry per array (path, dtype, shape, bytes, checksum, and its chunk manifest),
+``rows`` (the shared first-axis length, when the arrays have one), a ``revision`` that grows
+with every append, and ``blob_refs`` (the chunks it uses). Listings read the schema without
+touching blobs; loading reads chunks in parallel; ``lazy=True`` gives :class:`ChunkedArray`
+leaves that read only the chunks a slice needs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from tensorhub.arrays import LazyArray, checksum, from_npy, to_npy
-from tensorhub.errors import InvalidArgumentError, NotFoundError
-from tensorhub.records import Records
+import numpy as np
+
+from tensorhub.chunks import DEFAULT_CHUNK_BYTES, ChunkCache, ChunkedArray, ChunkWriter, Manifest, read_all, read_rows
+from tensorhub.errors import InvalidArgumentError, NotFoundError, SerializationError, TensorHubError
+from tensorhub.records import REFS_FIELD, Records
 from tensorhub.structure import array_paths, dumps_spec, flatten, loads_spec, unflatten
 
 COLLECTION = "datasets"
-
-
-def _array_blob(i: int) -> str:
-    return f"array-{i}.npy"
+APPEND_RETRIES = 20
 
 
 def _pickle_blob(i: int) -> str:
     return f"pickle-{i}.bin"
 
 
-def _check_name(value: Any, what: str) -> str:
+def check_name(value: Any, what: str = "dataset_name") -> str:
     if not isinstance(value, str) or not value:
         raise InvalidArgumentError(f"{what} must be a non-empty string, got {value!r}")
     return value
 
 
+def _schema_entry(path: str, array: np.ndarray, manifest: Manifest) -> dict[str, Any]:
+    return {"path": path, "nbytes": int(array.nbytes), "checksum": manifest.checksum(), **manifest.to_doc()}
+
+
+def _shared_rows(schema: list[dict]) -> int | None:
+    """The first-axis length every array shares, or None when they differ (or there is none)."""
+    lengths = {s["shape"][0] if s["shape"] else None for s in schema}
+    return lengths.pop() if len(lengths) == 1 else None
+
+
 def save_dataset(records: Records, dataset: Any, dataset_name: str, allow_pickle: bool = False,
-                 **fields: Any) -> Any:
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, **fields: Any) -> Any:
     """Store ``dataset`` under ``dataset_name`` with ``fields`` as queryable tags; return the id."""
-    _check_name(dataset_name, "dataset_name")
+    check_name(dataset_name)
     flat = flatten(dataset, allow_pickle=allow_pickle)
-    encoded = [to_npy(a) for a in flat.arrays]
-    paths = dict((node["i"], path) for path, node in array_paths(flat.spec))
-    schema = [
-        {"path": paths.get(i, f"[{i}]"), "dtype": a.dtype.str, "shape": list(a.shape),
-         "nbytes": int(a.nbytes), "sha256": checksum(data)}
-        for i, (a, data) in enumerate(zip(flat.arrays, encoded))
-    ]
-    record = records.new_record({
-        **fields,
-        "dataset_name": dataset_name,
+    paths = {node["i"]: path for path, node in array_paths(flat.spec)}
+    record = records.new_record({**fields, "dataset_name": dataset_name})  # validates fields before any write
+    writer = ChunkWriter(records.blobs, chunk_bytes, desc=f"saving {dataset_name}")
+    try:
+        schema = [_schema_entry(paths.get(i, f"[{i}]"), a, writer.write(a)) for i, a in enumerate(flat.arrays)]
+    except BaseException:
+        records.release_chunks(writer.refs)
+        raise
+    record.update({
         "spec": dumps_spec(flat.spec),
         "schema": schema,
         "nbytes": sum(s["nbytes"] for s in schema),
+        "rows": _shared_rows(schema),
         "pickled": bool(flat.pickles),
+        "revision": 1,
     })
-    blobs = [(_array_blob(i), data) for i, data in enumerate(encoded)]
-    blobs += [(_pickle_blob(i), data) for i, data in enumerate(flat.pickles)]
-    return records.save(COLLECTION, record, blobs)
+    blobs = [(_pickle_blob(i), data) for i, data in enumerate(flat.pickles)]
+    return records.save(COLLECTION, record, blobs, refs=writer.refs)
 
 
 def load_dataset(records: Records, record: dict, lazy: bool = False, allow_pickle: bool = False) -> Any:
-    """Rebuild the dataset a record describes (``lazy`` gives :class:`LazyArray` leaves)."""
+    """Rebuild the dataset a record describes (``lazy`` gives :class:`ChunkedArray` leaves)."""
     prefix = record.get("blob_prefix", "")
-    schema = record.get("schema", [])
+    schema = record["schema"]
+    cache = ChunkCache() if lazy else None
+    name = record.get("dataset_name")
 
     def load_array(i: int, node: dict) -> Any:
-        key = prefix + _array_blob(i)
-        sha = schema[i]["sha256"] if i < len(schema) else None
+        manifest = Manifest.from_doc(schema[i])
         if lazy and node["t"] == "array":
-            return LazyArray(records.blobs, key, sha)
+            return ChunkedArray(records.blobs, manifest, cache)
         try:
-            return from_npy(records.blobs.get(key), sha, f"array {i} of dataset {record.get('dataset_name')!r}")
-        except NotFoundError as exc:
-            raise NotFoundError(f"dataset {record.get('dataset_name')!r} ({record['_id']}) lost its blob {key}: "
-                                "delete the record and save it again") from exc
+            return read_all(records.blobs, manifest, desc=f"loading {name}")
+        except TensorHubError as exc:
+            raise type(exc)(f"dataset {name!r} ({record['_id']}), array {schema[i]['path']}: {exc}") from exc
 
     return unflatten(loads_spec(record["spec"]), load_array,
                      lambda i: records.blobs.get(prefix + _pickle_blob(i)), allow_pickle=allow_pickle)
 
 
+def find_records(records: Records, dataset_name: str | None, query: dict[str, Any], sort: Any = None,
+                 limit: int | None = None) -> list[dict]:
+    if dataset_name is not None:
+        query["dataset_name"] = check_name(dataset_name)
+    return records.find(COLLECTION, query, sort=sort, limit=limit)
+
+
 def find_all_datasets(records: Records, dataset_name: str | None, sort: Any = None, lazy: bool = False,
                       allow_pickle: bool = False, limit: int | None = None, **query: Any) -> list:
     """Every matching dataset, newest first unless ``sort`` says otherwise."""
-    if dataset_name is not None:
-        query["dataset_name"] = _check_name(dataset_name, "dataset_name")
-    found = records.find(COLLECTION, query, sort=sort, limit=limit)
+    found = find_records(records, dataset_name, query, sort=sort, limit=limit)
     return [load_dataset(records, r, lazy=lazy, allow_pickle=allow_pickle) for r in found]
+
+
+def _append_one(writer: ChunkWriter, records: Records, entry: dict, rows: np.ndarray) -> dict:
+    """The schema entry of an array after appending ``rows`` (rewrites only its last, partial chunk)."""
+    manifest = Manifest.from_doc(entry)
+    if not manifest.shape:
+        raise InvalidArgumentError(f"{entry['path']} is a 0-d array and cannot grow")
+    rows = np.asarray(rows)
+    if rows.dtype.str != manifest.dtype and not np.can_cast(rows.dtype, np.dtype(manifest.dtype), "same_kind"):
+        raise InvalidArgumentError(f"{entry['path']}: cannot append {rows.dtype} rows to a {manifest.dtype} array")
+    if tuple(rows.shape[1:]) != tuple(manifest.shape[1:]):
+        raise InvalidArgumentError(f"{entry['path']}: rows of shape {tuple(rows.shape[1:])} do not fit an array "
+                                   f"of shape {tuple(manifest.shape)}; each row must be {tuple(manifest.shape[1:])}")
+    rows = rows.astype(np.dtype(manifest.dtype), copy=False)
+    step, n = manifest.chunk_rows, manifest.shape[0]
+    full = n // step
+    tail = read_rows(records.blobs, manifest, full * step, n) if n % step else rows[:0]
+    grown = np.concatenate([tail, rows]) if len(tail) else rows
+    new = writer.write_blocks(grown[i:i + step] for i in range(0, len(grown), step))
+    manifest.chunks = manifest.chunks[:full] + new
+    manifest.shape = [n + len(rows), *manifest.shape[1:]]
+    return {**entry, **manifest.to_doc(), "nbytes": entry["nbytes"] + int(rows.nbytes),
+            "checksum": manifest.checksum()}
+
+
+def append_dataset(records: Records, dataset_name: str, rows: Any, sort: Any = None, **query: Any) -> int:
+    """Grow the newest matching dataset along axis 0 by ``rows`` (same structure); return the new length.
+
+    Only new chunks (and a rewrite of each array's last, partial chunk) are written; the record
+    is then swapped in one atomic compare-and-set on its ``revision``, so readers see the old or
+    the new length, never a torn one, and two concurrent appends both land (one retries).
+    """
+    flat = flatten(rows)
+    for _ in range(APPEND_RETRIES):
+        found = find_records(records, dataset_name, dict(query), sort=sort, limit=1)
+        if not found:
+            raise NotFoundError(f"no dataset {dataset_name!r} matches {query or 'the query'}; save it first")
+        record = found[0]
+        if dumps_spec(_shape_free(flat.spec)) != dumps_spec(_shape_free(loads_spec(record["spec"]))):
+            raise InvalidArgumentError(f"the rows' structure does not match dataset {dataset_name!r}: append the "
+                                       "same containers and keys, with arrays in the same places")
+        writer = ChunkWriter(records.blobs, desc=f"appending to {dataset_name}")
+        try:
+            schema = [_append_one(writer, records, entry, a) for entry, a in zip(record["schema"], flat.arrays)]
+        except BaseException:
+            records.release_chunks(set(writer.refs) - set(record.get(REFS_FIELD, ())))
+            raise
+        refs = list(dict.fromkeys([*record.get(REFS_FIELD, ()), *writer.refs]))  # old tails stay until delete
+        new_spec = _with_shapes(loads_spec(record["spec"]), schema)
+        swapped = records.index.find_one_and_update(
+            COLLECTION, {"_id": record["_id"], "revision": record.get("revision", 1)},
+            {"$set": {"schema": schema, "spec": dumps_spec(new_spec), REFS_FIELD: refs,
+                      "nbytes": sum(s["nbytes"] for s in schema), "rows": _shared_rows(schema)},
+             "$inc": {"revision": 1}})
+        if swapped is not None:
+            lengths = [s["shape"][0] for s in schema if s["shape"]]
+            return max(lengths) if lengths else 0
+        records.release_chunks(set(writer.refs) - set(record.get(REFS_FIELD, ())))  # lost a race: retry
+    raise TensorHubError(f"could not append to {dataset_name!r}: {APPEND_RETRIES} concurrent updates in a row")
+
+
+def _shape_free(spec: Any) -> Any:
+    """A spec without array shapes' first axis and JSON values: what must match for an append."""
+    kind = spec["t"]
+    if kind in ("array", "scalar"):
+        return {"t": kind, "dtype": np.dtype(spec["dtype"]).kind, "shape": spec["shape"][1:]}
+    if kind in ("list", "tuple"):
+        return {"t": kind, "v": [_shape_free(n) for n in spec["v"]]}
+    if kind == "dict":
+        return {"t": "dict", "k": spec["k"], "v": [_shape_free(n) for n in spec["v"]]}
+    return {"t": "value"}
+
+
+def _with_shapes(spec: Any, schema: list[dict]) -> Any:
+    kind = spec["t"]
+    if kind in ("array", "scalar"):
+        return {**spec, "shape": schema[spec["i"]]["shape"]}
+    if kind in ("list", "tuple", "dict"):
+        return {**spec, "v": [_with_shapes(n, schema) for n in spec["v"]]}
+    return spec
+
+
+def require_rows(record: dict) -> int:
+    """The shared first-axis length of a dataset, or a clear error for streaming and batching."""
+    if record.get("rows") is None:
+        raise SerializationError(
+            f"dataset {record.get('dataset_name')!r} has arrays of different lengths "
+            f"{[s['shape'][:1] for s in record['schema']]}; streaming needs arrays that share their first "
+            "axis (save each split, e.g. train and test, as its own dataset)")
+    return int(record["rows"])

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tensorhub import datasets as _datasets
+from tensorhub import errors as _errors
 from tensorhub import logs as _logs
 from tensorhub import models as _models
 from tensorhub import runner as _runner
@@ -129,8 +130,7 @@ class TensorHub:
 
         Example: ``hub.save_dataset([X, y], "mnist", version="1.0")``. Returns the record id.
         """
-        allow_pickle = bool(kwargs.pop("allow_pickle", False))
-        return _datasets.save_dataset(self._records, dataset, dataset_name, allow_pickle=allow_pickle, **kwargs)
+        return _datasets.save_dataset(self._records, dataset, dataset_name, **kwargs)
 
     def find_dataset(self, dataset_name: str | None = None, sort: Any = None, lazy: bool = False,
                      **kwargs: Any) -> Any:
@@ -149,6 +149,36 @@ class TensorHub:
         if dataset_name is not None:
             kwargs["dataset_name"] = dataset_name
         return self._records.find(_datasets.COLLECTION, kwargs, sort=sort, limit=limit)
+
+    def append_dataset(self, dataset_name: str, rows: Any, **kwargs: Any) -> int:
+        """Grow the newest matching dataset along axis 0 by ``rows`` (same structure); return the new length.
+
+        Example: ``hub.append_dataset("events", [X_new, y_new])``. Readers see the old or the new
+        length, never a torn one; only new chunks are written.
+        """
+        return _datasets.append_dataset(self._records, dataset_name, rows, **kwargs)
+
+    def stream_dataset(self, dataset_name: str, batch_size: int, shuffle: bool = True, seed: int | None = None,
+                       epochs: int = 1, **kwargs: Any) -> Any:
+        """Batches of a dataset (the saved structure, each array cut to ``batch_size`` rows), in bounded memory.
+
+        Example::
+
+            for X, y in hub.stream_dataset("mnist", batch_size=256, seed=0, epochs=2):
+                train_step(X, y)
+
+        Every row comes once per epoch; the same ``seed`` gives the same order. The result is
+        also a PyTorch ``IterableDataset`` when torch is imported (``DataLoader(stream,
+        batch_size=None, num_workers=4)``: each worker reads its own share).
+        """
+        from tensorhub.streaming import make_stream
+
+        options = {k: kwargs.pop(k) for k in ("buffer_chunks", "prefetch", "drop_last") if k in kwargs}
+        record = self.find_dataset_records(dataset_name, sort=kwargs.pop("sort", None), limit=1, **kwargs)
+        if not record:
+            raise _errors.NotFoundError(f"no dataset {dataset_name!r} matches {kwargs or 'the query'}")
+        return make_stream(self.connection, record[0], batch_size, shuffle=shuffle, seed=seed, epochs=epochs,
+                           blobs=self._records.blobs, **options)
 
     def delete_datasets(self, **kwargs: Any) -> int:
         """Delete matching datasets and their blobs; return how many records were deleted."""

@@ -9,7 +9,7 @@ the invariants in one place:
   fails, so a record is visible only once its bytes are complete and a failed save leaves
   nothing behind;
 * a delete removes the records first and their blobs after, so no visible record ever points
-  at missing bytes.
+  at missing bytes; shared content-addressed chunks are freed only when no record uses them.
 
 It knows nothing of any backend: only the :class:`IndexStore` and :class:`BlobStore` ABCs.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 #: newest first, with the ObjectId breaking ties between records of the same millisecond
 NEWEST_FIRST = [("time", -1), ("_id", -1)]
 BLOB_PREFIX_FIELD = "blob_prefix"
+#: field listing the content-addressed chunks (see :mod:`tensorhub.chunks`) a record uses
+REFS_FIELD = "blob_refs"
+#: collections whose records may hold ``blob_refs``; a chunk is garbage when none refers to it
+REF_COLLECTIONS = ("datasets", "models")
 
 
 def utcnow() -> dt.datetime:
@@ -88,11 +92,15 @@ class Records:
     def blob_prefix(self, collection: str, record_id: ObjectId) -> str:
         return f"{collection}/{record_id}/"
 
-    def save(self, collection: str, record: Document, blobs: Iterable[tuple[str, Any]] = ()) -> ObjectId:
+    def save(self, collection: str, record: Document, blobs: Iterable[tuple[str, Any]] = (),
+             refs: Sequence[str] = ()) -> ObjectId:
         """Write ``blobs`` (name, bytes-or-stream) under the record's prefix, then the record.
 
-        If anything fails, the blobs already written are removed and the error propagates.
+        ``refs`` are the chunks (already written) the record uses. If anything fails, the blobs
+        already written and the chunks no other record uses are removed, and the error propagates.
         """
+        if refs:
+            record[REFS_FIELD] = list(refs)
         prefix = self.blob_prefix(collection, record["_id"])
         written: list[str] = []
         try:
@@ -105,8 +113,26 @@ class Records:
             self.index.insert_one(collection, record)
         except BaseException:
             self._remove_blobs(written)
+            self.release_chunks(refs)
             raise
         return record["_id"]
+
+    def release_chunks(self, digests: Iterable[str]) -> int:
+        """Delete the chunks among ``digests`` that no record (of any project) refers to any more.
+
+        A save that is writing the same chunk at this very moment, before its record exists,
+        can lose it: the window is the few milliseconds between this check and the delete.
+        """
+        from tensorhub.chunks import chunk_key
+
+        candidates = set(digests)
+        if not candidates:
+            return 0
+        for collection in REF_COLLECTIONS:
+            for record in self.index.find(collection, {REFS_FIELD: {"$in": sorted(candidates)}}):
+                candidates.difference_update(record.get(REFS_FIELD, ()))
+        self._remove_blobs(chunk_key(d) for d in candidates)
+        return len(candidates)
 
     def _remove_blobs(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -140,4 +166,5 @@ class Records:
         for record in records:
             if record.get(BLOB_PREFIX_FIELD):
                 self.blobs.delete_prefix(record[BLOB_PREFIX_FIELD])
+        self.release_chunks(d for record in records for d in record.get(REFS_FIELD, ()))
         return deleted

@@ -127,13 +127,14 @@ class HubContract:
         with pytest.raises(IndexError):
             lazy_x[1000]
 
-    def test_delete_datasets_deletes_blobs(self, hub: TensorHub) -> None:
+    def test_delete_datasets_frees_only_unshared_chunks(self, hub: TensorHub) -> None:
         hub.save_dataset([np.ones(3), np.zeros(2)], "gone")
-        hub.save_dataset([np.ones(3)], "kept")
-        assert len(_all_blobs(hub)) == 3
+        hub.save_dataset([np.ones(3)], "kept")  # the same bytes as gone[0]: stored once
+        assert len(_all_blobs(hub)) == 2
         assert hub.delete_datasets(dataset_name="gone") == 1
         assert hub.find_dataset("gone") is None
-        assert len(_all_blobs(hub)) == 1
+        assert len(_all_blobs(hub)) == 1  # the shared chunk stays for "kept"
+        np.testing.assert_array_equal(hub.find_dataset("kept")[0], np.ones(3))
         assert hub.delete_datasets() == 1 and _all_blobs(hub) == []
 
     def test_arbitrary_objects_are_refused_without_pickle(self, hub: TensorHub) -> None:

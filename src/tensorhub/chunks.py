@@ -1,0 +1,307 @@
+"""Content-addressed, compressed chunks of arrays: the storage engine of datasets and parameters.
+
+An array is cut along its first axis into chunks of about ``chunk_bytes`` (default 8 MiB),
+each compressed with Blosc (LZ4, byte shuffle, multi-threaded) and stored under
+``chunks/<sha256 of the compressed bytes>``. So:
+
+* the same bytes are stored once, whoever saves them (datasets saved twice, checkpoints whose
+  tensors did not change); records list the chunks they use in ``blob_refs`` and a delete frees
+  only chunks no remaining record refers to (:meth:`tensorhub.records.Records.delete`);
+* a read fetches only the chunks a slice needs (:class:`ChunkedArray`), verifies each against
+  its hash (a damaged blob is an error, never a wrong array), and keeps recent chunks in an
+  LRU cache;
+* chunks are independent, so they are compressed, hashed, written and read by a small thread
+  pool (Blosc, hashlib and file/socket I/O release the GIL).
+
+The per-array *manifest* (dtype, shape, rows per chunk, chunk hashes) lives in the record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numcodecs import Blosc
+
+from tensorhub.backends.base import BlobStore
+from tensorhub.errors import CorruptDataError, InvalidArgumentError, NotFoundError
+from tensorhub.progress import progress_bar
+
+CHUNK_PREFIX = "chunks/"
+DEFAULT_CHUNK_BYTES = 8 << 20
+IO_THREADS = 4
+_CODEC = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
+
+
+def chunk_key(digest: str) -> str:
+    return CHUNK_PREFIX + digest
+
+
+def rows_per_chunk(shape: Sequence[int], itemsize: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """How many first-axis rows make a chunk of about ``chunk_bytes`` (at least one)."""
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * itemsize if len(shape) > 1 else itemsize
+    return max(1, chunk_bytes // max(1, row_bytes))
+
+
+@dataclass
+class Manifest:
+    """Where an array's bytes are: dtype, shape, rows per chunk and the chunk digests in order."""
+
+    dtype: str
+    shape: list[int]
+    chunk_rows: int
+    chunks: list[str]
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "shape": list(self.shape), "chunk_rows": self.chunk_rows,
+                "chunks": list(self.chunks)}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Manifest:
+        return cls(doc["dtype"], list(doc["shape"]), int(doc["chunk_rows"]), list(doc["chunks"]))
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    def checksum(self) -> str:
+        """One digest for the whole array (dtype, shape and every chunk)."""
+        text = f"{self.dtype}|{self.shape}|{self.chunk_rows}|{','.join(self.chunks)}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _encode(block: np.ndarray) -> tuple[str, bytes]:
+    data = _CODEC.encode(np.ascontiguousarray(block))
+    return hashlib.sha256(data).hexdigest(), data
+
+
+class ChunkWriter:
+    """Writes arrays as deduplicated chunks; collects the digests it used in ``refs``."""
+
+    def __init__(self, blobs: BlobStore, chunk_bytes: int = DEFAULT_CHUNK_BYTES, desc: str = "saving") -> None:
+        if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+            raise InvalidArgumentError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
+        self.blobs = blobs
+        self.chunk_bytes = chunk_bytes
+        self.refs: list[str] = []
+        self.desc = desc
+
+    def _store(self, block: np.ndarray) -> str:
+        digest, data = _encode(block)
+        key = chunk_key(digest)
+        if not self.blobs.exists(key):  # content-addressed: same bytes, same key, stored once
+            self.blobs.put(key, data)
+        return digest
+
+    def write_blocks(self, blocks: Iterable[np.ndarray], total: int | None = None) -> list[str]:
+        """Store blocks in parallel (order kept); return their digests."""
+        with ThreadPoolExecutor(IO_THREADS) as pool, progress_bar(total=total, desc=self.desc, unit="chunk") as bar:
+            digests = []
+            pending: list[Any] = []
+            for block in blocks:
+                pending.append(pool.submit(self._store, block))
+                if len(pending) >= 2 * IO_THREADS:  # bound memory: at most a few chunks in flight
+                    digests.append(pending.pop(0).result())
+                    bar.update()
+            for future in pending:
+                digests.append(future.result())
+                bar.update()
+        self.refs.extend(d for d in digests if d not in self.refs)
+        return digests
+
+    def write(self, array: np.ndarray) -> Manifest:
+        """Store ``array`` (C order, chunked along axis 0) and return its manifest."""
+        array = np.asarray(array)
+        if array.ndim == 0:
+            return Manifest(array.dtype.str, [], 1, self.write_blocks([array.reshape(1)], 1))
+        step = rows_per_chunk(array.shape, array.dtype.itemsize, self.chunk_bytes)
+        starts = range(0, array.shape[0], step)
+        digests = self.write_blocks((array[i:i + step] for i in starts), len(starts))
+        return Manifest(array.dtype.str, list(array.shape), step, digests)
+
+
+class ChunkCache:
+    """A small thread-safe LRU of decoded chunks, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> np.ndarray | None:
+        with self._lock:
+            value = self._items.get(digest)
+            if value is not None:
+                self._items.move_to_end(digest)
+            return value
+
+    def put(self, digest: str, value: np.ndarray) -> None:
+        if value.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if digest in self._items:
+                return
+            self._items[digest] = value
+            self._size += value.nbytes
+            while self._size > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self._size -= old.nbytes
+
+
+def read_chunk(blobs: BlobStore, manifest: Manifest, index: int, cache: ChunkCache | None = None) -> np.ndarray:
+    """Chunk ``index`` of an array, decoded and shaped, verified against its digest."""
+    digest = manifest.chunks[index]
+    if cache is not None:
+        hit = cache.get(digest)
+        if hit is not None:
+            return hit
+    try:
+        data = blobs.get(chunk_key(digest))
+    except NotFoundError as exc:
+        raise NotFoundError(f"chunk {digest[:12]}... of a stored array is missing; the record outlived its "
+                            "bytes: delete the record and save the data again") from exc
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise CorruptDataError(f"chunk {digest[:12]}... is truncated or altered (its bytes do not match its "
+                               "digest); save the data again from a good copy")
+    dtype = np.dtype(manifest.dtype)
+    try:
+        flat = np.frombuffer(_CODEC.decode(data), dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means damaged bytes
+        raise CorruptDataError(f"chunk {digest[:12]}... cannot be decompressed: {exc}") from exc
+    value = flat.reshape((-1, *manifest.shape[1:])) if manifest.shape else flat.reshape(())
+    if cache is not None:
+        cache.put(digest, value)
+    return value
+
+
+def read_rows(blobs: BlobStore, manifest: Manifest, start: int, stop: int,
+              cache: ChunkCache | None = None, parallel: bool = True) -> np.ndarray:
+    """Rows ``start:stop`` of an array (clipped), reading only the chunks that hold them."""
+    dtype = np.dtype(manifest.dtype)
+    if not manifest.shape:
+        return read_chunk(blobs, manifest, 0, cache)
+    n = manifest.shape[0]
+    start, stop = max(0, min(start, n)), max(0, min(stop, n))
+    out = np.empty((max(0, stop - start), *manifest.shape[1:]), dtype=dtype)
+    if stop <= start:
+        return out
+    step = manifest.chunk_rows
+    indices = range(start // step, (stop - 1) // step + 1)
+
+    def fill(i: int) -> None:
+        chunk = read_chunk(blobs, manifest, i, cache)
+        lo, hi = max(start, i * step), min(stop, (i + 1) * step)
+        out[lo - start:hi - start] = chunk[lo - i * step:hi - i * step]
+
+    if parallel and len(indices) > 1:
+        with ThreadPoolExecutor(IO_THREADS) as pool:
+            for _ in pool.map(fill, indices):
+                pass
+    else:
+        for i in indices:
+            fill(i)
+    return out
+
+
+def read_all(blobs: BlobStore, manifest: Manifest, desc: str = "loading") -> np.ndarray:
+    """The whole array, chunks fetched in parallel (with a progress bar when interactive)."""
+    if not manifest.shape:
+        return read_chunk(blobs, manifest, 0).copy()
+    with progress_bar(total=len(manifest.chunks), desc=desc, unit="chunk") as bar:
+        out = np.empty(manifest.shape, dtype=np.dtype(manifest.dtype))
+        step = manifest.chunk_rows
+
+        def fill(i: int) -> None:
+            chunk = read_chunk(blobs, manifest, i)
+            out[i * step:i * step + len(chunk)] = chunk
+            bar.update()
+
+        with ThreadPoolExecutor(IO_THREADS) as pool:
+            for _ in pool.map(fill, range(len(manifest.chunks))):
+                pass
+    return out
+
+
+class ChunkedArray:
+    """An array-like over a stored array that reads only the chunks a selection needs.
+
+    ``a[10:20]``, ``a[5]``, ``a[[1, 7, 3]]``, ``a[2:9, :, 0]`` fetch just the chunks holding
+    those rows; ``np.asarray(a)`` loads everything. Recent chunks are cached.
+    """
+
+    def __init__(self, blobs: BlobStore, manifest: Manifest, cache: ChunkCache | None = None) -> None:
+        self._blobs = blobs
+        self.manifest = manifest
+        self.shape = tuple(manifest.shape)
+        self.dtype = np.dtype(manifest.dtype)
+        self._cache = cache or ChunkCache()
+
+    ndim = property(lambda self: len(self.shape))
+    size = property(lambda self: int(np.prod(self.shape, dtype=np.int64)))
+    nbytes = property(lambda self: self.size * self.dtype.itemsize)
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"ChunkedArray(shape={self.shape}, dtype={self.dtype}, chunks={len(self.manifest.chunks)})"
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as an in-memory array."""
+        return read_rows(self._blobs, self.manifest, start, stop, self._cache)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = read_all(self._blobs, self.manifest)
+        return array if dtype is None else array.astype(dtype)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __getitem__(self, key: Any) -> Any:
+        if not self.shape:
+            return np.asarray(self)[key]
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
+        n = self.shape[0]
+        keeps_axis = True
+        if first is Ellipsis:
+            return np.asarray(self)[key]
+        if isinstance(first, (int, np.integer)):
+            keeps_axis = False
+            index = int(first) + n if first < 0 else int(first)
+            if not 0 <= index < n:
+                raise IndexError(f"index {first} is out of bounds for axis 0 with size {n}")
+            rows = self.read_rows(index, index + 1)[0]
+        elif isinstance(first, slice):
+            start, stop, step = first.indices(n)
+            if step > 0:
+                rows = self.read_rows(start, stop)[::step]
+            else:
+                rows = self.read_rows(stop + 1, start + 1)[::-1][::-step]
+        else:
+            indices = np.asarray(first)
+            if indices.dtype == bool:
+                indices = np.flatnonzero(indices)
+            if indices.dtype.kind not in "iu":
+                raise InvalidArgumentError(f"cannot index a ChunkedArray with {first!r}")
+            indices = np.where(indices < 0, indices + n, indices)
+            if indices.size and (indices.min() < 0 or indices.max() >= n):
+                raise IndexError(f"an index is out of bounds for axis 0 with size {n}")
+            rows = np.empty((len(indices), *self.shape[1:]), dtype=self.dtype)
+            step = self.manifest.chunk_rows
+            for chunk_index in np.unique(indices // step):  # only the chunks the indices fall in
+                chunk = read_chunk(self._blobs, self.manifest, int(chunk_index), self._cache)
+                hits = np.flatnonzero(indices // step == chunk_index)
+                rows[hits] = chunk[indices[hits] - chunk_index * step]
+        if not rest:
+            return rows
+        return rows[(slice(None), *rest)] if keeps_axis else rows[rest]
