@@ -4,7 +4,8 @@ The dataset's rows are cut into *blocks* that follow the chunk layout. Each epoc
 blocks in a seeded random order; a few blocks at a time fill a shuffle buffer whose rows are
 permuted again and cut into batches. Background threads prefetch the next blocks. Memory is
 bounded by ``(buffer_chunks + prefetch)`` blocks, whatever the dataset's size; every row comes
-exactly once per epoch, and the same ``seed`` gives the same batches.
+exactly once per epoch, and the same ``seed`` gives the same batches. A block is one chunk of the
+widest array, so the bound is a few chunks (8 MiB each by default).
 
 A stream is picklable (it reopens the blob store from the hub's URI in another process), and
 when torch is imported it is a ``torch.utils.data.IterableDataset``: under a ``DataLoader``
@@ -28,6 +29,10 @@ from tensorhub.context import Connection
 from tensorhub.datasets import require_rows
 from tensorhub.errors import InvalidArgumentError
 from tensorhub.structure import loads_spec, unflatten
+
+
+def _row_bytes(manifest: Manifest) -> int:
+    return int(np.prod(manifest.shape[1:], dtype=np.int64)) * np.dtype(manifest.dtype).itemsize
 
 
 def _worker_share() -> tuple[int, int]:
@@ -56,7 +61,10 @@ class DatasetStream:
         self.seed = int(np.random.default_rng().integers(2**63)) if seed is None else seed  # shared by workers
         self.spec = loads_spec(record["spec"])
         self.manifests = [Manifest.from_doc(s) for s in record["schema"]]
-        self.block_rows = max([m.chunk_rows for m in self.manifests] + [1])
+        # a block is the rows of one chunk of the widest array; narrower arrays' chunks span
+        # several blocks and stay in a small cache meanwhile
+        self.block_rows = min([m.chunk_rows for m in self.manifests if m.shape] or [1])
+        self.cache_bytes = 2 * sum(m.chunk_rows * _row_bytes(m) for m in self.manifests)
         self._blobs = blobs
 
     def __getstate__(self) -> dict[str, Any]:
@@ -114,7 +122,7 @@ class DatasetStream:
             yield self._batch(carry)
 
     def __iter__(self) -> Iterator[Any]:
-        cache = ChunkCache(max_bytes=64 << 20)
+        cache = ChunkCache(max_bytes=self.cache_bytes)
         with ThreadPoolExecutor(self.prefetch) as pool:
             for epoch in range(self.epochs):
                 yield from self._epoch(epoch, pool, cache)

@@ -93,33 +93,33 @@ def unflatten(
     allow_pickle: bool = False,
 ) -> Any:
     """Rebuild a structure from its spec; leaves come from ``load_array(i, node)``/``load_pickle(i)``."""
+    # a module-level recursion, not a nested closure: a self-referencing closure is a reference
+    # cycle that would keep every batch of a stream alive until the garbage collector runs
+    return _build(spec, load_array, load_pickle, allow_pickle)
 
-    def build(node: dict) -> Any:
-        kind = node["t"]
-        if kind == "value":
-            return node["v"]
-        if kind == "float":
-            return float(node["v"])
-        if kind == "array":
-            return load_array(node["i"], node)
-        if kind == "scalar":
-            return np.asarray(load_array(node["i"], node))[()]
-        if kind == "list":
-            return [build(n) for n in node["v"]]
-        if kind == "tuple":
-            return tuple(build(n) for n in node["v"])
-        if kind == "dict":
-            return {k: build(n) for k, n in zip(node["k"], node["v"])}
-        if kind == "pickle":
-            if not allow_pickle:
-                raise SerializationError(
-                    "this record holds pickled Python objects; loading them can run arbitrary code. "
-                    "Pass allow_pickle=True only if you trust whoever saved it"
-                )
-            return pickle.loads(load_pickle(node["i"]))
-        raise SerializationError(f"unknown node type {kind!r} in a stored structure; upgrade tensorhub")
 
-    return build(spec)
+def _build(node: dict, load_array: Callable[[int, dict], Any], load_pickle: Callable[[int], bytes],
+           allow_pickle: bool) -> Any:
+    kind = node["t"]
+    if kind == "value":
+        return node["v"]
+    if kind == "float":
+        return float(node["v"])
+    if kind == "array":
+        return load_array(node["i"], node)
+    if kind == "scalar":
+        return np.asarray(load_array(node["i"], node))[()]
+    if kind in ("list", "tuple", "dict"):
+        items = [_build(n, load_array, load_pickle, allow_pickle) for n in node["v"]]
+        return {"list": list, "tuple": tuple}[kind](items) if kind != "dict" else dict(zip(node["k"], items))
+    if kind == "pickle":
+        if not allow_pickle:
+            raise SerializationError(
+                "this record holds pickled Python objects; loading them can run arbitrary code. "
+                "Pass allow_pickle=True only if you trust whoever saved it"
+            )
+        return pickle.loads(load_pickle(node["i"]))
+    raise SerializationError(f"unknown node type {kind!r} in a stored structure; upgrade tensorhub")
 
 
 def dumps_spec(spec: Any) -> str:

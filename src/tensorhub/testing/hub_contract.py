@@ -137,6 +137,77 @@ class HubContract:
         np.testing.assert_array_equal(hub.find_dataset("kept")[0], np.ones(3))
         assert hub.delete_datasets() == 1 and _all_blobs(hub) == []
 
+    def test_saving_the_same_bytes_twice_stores_them_once(self, hub: TensorHub) -> None:
+        x = np.random.default_rng(1).random((4000, 64), dtype=np.float32)  # 1 MiB
+        hub.save_dataset({"x": x}, "dup", chunk_bytes=256 << 10)
+        before = _all_blobs(hub)
+        assert len(before) == 4
+        hub.save_dataset({"x": x}, "dup", version=2, chunk_bytes=256 << 10)
+        assert _all_blobs(hub) == before
+        assert hub.delete_datasets(version=2) == 1 and _all_blobs(hub) == before  # still used by version 1
+        np.testing.assert_array_equal(hub.find_dataset("dup")["x"], x)
+
+    def test_lazy_reads_only_the_chunks_a_slice_needs(self, hub: TensorHub) -> None:
+        x = np.arange(10_000 * 8, dtype=np.int64).reshape(10_000, 8)  # 64 KiB rows per 1,000
+        hub.save_dataset([x], "chunky", chunk_bytes=64_000)
+        (lazy,) = hub.find_dataset("chunky", lazy=True)
+        assert len(lazy.manifest.chunks) == 10
+        reads: list[str] = []
+        original_get = hub.blobs.get
+        hub.blobs.get = lambda key: reads.append(key) or original_get(key)  # type: ignore[method-assign]
+        try:
+            np.testing.assert_array_equal(lazy[2500:3500], x[2500:3500])
+            assert len(reads) == 2  # rows 2500..3499 live in chunks 2 and 3
+            np.testing.assert_array_equal(lazy[[9999, 0]], x[[9999, 0]])
+            assert len(reads) == 4
+        finally:
+            del hub.blobs.get
+
+    def test_append_grows_along_the_first_axis(self, hub: TensorHub) -> None:
+        x, y = np.arange(50, dtype=np.float32).reshape(25, 2), np.arange(25)
+        hub.save_dataset({"x": x, "y": y, "note": "events"}, "grow", version="1.0", chunk_bytes=64)
+        assert hub.append_dataset("grow", {"x": x[:7] + 100, "y": y[:7] + 100, "note": "events"}) == 32
+        assert hub.append_dataset("grow", {"x": x[:1], "y": y[:1], "note": "events"}, version="1.0") == 33
+        got = hub.find_dataset("grow")
+        np.testing.assert_array_equal(got["x"], np.concatenate([x, x[:7] + 100, x[:1]]))
+        np.testing.assert_array_equal(got["y"], np.concatenate([y, y[:7] + 100, y[:1]]))
+        (record,) = hub.find_dataset_records("grow")
+        assert record["rows"] == 33 and [s["shape"] for s in record["schema"]] == [[33, 2], [33]]
+        with pytest.raises(InvalidArgumentError):
+            hub.append_dataset("grow", {"x": np.ones((2, 3)), "y": y[:2], "note": "events"})
+        with pytest.raises(InvalidArgumentError):
+            hub.append_dataset("grow", [x, y])
+        with pytest.raises(LookupError):
+            hub.append_dataset("absent", [x])
+        assert hub.find_dataset_records("grow")[0]["rows"] == 33  # refused appends changed nothing
+        hub.delete_datasets()
+        assert _all_blobs(hub) == []  # replaced tail chunks are freed with the dataset
+
+    def test_stream_covers_every_row_once_per_epoch_deterministically(self, hub: TensorHub) -> None:
+        n = 1037
+        x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+        hub.save_dataset({"x": x, "y": np.arange(n), "meta": "kept"}, "s", chunk_bytes=400)
+        batches = list(hub.stream_dataset("s", batch_size=64, seed=7, epochs=2))
+        assert len(batches) == 2 * 17 and all(len(b["y"]) == 64 for b in batches[:16]) and len(batches[16]["y"]) == 13
+        assert all(b["meta"] == "kept" for b in batches)
+        first, second = [np.concatenate([b["y"] for b in batches[i * 17:(i + 1) * 17]]) for i in (0, 1)]
+        assert sorted(first) == list(range(n)) and sorted(second) == list(range(n))
+        assert not np.array_equal(first, np.arange(n)) and not np.array_equal(first, second)  # shuffled
+        for b in batches:
+            np.testing.assert_array_equal(b["x"], x[b["y"]])  # rows stay aligned across arrays
+        again = np.concatenate([b["y"] for b in hub.stream_dataset("s", batch_size=64, seed=7, epochs=2)])
+        np.testing.assert_array_equal(again, np.concatenate([first, second]))
+        ordered = np.concatenate([b["y"] for b in hub.stream_dataset("s", batch_size=100, shuffle=False)])
+        np.testing.assert_array_equal(ordered, np.arange(n))
+        assert len(hub.stream_dataset("s", batch_size=100, drop_last=True)) == 10
+
+    def test_stream_refuses_arrays_of_different_lengths(self, hub: TensorHub) -> None:
+        hub.save_dataset([np.ones((10, 2)), np.ones(5)], "splits")
+        with pytest.raises(SerializationError, match="own dataset"):
+            hub.stream_dataset("splits", batch_size=2)
+        with pytest.raises(LookupError):
+            hub.stream_dataset("absent", batch_size=2)
+
     def test_arbitrary_objects_are_refused_without_pickle(self, hub: TensorHub) -> None:
         with pytest.raises(SerializationError, match="allow_pickle"):
             hub.save_dataset([np.ones(2), _Opaque(1)], "unsafe")
