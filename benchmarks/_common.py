@@ -1,0 +1,265 @@
+"""Shared helpers of the benchmarks: paired timing, the ratio table, profiling, the test MongoDB server.
+
+Every benchmark times a tensorhub operation and a raw baseline doing the same job in the same run,
+on the same machine and disk, and reports ``tensorhub / baseline``. Absolute seconds are printed
+for context only: they vary from machine to machine, the ratio much less.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import gc
+import importlib.util
+import io
+import json
+import multiprocessing
+import os
+import pstats
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TENSORHUB_PROGRESS", "0")
+
+
+@dataclass
+class Result:
+    """One comparison: median seconds of tensorhub and of the baseline over ``repeats`` runs."""
+
+    bench: str
+    backend: str
+    what: str
+    baseline: str
+    tensorhub_s: float
+    baseline_s: float
+    samples_tensorhub: list[float] = field(default_factory=list)
+    samples_baseline: list[float] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.tensorhub_s / self.baseline_s if self.baseline_s > 0 else float("inf")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def _timed(run: Callable[[Any], Any], setup: Callable[[], Any] | None,
+           teardown: Callable[[Any], Any] | None) -> float:
+    state = setup() if setup else None
+    gc.collect()
+    try:
+        start = time.perf_counter()
+        run(state)
+        return time.perf_counter() - start
+    finally:
+        if teardown:
+            teardown(state)
+
+
+def compare(bench: str, backend: str, what: str, baseline: str, *, repeats: int,
+            tensorhub: Callable[[Any], Any], raw: Callable[[Any], Any],
+            setup_tensorhub: Callable[[], Any] | None = None, setup_raw: Callable[[], Any] | None = None,
+            teardown_tensorhub: Callable[[Any], Any] | None = None,
+            teardown_raw: Callable[[Any], Any] | None = None, warmup: int = 1,
+            verbose: bool = True) -> Result:
+    """Time ``raw`` and ``tensorhub`` alternately ``repeats`` times; keep the medians.
+
+    Each run gets a fresh state from its ``setup_*`` (untimed) and hands it to ``teardown_*``
+    (untimed). ``warmup`` untimed runs of each side come first: imports, caches and, on a VM,
+    the first touch of memory pages the guest has never used (slow on this Firecracker VM) are
+    paid there. Alternating the two sides spreads any drift of the machine (page cache, other
+    load) over both instead of charging it to one.
+    """
+    hub_samples: list[float] = []
+    raw_samples: list[float] = []
+    for _ in range(warmup):
+        _timed(raw, setup_raw, teardown_raw)
+        _timed(tensorhub, setup_tensorhub, teardown_tensorhub)
+    for _ in range(repeats):
+        raw_samples.append(_timed(raw, setup_raw, teardown_raw))
+        hub_samples.append(_timed(tensorhub, setup_tensorhub, teardown_tensorhub))
+    result = Result(bench, backend, what, baseline, statistics.median(hub_samples),
+                    statistics.median(raw_samples), hub_samples, raw_samples)
+    if verbose:
+        print(f"  {backend:8} {what:42} {fmt_seconds(result.tensorhub_s):>9} vs {fmt_seconds(result.baseline_s):>9}"
+              f"  x{fmt_ratio(result.ratio)}", flush=True)
+    return result
+
+
+def fmt_seconds(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_ratio(ratio: float) -> str:
+    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
+
+
+def table(results: list[Result]) -> str:
+    """A Markdown table of the results (paste-able into README.md)."""
+    lines = ["| bench | backend | tensorhub operation | baseline | tensorhub | baseline | ratio |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: |"]
+    for r in results:
+        lines.append(f"| {r.bench} | {r.backend} | {r.what} | {r.baseline} | {fmt_seconds(r.tensorhub_s)} "
+                     f"| {fmt_seconds(r.baseline_s)} | {fmt_ratio(r.ratio)} |")
+    return "\n".join(lines)
+
+
+def write_json(results: list[Result], path: str, **meta: Any) -> None:
+    Path(path).write_text(json.dumps({"meta": meta, "results": [r.to_json() for r in results]}, indent=2))
+
+
+def profile(label: str, run: Callable[[], Any], top: int = 15) -> str:
+    """Run ``run`` once under cProfile, threads it starts included; return the top entries as text.
+
+    tensorhub compresses, hashes and writes chunks in a thread pool, so the main thread alone
+    would only show it waiting. Each new thread gets its own profiler (``threading.setprofile``)
+    and their statistics are merged: times then add up over threads (CPU time, not wall time).
+    Two listings: by own time (where the work is) and by cumulative time (who calls it).
+    """
+    main = cProfile.Profile()
+    workers: list[cProfile.Profile] = []
+    lock = threading.Lock()
+
+    def start_in_thread(frame: Any, event: str, arg: Any) -> None:
+        worker = cProfile.Profile()
+        with lock:
+            workers.append(worker)
+        worker.enable()  # replaces this hook for the rest of the thread's life
+
+    threading.setprofile(start_in_thread)
+    main.enable()
+    try:
+        run()
+    finally:
+        main.disable()
+        threading.setprofile(None)  # type: ignore[arg-type]
+    out = io.StringIO()
+    out.write(f"--- cProfile: {label} ({len(workers)} worker threads merged)\n")
+    stats = pstats.Stats(main, stream=out)
+    with lock:
+        for worker in workers:
+            stats.add(worker)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import platform
+
+    import numpy
+
+    import tensorhub
+
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "cpu": model,
+            "python": platform.python_version(), "numpy": numpy.__version__,
+            "tensorhub": getattr(tensorhub, "__version__", "?"), "tensorhub_at": _source_of(tensorhub)}
+
+
+def _source_of(module: Any) -> str:
+    """Where the measured tensorhub came from: its directory, and the git commit when it is a checkout."""
+    import subprocess
+
+    where = str(Path(module.__file__).resolve().parent)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=10, check=True).stdout.strip()
+        return f"{where} @ {commit}{' + uncommitted changes' if dirty else ''}"
+    return where
+
+
+@contextlib.contextmanager
+def mongodb_server() -> Iterator[str]:
+    """The test MongoDB-wire server of :mod:`tensorhub.testing.servers` (SecantusDB, or
+    ``$TENSORHUB_TEST_MONGODB_URI``); yields its URI without a database."""
+    try:
+        from tensorhub.testing.servers import mongodb_server as server
+    except ImportError:
+        # tensorhub.testing's __init__ also imports the pytest contract suite; the benchmarks need
+        # only servers.py, so load that file alone rather than require pytest.
+        import tensorhub
+
+        path = Path(tensorhub.__file__).parent / "testing" / "servers.py"
+        spec = importlib.util.spec_from_file_location("_tensorhub_bench_servers", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        server = module.mongodb_server
+    with server() as uri:
+        yield uri
+
+
+def _serve(conn: Any) -> None:
+    """Child process: run :func:`mongodb_server` until the parent says stop."""
+    os.environ.setdefault("TENSORHUB_PROGRESS", "0")
+    with mongodb_server() as uri:
+        conn.send(uri)
+        conn.recv()
+
+
+class MongoServers:
+    """Fresh test MongoDB servers, each in its own process, for one timed run each.
+
+    Why not one server for the whole benchmark: SecantusDB runs as a one-node replica set whose
+    oplog keeps up to 100,000 entries, and every write gets slower as it grows (2,000 single
+    inserts took 2.7 s on a new server and 18 s on the same server after 6,000 more). A fresh
+    server per timed run gives both sides the same conditions. A separate process, like a real
+    ``mongod``, keeps the server's CPU and garbage collection out of the client's GIL.
+    Stopping a server takes ~2 s of idle waiting in SecantusDB, so it is left to finish in the
+    background and joined in :meth:`close`.
+    """
+
+    def __init__(self) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._running: dict[str, tuple[Any, Any]] = {}
+        self._stopping: list[Any] = []
+
+    def start(self) -> str:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(target=_serve, args=(child,), daemon=True)
+        process.start()
+        if not parent.poll(120):
+            process.terminate()
+            raise RuntimeError("the test MongoDB server did not start within 120 s")
+        uri = parent.recv()
+        self._running[uri] = (process, parent)
+        return uri
+
+    def stop(self, uri: str) -> None:
+        process, parent = self._running.pop(uri)
+        with contextlib.suppress(OSError):
+            parent.send("stop")
+        self._stopping.append(process)
+
+    def close(self) -> None:
+        for uri in list(self._running):
+            self.stop(uri)
+        for process in self._stopping:
+            process.join(30)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+        self._stopping.clear()
+
+    def __enter__(self) -> MongoServers:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
