@@ -5,6 +5,8 @@ update documents with this module, so a query means the same there as on MongoDB
 MongoDB's rules: a condition on an array field matches if the array or any element matches;
 values of different BSON types order by type bracket (null < numbers < strings < objects <
 arrays < binary < ObjectId < booleans < dates); ``{"f": None}`` matches a missing field.
+Dotted paths are walked the way the server's matcher walks them (``_resolve``), and sorts use
+the keys its index key generator would produce (``_sort_keys``); the two differ on purpose.
 
 Supported: ``$eq $ne $gt $gte $lt $lte $in $nin $exists $regex $options $not $and $or $nor
 $all $size $elemMatch $mod $type``; updates ``$set $unset $inc $push $min $max``.
@@ -13,10 +15,12 @@ The differential test in ``tests/test_query_differential.py`` checks this agains
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import functools
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -37,6 +41,16 @@ class _Missing:
 
 MISSING = _Missing()
 
+
+class _Undefined:
+    """The sort key of an empty array: below ``null`` and missing, as in MongoDB."""
+
+    def __repr__(self) -> str:
+        return "UNDEFINED"
+
+
+UNDEFINED = _Undefined()
+
 _NUMBER_TYPES = (int, float, Decimal128)
 
 
@@ -44,6 +58,8 @@ def _type_rank(value: Any) -> int:
     """BSON comparison order of ``value``'s type (MongoDB's sort brackets)."""
     if value is None or value is MISSING:
         return 2
+    if value is UNDEFINED:
+        return 1
     if isinstance(value, bool):
         return 9
     if isinstance(value, _NUMBER_TYPES):
@@ -78,12 +94,28 @@ def _cmp(a: Any, b: Any) -> int:
     return (a > b) - (a < b)
 
 
+def _regex_key(value: Any) -> tuple[str, int]:
+    """A regex's pattern and flags, comparable between ``re.Pattern`` and ``bson.Regex``."""
+    flags = value.flags if isinstance(value.flags, int) else 0
+    return value.pattern, flags & ~re.UNICODE
+
+
+def _compare_documents(a: Mapping[str, Any], b: Mapping[str, Any]) -> int:
+    """BSON order of two documents: field by field, type bracket first, then name, then value."""
+    for (ka, va), (kb, vb) in zip(a.items(), b.items()):
+        c = _cmp(_type_rank(va), _type_rank(vb)) or _cmp(ka.encode("utf-8"), kb.encode("utf-8"))
+        c = c or compare_values(va, vb)
+        if c:
+            return c
+    return _cmp(len(a), len(b))
+
+
 def compare_values(a: Any, b: Any) -> int:
     """Three-way comparison in MongoDB's order: -1, 0 or 1."""
     ra, rb = _type_rank(a), _type_rank(b)
     if ra != rb:
         return _cmp(ra, rb)
-    if ra == 2:
+    if ra in (1, 2):
         return 0
     if ra == 3:
         x, y = _as_number(a), _as_number(b)
@@ -93,11 +125,7 @@ def compare_values(a: Any, b: Any) -> int:
     if ra == 4:
         return _cmp(a.encode("utf-8"), b.encode("utf-8"))
     if ra == 5:
-        for (ka, va), (kb, vb) in zip(a.items(), b.items()):
-            c = compare_values(va, vb) or _cmp(ka, kb)
-            if c:
-                return c
-        return _cmp(len(a), len(b))
+        return _compare_documents(a, b)
     if ra == 6:
         for va, vb in zip(a, b):
             c = compare_values(va, vb)
@@ -109,7 +137,7 @@ def compare_values(a: Any, b: Any) -> int:
     if ra == 10:
         return _cmp(_utc(a), _utc(b))
     if ra == 12:
-        return _cmp(str(a), str(b))
+        return _cmp(_regex_key(a), _regex_key(b))
     return _cmp(a, b)
 
 
@@ -117,30 +145,59 @@ def _equal(a: Any, b: Any) -> bool:
     return _type_rank(a) == _type_rank(b) and compare_values(a, b) == 0
 
 
-def _resolve(value: Any, parts: Sequence[str]) -> list[Any]:
-    """Every value a dotted path reaches, descending into arrays as MongoDB does."""
+#: What a dotted path reaches: ``(value, traverse)`` pairs. ``traverse`` is False for an array
+#: that a numeric path component picked out of an outer array: conditions compare it whole.
+Reached = list[tuple[Any, bool]]
+
+_ARRAY_TYPES = (list, tuple)
+_REGEX_TYPES = (re.Pattern, Regex)
+_LOGICAL = ("$and", "$or", "$nor")
+
+
+def _resolve(value: Any, parts: Sequence[str]) -> Reached:
+    """Every value a dotted path reaches, walked the way MongoDB's matcher walks it.
+
+    A path that runs into a scalar or a missing field reaches ``MISSING``. Inside an array only
+    sub-documents, and the element a numeric component names, carry the path on: ``"a.b"``
+    reaches nothing at all in ``{"a": [1, 2]}``, not even ``MISSING``, so ``{"a.b": None}``
+    does not match it (while it does match ``{"a": 1}``).
+    """
     if not parts:
-        return [value]
-    head, rest = parts[0], parts[1:]
+        return [(value, True)]
     if isinstance(value, Mapping):
-        return _resolve(value[head], rest) if head in value else [MISSING]
-    if isinstance(value, (list, tuple)):
-        found: list[Any] = []
-        if head.isdigit() and int(head) < len(value):
-            found.extend(_resolve(value[int(head)], rest))
-        for element in value:
-            if isinstance(element, Mapping):
-                found.extend(_resolve(element, parts))
-        return found or [MISSING]
-    return [MISSING]
+        return _resolve(value[parts[0]], parts[1:]) if parts[0] in value else [(MISSING, True)]
+    if isinstance(value, _ARRAY_TYPES):
+        return _resolve_in_array(value, parts)
+    return [(MISSING, True)]
 
 
-def _expand(values: list[Any]) -> list[Any]:
-    """The candidates a scalar condition tests: each value, and each element of an array value."""
+def _resolve_in_array(array: Sequence[Any], parts: Sequence[str]) -> Reached:
+    """The path continued through each sub-document of ``array``, and through the element at
+    the index ``parts[0]`` names (``"a.0"``), which is reached as it is, arrays not opened."""
+    head, rest = parts[0], parts[1:]
+    found: Reached = []
+    for index, element in enumerate(array):
+        if isinstance(element, Mapping):
+            found.extend(_resolve(element, parts))
+        if head != str(index):
+            continue
+        if not rest:
+            found.append((element, False))
+        elif isinstance(element, (Mapping, *_ARRAY_TYPES)):
+            found.extend(_resolve(element, rest))
+    return found
+
+
+def _expand(values: Reached) -> list[Any]:
+    """The candidates a condition tests: each value, and each element of an array value.
+
+    One level only (``[[1]]`` offers ``[1]``, not ``1``), and not into an array a numeric path
+    component picked out.
+    """
     out: list[Any] = []
-    for v in values:
+    for v, traverse in values:
         out.append(v)
-        if isinstance(v, (list, tuple)):
+        if traverse and isinstance(v, _ARRAY_TYPES):
             out.extend(v)
     return out
 
@@ -162,27 +219,55 @@ def _regex_of(pattern: Any, options: str = "") -> re.Pattern:
 
 
 def _value_equals(candidate: Any, target: Any) -> bool:
-    if isinstance(target, (re.Pattern, Regex)):
+    if isinstance(target, _REGEX_TYPES):
         return isinstance(candidate, str) and _regex_of(target).search(candidate) is not None
     if target is None:
         return candidate is None or candidate is MISSING
     return candidate is not MISSING and _equal(candidate, target)
 
 
-def _field_equals(values: list[Any], target: Any) -> bool:
+def _field_equals(values: Reached, target: Any) -> bool:
+    """Implicit equality (``{"f": target}``, ``$in``, ``$all``): a regex target matches strings."""
     return any(_value_equals(c, target) for c in _expand(values))
 
 
-def _ordered(values: list[Any], target: Any, accept: Any) -> bool:
+def _is_nan(value: Any) -> bool:
+    """Whether ``value`` is a NaN number (float or Decimal128)."""
+    if not isinstance(value, _NUMBER_TYPES) or isinstance(value, bool):
+        return False
+    number = _as_number(value)
+    return number != number
+
+
+def _compares(candidate: Any, target: Any, accept: Callable[[int], bool]) -> bool:
+    """``accept`` applied to the comparison of two values of one type bracket.
+
+    NaN is equal to NaN and neither above nor below any number: ``{"$lt": 1}`` does not match
+    it, although NaN sorts first.
+    """
+    if _is_nan(candidate) or _is_nan(target):
+        return _is_nan(candidate) and _is_nan(target) and accept(0)
+    return accept(compare_values(candidate, target))
+
+
+def _ordered(values: Reached, target: Any, accept: Callable[[int], bool]) -> bool:
     """``$gt``-style comparison: only values in the same type bracket as ``target`` compare."""
+    if isinstance(target, _REGEX_TYPES):
+        raise InvalidQueryError("a regex cannot be an argument of $gt, $gte, $lt or $lte")
     if target is None:
         # $gte/$lte null match null and missing; $gt/$lt null match nothing.
         return accept(0) and any(c is None or c is MISSING for c in _expand(values))
     rank = _type_rank(target)
     return any(
-        c is not MISSING and _type_rank(c) == rank and accept(compare_values(c, target))
-        for c in _expand(values)
+        c is not MISSING and _type_rank(c) == rank and _compares(c, target, accept) for c in _expand(values)
     )
+
+
+def _truthy(value: Any) -> bool:
+    """MongoDB's truth of an operator argument: only false, 0 and null are false (``""`` is true)."""
+    if isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool):
+        return _as_number(value) != 0
+    return value is not None and value is not False
 
 
 _BSON_TYPE_ALIASES = {
@@ -192,7 +277,7 @@ _BSON_TYPE_ALIASES = {
 }
 
 
-def _type_matches(values: list[Any], names: Any) -> bool:
+def _type_matches(values: Reached, names: Any) -> bool:
     names = names if isinstance(names, list) else [names]
     kinds: list[type] = []
     for name in names:
@@ -204,15 +289,60 @@ def _type_matches(values: list[Any], names: Any) -> bool:
             continue
         if isinstance(c, bool) and bool not in kinds:
             continue
-        if isinstance(c, kinds):
+        if isinstance(c, tuple(kinds)):
             return True
     return False
 
 
-def _operator_matches(values: list[Any], op: str, arg: Any, condition: Mapping[str, Any]) -> bool:
+def _all_matches(values: Reached, terms: Any) -> bool:
+    """``$all``: every term matches, each on its own (an equality, or an ``$elemMatch``)."""
+    if not isinstance(terms, _ARRAY_TYPES):
+        raise InvalidQueryError("$all needs a list")
+    for term in terms:
+        if _is_operator_doc(term) and list(term) != ["$elemMatch"]:
+            raise InvalidQueryError("$all takes values or {'$elemMatch': ...} documents, not other operators")
+    return bool(terms) and all(
+        _condition_matches(values, t) if _is_operator_doc(t) else _field_equals(values, t) for t in terms
+    )
+
+
+def _elem_match(values: Reached, query: Any) -> bool:
+    """``$elemMatch``: some element of an array the path reaches matches ``query``."""
+    if not isinstance(query, Mapping):
+        raise InvalidQueryError("$elemMatch needs a document")
+    return any(
+        isinstance(v, _ARRAY_TYPES) and any(_elem_matches(e, query) for e in v) for v, _ in values
+    )
+
+
+def _mod_matches(values: Reached, arg: Any) -> bool:
+    """``$mod``: numbers truncated to integers, remainder with the dividend's sign (as in C)."""
+    if not (isinstance(arg, _ARRAY_TYPES) and len(arg) == 2):
+        raise InvalidQueryError("$mod needs [divisor, remainder]")
+    divisor, remainder = (int(_as_number(a)) for a in arg)
+    if divisor == 0:
+        raise InvalidQueryError("$mod divisor cannot be 0")
+    return any(
+        isinstance(c, _NUMBER_TYPES) and not isinstance(c, bool) and math.isfinite(_as_number(c))
+        and _c_remainder(int(_as_number(c)), divisor) == remainder
+        for c in _expand(values)
+    )
+
+
+def _c_remainder(n: int, d: int) -> int:
+    """``n % d`` as C computes it: the sign of ``n`` (``-5 % 2 == -1``), not Python's."""
+    r = abs(n) % abs(d)
+    return -r if n < 0 else r
+
+
+def _operator_matches(values: Reached, op: str, arg: Any, condition: Mapping[str, Any]) -> bool:
     if op == "$eq":
+        if isinstance(arg, _REGEX_TYPES):  # {"$eq": regex} is equality to a stored regex
+            return any(_equal(c, arg) for c in _expand(values))
         return _field_equals(values, arg)
     if op == "$ne":
+        if isinstance(arg, _REGEX_TYPES):
+            raise InvalidQueryError("$ne cannot take a regex; use {'$not': regex}")
         return not _field_equals(values, arg)
     if op == "$gt":
         return _ordered(values, arg, lambda c: c > 0) if arg is not None else False
@@ -223,13 +353,13 @@ def _operator_matches(values: list[Any], op: str, arg: Any, condition: Mapping[s
     if op == "$lte":
         return _ordered(values, arg, lambda c: c <= 0)
     if op in ("$in", "$nin"):
-        if not isinstance(arg, (list, tuple)):
+        if not isinstance(arg, _ARRAY_TYPES):
             raise InvalidQueryError(f"{op} needs a list, got {type(arg).__name__}")
         hit = any(_field_equals(values, t) for t in arg)
         return hit if op == "$in" else not hit
     if op == "$exists":
-        present = any(v is not MISSING for v in values)
-        return present == bool(arg)
+        present = any(v is not MISSING for v, _ in values)
+        return present == _truthy(arg)
     if op == "$regex":
         rx = _regex_of(arg, condition.get("$options", ""))
         return any(isinstance(c, str) and rx.search(c) for c in _expand(values))
@@ -238,36 +368,19 @@ def _operator_matches(values: list[Any], op: str, arg: Any, condition: Mapping[s
             raise InvalidQueryError("$options needs a $regex beside it")
         return True
     if op == "$not":
-        if isinstance(arg, (re.Pattern, Regex)):
+        if isinstance(arg, _REGEX_TYPES):
             return not _field_equals(values, arg)
         if not isinstance(arg, Mapping) or not arg:
             raise InvalidQueryError("$not needs an operator expression such as {'$gt': 1} or a regex")
         return not _condition_matches(values, arg)
     if op == "$all":
-        if not isinstance(arg, (list, tuple)):
-            raise InvalidQueryError("$all needs a list")
-        return bool(arg) and all(_field_equals(values, t) for t in arg)
+        return _all_matches(values, arg)
     if op == "$size":
-        return any(isinstance(v, (list, tuple)) and len(v) == arg for v in values)
+        return any(isinstance(v, _ARRAY_TYPES) and len(v) == arg for v, _ in values)
     if op == "$elemMatch":
-        if not isinstance(arg, Mapping):
-            raise InvalidQueryError("$elemMatch needs a document")
-        for v in values:
-            if not isinstance(v, (list, tuple)):
-                continue
-            for element in v:
-                if _elem_matches(element, arg):
-                    return True
-        return False
+        return _elem_match(values, arg)
     if op == "$mod":
-        if not (isinstance(arg, (list, tuple)) and len(arg) == 2):
-            raise InvalidQueryError("$mod needs [divisor, remainder]")
-        divisor, remainder = arg
-        return any(
-            isinstance(c, (int, float)) and not isinstance(c, bool) and int(c) % divisor == remainder
-            for c in _expand(values)
-            if c is not MISSING
-        )
+        return _mod_matches(values, arg)
     if op == "$type":
         return _type_matches(values, arg)
     raise InvalidQueryError(
@@ -277,8 +390,17 @@ def _operator_matches(values: list[Any], op: str, arg: Any, condition: Mapping[s
 
 
 def _elem_matches(element: Any, query: Mapping[str, Any]) -> bool:
-    if any(k.startswith("$") for k in query) and not any(k in ("$and", "$or", "$nor") for k in query):
-        return _condition_matches([element], query)
+    """One array element against ``$elemMatch``'s argument.
+
+    An operator document (first key ``$gt`` etc.) tests the element itself without looking
+    into it, so ``[[5]]`` does not match ``{"$gt": 1}``. A query document tests an element that
+    is a document, or an array read as a document keyed ``"0"``, ``"1"``... as MongoDB reads it.
+    """
+    first = str(next(iter(query), ""))
+    if first.startswith("$") and first not in _LOGICAL:
+        return _condition_matches([(element, False)], query)
+    if isinstance(element, _ARRAY_TYPES):
+        element = {str(i): v for i, v in enumerate(element)}
     return isinstance(element, Mapping) and matches(element, query)
 
 
@@ -286,7 +408,7 @@ def _is_operator_doc(value: Any) -> bool:
     return isinstance(value, Mapping) and bool(value) and all(str(k).startswith("$") for k in value)
 
 
-def _condition_matches(values: list[Any], condition: Any) -> bool:
+def _condition_matches(values: Reached, condition: Any) -> bool:
     if _is_operator_doc(condition):
         return all(_operator_matches(values, op, arg, condition) for op, arg in condition.items())
     return _field_equals(values, condition)
@@ -297,8 +419,8 @@ def matches(document: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
     if not isinstance(query, Mapping):
         raise InvalidQueryError(f"a query must be a dict, got {type(query).__name__}")
     for key, condition in query.items():
-        if key in ("$and", "$or", "$nor"):
-            if not isinstance(condition, (list, tuple)) or not condition:
+        if key in _LOGICAL:
+            if not isinstance(condition, _ARRAY_TYPES) or not condition:
                 raise InvalidQueryError(f"{key} needs a non-empty list of queries")
             results = (matches(document, q) for q in condition)
             ok = all(results) if key == "$and" else any(results)
@@ -313,18 +435,47 @@ def matches(document: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
     return True
 
 
+def _array_index(part: str, array: Sequence[Any]) -> int | None:
+    """The index ``part`` names in ``array``: ``"1"`` does, ``"01"``, ``"x"`` and ``"9"`` (too far) do not."""
+    if part.isascii() and part.isdigit() and str(int(part)) == part and int(part) < len(array):
+        return int(part)
+    return None
+
+
+def _sort_keys(value: Any, parts: Sequence[str]) -> list[Any]:
+    """The keys MongoDB's index key generator derives from a dotted path; a sort orders a
+    document by the least of them (ascending) or the greatest (descending).
+
+    Unlike matching, a path that finds nothing gives ``None``, inside arrays too (``"a.b"`` on
+    ``{"a": [1]}``); an empty array gives ``UNDEFINED``, which sorts below ``None``; and a
+    numeric component over an array takes the element at that index when there is one.
+    """
+    if not parts:
+        if not isinstance(value, _ARRAY_TYPES):
+            return [value]
+        return list(value) if value else [UNDEFINED]
+    if isinstance(value, Mapping):
+        return _sort_keys(value[parts[0]], parts[1:]) if parts[0] in value else [None]
+    if not isinstance(value, _ARRAY_TYPES):
+        return [None]
+    index = _array_index(parts[0], value)
+    if index is not None:
+        element = value[index]
+        if parts[1:] or not isinstance(element, _ARRAY_TYPES):
+            return _sort_keys(element, parts[1:])
+        return [element] if element else [UNDEFINED]  # an array picked by index is one key
+    keys: list[Any] = [] if value else [None]
+    for element in value:
+        keys.extend(_sort_keys(element, parts) if isinstance(element, Mapping) else [None])
+    return keys
+
+
+_SORT_KEY = functools.cmp_to_key(compare_values)
+
+
 def _sort_value(document: Mapping[str, Any], field: str, direction: int) -> Any:
-    values = [v for v in _resolve(document, field.split(".")) if v is not MISSING]
-    flat: list[Any] = []
-    for v in values:
-        if isinstance(v, (list, tuple)):
-            flat.extend(v) if v else flat.append(v)
-        else:
-            flat.append(v)
-    if not flat:
-        return None
-    key = functools.cmp_to_key(compare_values)
-    return min(flat, key=key) if direction > 0 else max(flat, key=key)
+    keys = _sort_keys(document, field.split("."))
+    return min(keys, key=_SORT_KEY) if direction > 0 else max(keys, key=_SORT_KEY)
 
 
 def normalize_sort(sort: Any) -> list[tuple[str, int]]:
@@ -350,57 +501,153 @@ def normalize_sort(sort: Any) -> list[tuple[str, int]]:
 def sort_documents(documents: list[dict], sort: Any) -> list[dict]:
     """Sort documents in place order by a PyMongo sort spec (stable, MongoDB's type order)."""
     for field, direction in reversed(normalize_sort(sort)):
-        documents.sort(
-            key=functools.cmp_to_key(
-                lambda a, b, f=field, d=direction: compare_values(_sort_value(a, f, d), _sort_value(b, f, d))
-            ),
-            reverse=direction < 0,
-        )
+        documents.sort(key=lambda d, f=field, r=direction: _SORT_KEY(_sort_value(d, f, r)), reverse=direction < 0)
     return documents
 
 
-def _parent(document: dict, path: str, create: bool) -> tuple[Any, str]:
-    parts = path.split(".")
+_UPDATE_OPERATORS = ("$set", "$unset", "$inc", "$push", "$min", "$max")
+
+
+def _path_order(path: str) -> list[tuple[int, int, str]]:
+    """MongoDB's (5.0+) order of update paths: names lexicographically, array indexes numerically."""
+    return [(0, int(p), "") if p.isascii() and p.isdigit() else (1, 0, p) for p in path.split(".")]
+
+
+def _update_steps(update: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+    """The ``(path, operator, value)`` steps of an update document, checked, in MongoDB's order."""
+    if not update or not all(str(k).startswith("$") for k in update):
+        raise InvalidQueryError("an update must use operators such as {'$set': {...}}")
+    steps: list[tuple[str, str, Any]] = []
+    for op, fields in update.items():
+        if op not in _UPDATE_OPERATORS:
+            raise InvalidQueryError(f"unsupported update operator {op!r}; use $set $unset $inc $push $min $max")
+        if not isinstance(fields, Mapping):
+            raise InvalidQueryError(f"{op} needs a document such as {{'field': value}}")
+        steps.extend((path, op, copy.deepcopy(value)) for path, value in fields.items())
+    steps.sort(key=lambda step: _path_order(step[0]))
+    for (first, _, _), (second, _, _) in zip(steps, steps[1:]):
+        if second == first or second.startswith(first + "."):
+            raise InvalidQueryError(f"one update cannot change both {first!r} and {second!r}")
+    return steps
+
+
+def _update_index(part: str) -> int | None:
+    return int(part) if part.isascii() and part.isdigit() else None
+
+
+def _child(node: Any, part: str) -> Any:
+    """The value under ``part`` of a dict or list, or ``MISSING``."""
+    if isinstance(node, dict):
+        return node.get(part, MISSING)
+    index = _update_index(part)
+    return node[index] if index is not None and index < len(node) else MISSING
+
+
+def _put(node: Any, part: str, value: Any, path: str) -> None:
+    """Set ``part`` of a dict, or an index of a list (padding it with nulls, as MongoDB does)."""
+    if isinstance(node, dict):
+        node[part] = value
+        return
+    index = _update_index(part)
+    if index is None:
+        raise InvalidQueryError(f"cannot update {path!r}: {part!r} is not an index of the array it is in")
+    node.extend([None] * (index + 1 - len(node)))
+    node[index] = value
+
+
+def _remove(node: Any, part: str) -> None:
+    """``$unset``: drop a field; an array element becomes null (the array keeps its length)."""
+    if isinstance(node, dict):
+        node.pop(part, None)
+        return
+    index = _update_index(part)
+    if index is not None and index < len(node):
+        node[index] = None
+
+
+def _container(document: dict, path: str, create: bool) -> Any:
+    """The dict or list that holds the last component of ``path``, created as needed.
+
+    ``None`` when the path cannot exist and ``create`` is False (``$unset`` is then a no-op).
+    """
     node: Any = document
-    for part in parts[:-1]:
-        if isinstance(node, list) and part.isdigit():
-            node = node[int(part)]
+    for part in path.split(".")[:-1]:
+        child = _child(node, part)
+        if isinstance(child, (dict, list)):
+            node = child
             continue
-        if part not in node or not isinstance(node[part], (dict, list)):
-            if not create:
-                return None, parts[-1]
-            node[part] = {}
-        node = node[part]
-    return node, parts[-1]
+        if not create:
+            return None
+        if child is not MISSING:
+            raise InvalidQueryError(
+                f"cannot update {path!r}: {part!r} holds a {type(child).__name__}, which has no fields"
+            )
+        child = {}
+        _put(node, part, child, path)
+        node = child
+    return node
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool)
+
+
+def _updated(op: str, current: Any, value: Any, path: str) -> Any:
+    """The new value of a field under ``$set $inc $push $min $max`` (``current`` may be ``MISSING``)."""
+    if op == "$set":
+        return value
+    if op == "$inc":
+        if not _is_number(value):
+            raise InvalidQueryError(f"$inc needs a number, got {value!r} for {path!r}")
+        if current is not MISSING and not _is_number(current):
+            raise InvalidQueryError(f"cannot $inc {path!r}: it holds a {type(current).__name__}, not a number")
+        return value if current is MISSING else current + value
+    if op == "$push":
+        items = _push_items(value)
+        if current is not MISSING and not isinstance(current, list):
+            raise InvalidQueryError(f"cannot $push to {path!r}: it holds a {type(current).__name__}, not an array")
+        return items if current is MISSING else current + items
+    better = -1 if op == "$min" else 1
+    if current is MISSING or compare_values(value, current) == better:
+        return value
+    return current
+
+
+def _push_items(value: Any) -> list[Any]:
+    """What ``$push`` appends: the value, or the items of ``{"$each": [...]}``."""
+    if not (isinstance(value, Mapping) and "$each" in value):
+        return [value]
+    if set(value) != {"$each"} or not isinstance(value["$each"], _ARRAY_TYPES):
+        raise InvalidQueryError("$push supports {'$each': [...]} only (no $slice, $sort or $position)")
+    return list(value["$each"])
+
+
+def _apply_step(document: dict, path: str, op: str, value: Any) -> None:
+    if path == "_id" or path.startswith("_id."):
+        raise InvalidQueryError("the _id of a record cannot be changed")
+    container = _container(document, path, create=op != "$unset")
+    if container is None:
+        return
+    leaf = path.split(".")[-1]
+    if op == "$unset":
+        _remove(container, leaf)
+    else:
+        _put(container, leaf, _updated(op, _child(container, leaf), value, path), path)
 
 
 def apply_update(document: dict, update: Mapping[str, Any]) -> dict:
-    """Apply a MongoDB update document to ``document`` in place and return it."""
-    if not update or not all(str(k).startswith("$") for k in update):
-        raise InvalidQueryError("an update must use operators such as {'$set': {...}}")
-    for op, fields in update.items():
-        for path, value in fields.items():
-            if path == "_id" and op != "$setOnInsert":
-                raise InvalidQueryError("the _id of a record cannot be changed")
-            parent, leaf = _parent(document, path, create=op != "$unset")
-            if parent is None:
-                continue
-            if op == "$set":
-                parent[leaf] = value
-            elif op == "$unset":
-                parent.pop(leaf, None)
-            elif op == "$inc":
-                parent[leaf] = parent.get(leaf, 0) + value
-            elif op == "$push":
-                parent.setdefault(leaf, []).append(value)
-            elif op == "$min":
-                if leaf not in parent or compare_values(value, parent[leaf]) < 0:
-                    parent[leaf] = value
-            elif op == "$max":
-                if leaf not in parent or compare_values(value, parent[leaf]) > 0:
-                    parent[leaf] = value
-            else:
-                raise InvalidQueryError(f"unsupported update operator {op!r}; use $set $unset $inc $push $min $max")
+    """Apply a MongoDB update document to ``document`` in place and return it.
+
+    Fields change in MongoDB's order (by path: names lexicographically, array indexes
+    numerically), which is the order new fields are added in. Where MongoDB refuses an update
+    (``$inc`` of a string, ``$push`` onto a non-array, a field inside a scalar, two operators
+    on one path) this raises :class:`InvalidQueryError` and leaves ``document`` as it was.
+    """
+    work = copy.deepcopy(document)
+    for path, op, value in _update_steps(update):
+        _apply_step(work, path, op, value)
+    document.clear()
+    document.update(work)
     return document
 
 
@@ -426,6 +673,6 @@ def validate_filter(query: Mapping[str, Any]) -> None:
                 elif op == "$elemMatch" and isinstance(arg, Mapping) and not _is_operator_doc(arg):
                     validate_filter(arg)
                 else:
-                    _operator_matches([MISSING], op, arg, condition)
+                    _operator_matches([(MISSING, True)], op, arg, condition)
         else:
             matches(probe, {key: condition})
