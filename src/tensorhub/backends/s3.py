@@ -7,8 +7,8 @@ region and endpoint come from the standard AWS chain (environment, ``~/.aws``, i
 roles); the query parameters ``endpoint_url``, ``region``, ``profile``,
 ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``,
 ``addressing_style`` (``path``/``virtual``), ``connect_timeout`` and ``read_timeout`` (seconds)
-override it. Secrets
-are replaced by ``***`` in every ``uri`` attribute and message. Opening checks the bucket
+override it. Secrets are replaced by ``***`` in every ``uri`` attribute and message. Opening
+checks the bucket
 with ``HeadBucket`` through a client that does not retry and has a short connect timeout
 (``$TENSORHUB_S3_TIMEOUT``, 3 s), so a missing bucket, refused credentials or an
 unreachable endpoint fail at once with :class:`~tensorhub.errors.ConfigurationError` /
@@ -50,9 +50,16 @@ machines with nothing but the bucket.
   older than :data:`DEAD_STATE_GRACE`; writers re-check any state older than
   :data:`MAX_VIEW_AGE` (well under the grace) before a CAS, so the sweep can never race one.
 * Queries run in Python with :mod:`tensorhub.query` (same semantics as MongoDB). Each store
-  instance caches segments (immutable) and states by ETag: a query costs two LIST requests
-  per 1,000 objects of the collection plus a GET of each segment or state that is new or
-  changed since this instance last looked; nothing is downloaded twice.
+  instance caches segments (immutable) and states by ETag: a query costs one LIST request per
+  1,000 objects of the collection plus a GET of each segment or state that is new or changed
+  since this instance last looked; nothing is downloaded twice. A filter on ``_id`` (the
+  repository's finish, heartbeat and delete paths) for documents this instance already knows
+  re-reads just their segments' states (one GET each) instead of listing the collection, and
+  matches ``{"_id": {"$in": [...]}}`` by set lookup instead of document by document.
+* If the PUT of a segment fails in a way that leaves its outcome unknown (the request may have
+  landed, only the reply been lost), the segment is deleted again before the error is raised,
+  so a failed insert is not left visible (and a save whose blobs are cleaned up after the
+  error does not leave a record pointing at them).
 
 Costs and limits: a find is O(collection size) in memory and CPU (no server-side index) and
 LISTs the whole collection prefix; single-row inserts (``save_training_log`` per step) make
@@ -61,8 +68,10 @@ deleting documents spread over many segments costs one PUT per segment; ``insert
 does not check ``_id`` uniqueness against stored documents (the repository always uses
 fresh ObjectIds); a find reads each document at some moment during the call (as MongoDB
 does without a snapshot), not the whole collection at one instant; ``find_one_and_update``
-with a ``sort`` takes the first match of the view it read. Dead-state tombstones make a
-bucket's key count grow with deleted segments until they are swept.
+with a ``sort`` takes the first match of the view it read (the CAS guarantees it still
+matched when it was taken, not that nothing sorting before it appeared meanwhile). Dead-state
+tombstones make a bucket's key count grow with deleted segments until they are swept.
+Conditional writes need an S3 that implements them (AWS since 2024, MinIO, R2, moto >= 5).
 
 Blobs
 -----
@@ -84,7 +93,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, BinaryIO, NamedTuple
@@ -483,17 +492,22 @@ class _Entry(NamedTuple):
     doc: Document  # shared with the cache: never mutated, never returned
 
 
-@dataclass
 class _Segment:
-    """An immutable segment: its documents in insertion order."""
+    """An immutable segment: its documents in insertion order (decoded on first use)."""
 
-    raws: list[bytes]
-    docs: list[Document]
+    def __init__(self, raws: list[bytes]) -> None:
+        self.raws = raws
+        self._docs: list[Document] | None = None
+
+    @property
+    def docs(self) -> list[Document]:
+        if self._docs is None:  # two threads may both decode: harmless, one result wins
+            self._docs = [decode_document(r) for r in self.raws]
+        return self._docs
 
     @classmethod
     def parse(cls, data: bytes, where: str) -> _Segment:
-        raws = _split_bson(data, where)
-        return cls(raws, [decode_document(r) for r in raws])
+        return cls(_split_bson(data, where))
 
 
 @dataclass
@@ -589,8 +603,8 @@ class S3IndexStore(IndexStore):
                 {"seg": segments, "state": states}.get(kind, {})[name[:-5]] = obj
         return segments, states
 
-    def _fetch_state(self, collection: str, sid: str) -> _State | None:
-        """The current state of a segment from S3 (an empty one if absent; None if the segment is gone)."""
+    def _fetch_state(self, collection: str, sid: str) -> _State:
+        """The current state of a segment from S3 (an empty one, ``etag=None``, if it has none)."""
         key = self._state_key(collection, sid)
         got = self._conn.get(key)
         if got is None:
@@ -662,7 +676,7 @@ class S3IndexStore(IndexStore):
         if segment is None or state.dead:
             return []
         out = []
-        for raw, doc in zip(segment.raws, segment.docs):
+        for raw, doc in zip(segment.raws, segment.docs, strict=True):
             key = _idkey(doc["_id"])
             if key in state.deleted:
                 continue
@@ -797,7 +811,7 @@ class S3IndexStore(IndexStore):
             deleted[e.key] = e.doc["_id"]
             docs.pop(e.key, None)
         segment = view.segments.get(sid)
-        dead = segment is not None and len(deleted) >= len(segment.docs)
+        dead = segment is not None and len(deleted) >= len(segment.raws)
         if dead:
             deleted, docs = {}, {}
         new = _State(etag=state.etag, rev=state.rev, docs=docs, deleted=deleted, dead=dead)
@@ -808,16 +822,23 @@ class S3IndexStore(IndexStore):
         if not documents:
             return
         prefix = self._prefix(collection)
+        if any("_id" not in d for d in documents):
+            raise InvalidArgumentError(f"insert_many into {collection}: every document needs an _id")
         raws = [encode_document(d) for d in documents]
-        segment = _Segment(raws, [decode_document(r) for r in raws])
-        keys = [_idkey(d["_id"]) for d in segment.docs]
+        segment = _Segment(raws)
+        keys = [_idkey(d["_id"]) for d in documents]
         if len(set(keys)) != len(keys):
             raise InvalidArgumentError(f"insert_many into {collection}: the batch repeats an _id")
         body = b"".join(raws)
         for _ in range(3):
             sid = str(ObjectId())
             key = f"{prefix}seg/{sid}.bson"
-            if self._conn.put_if(key, body, None) is None:
+            try:
+                created = self._conn.put_if(key, body, None)
+            except BackendUnavailableError:
+                self._rollback(key)
+                raise
+            if created is None:
                 got = self._conn.get(key)  # a retried PUT whose first try landed reads back as ours
                 if got is None or got[0] != body:
                     continue
@@ -829,6 +850,15 @@ class S3IndexStore(IndexStore):
             view.segments[sid] = segment
             view.states.setdefault(sid, _State())
             view.seen[sid] = time.monotonic()
+
+    def _rollback(self, key: str) -> None:
+        """After a failed segment PUT whose outcome is unknown (the request may have landed and
+        only the reply been lost), delete the segment so the caller's error means "not inserted"."""
+        try:
+            self._conn.delete_keys([key])
+        except BackendUnavailableError:
+            log.warning("an insert into %s failed and its segment %s could not be removed: it may become "
+                        "visible", self.uri, key, exc_info=True)
 
     def find(
         self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None, limit: int | None = None
@@ -864,10 +894,8 @@ class S3IndexStore(IndexStore):
                 sids = {view.key_index.get(k) for k in keys}
             if None not in sids and len(sids) <= ID_LOOKUP_SEGMENTS:
                 def reload(sid: str) -> None:
-                    try:
+                    with suppress(_Gone):
                         self._reload(collection, sid)
-                    except _Gone:
-                        pass
 
                 self._conn.map(reload, sorted(sids))
                 return view, sorted(sids)
@@ -973,7 +1001,8 @@ class S3BlobStore(BlobStore):
                     return
                 data = io.BytesIO(data)
             if not hasattr(data, "read"):
-                raise InvalidArgumentError(f"a blob must be bytes or a readable binary stream, got {type(data).__name__}")
+                raise InvalidArgumentError(
+                    f"a blob must be bytes or a readable binary stream, got {type(data).__name__}")
             client.upload_fileobj(data, bucket, s3key, Config=self.transfer)
 
     def get(self, key: str) -> bytes:
