@@ -52,10 +52,15 @@ class _Undefined:
 UNDEFINED = _Undefined()
 
 _NUMBER_TYPES = (int, float, Decimal128)
+_EXACT_RANKS = {type(None): 2, bool: 9, int: 3, float: 3, Decimal128: 3, str: 4, dict: 5, list: 6, tuple: 6,
+                bytes: 7, ObjectId: 8, _dt.datetime: 10}
 
 
 def _type_rank(value: Any) -> int:
     """BSON comparison order of ``value``'s type (MongoDB's sort brackets)."""
+    rank = _EXACT_RANKS.get(type(value))
+    if rank is not None:  # the common types, without isinstance chains (hot in scans)
+        return rank
     if value is None or value is MISSING:
         return 2
     if value is UNDEFINED:
@@ -414,6 +419,9 @@ def _condition_matches(values: Reached, condition: Any) -> bool:
     return _field_equals(values, condition)
 
 
+_FAST_EQUALITY = (str, int)  # exact types only: bool is a subclass of int but not equal to it in MongoDB
+
+
 def matches(document: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
     """Whether ``document`` matches the MongoDB filter ``query``."""
     if not isinstance(query, Mapping):
@@ -430,6 +438,16 @@ def matches(document: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
             continue
         elif key.startswith("$"):
             raise InvalidQueryError(f"unsupported top-level operator {key!r}; use $and, $or or $nor")
+        elif type(condition) in _FAST_EQUALITY and "." not in key and type(document) is dict:
+            # fast path for the commonest filter, {"status": "pending"}: same exact type -> plain ==
+            value = document.get(key, MISSING)
+            if type(value) is type(condition):
+                if value != condition:
+                    return False
+            elif value is MISSING or type(value) in _FAST_EQUALITY:
+                return False  # missing, or a str against an int: never equal
+            elif not _condition_matches(_resolve(document, [key]), condition):
+                return False
         elif not _condition_matches(_resolve(document, key.split(".")), condition):
             return False
     return True

@@ -14,6 +14,7 @@ evaluated by :mod:`tensorhub.query` over the collection's documents.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -54,6 +55,60 @@ def _ids_in(query: Mapping[str, Any]) -> list[str] | None:
     return None
 
 
+_PUSHABLE = (str, int)  # exact types; bool is excluded (JSON true == 1 in SQLite)
+
+
+def scalar_fields(document: Mapping[str, Any]) -> str:
+    """JSON of a document's top-level str and int fields: what :func:`pushdown` filters on in SQL."""
+    return json.dumps({k: v for k, v in document.items()
+                       if type(v) in _PUSHABLE and not (type(v) is str and len(v) > 200)}, separators=(",", ":"))
+
+
+def _equalities(query: Mapping[str, Any]) -> dict[str, set]:
+    """Top-level fields a filter requires to equal one of a few str/int values (a necessary condition)."""
+    required: dict[str, set] = {}
+
+    def need(key: str, values: set) -> None:
+        required[key] = required[key] & values if key in required else values
+
+    for key, condition in query.items():
+        if key == "$and" and isinstance(condition, list):
+            for sub in condition:
+                if isinstance(sub, Mapping):
+                    for k, v in _equalities(sub).items():
+                        need(k, v)
+        elif key == "$or" and isinstance(condition, list) and condition:
+            branches = [_equalities(sub) if isinstance(sub, Mapping) else {} for sub in condition]
+            for k in set.intersection(*(set(b) for b in branches)):
+                need(k, set().union(*(b[k] for b in branches)))
+        elif not key.startswith("$") and "." not in key:
+            if type(condition) in _PUSHABLE:
+                need(key, {condition})
+            elif isinstance(condition, Mapping) and set(condition) == {"$in"} and isinstance(condition["$in"], list) \
+                    and condition["$in"] and all(type(v) in _PUSHABLE for v in condition["$in"]):
+                need(key, set(condition["$in"]))
+    return required
+
+
+def pushdown(query: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """An SQL condition that keeps every document the filter could match (a superset).
+
+    A document whose field is a str/int outside the required values is dropped in SQL, without
+    decoding it; one whose field is anything else (an array, a float, long text, missing) is kept
+    for :func:`tensorhub.query.matches` to decide. So results never change, only the work.
+    """
+    clauses, params = [], []
+    for key, values in sorted(_equalities(query).items()):
+        if not values:
+            return " AND 0", []
+        path = '$."' + key.replace('"', '""') + '"'
+        marks = ",".join("?" * len(values))
+        clauses.append(f" AND (json_extract(fields, ?) IN ({marks}) OR json_type(fields, ?) IS NULL"
+                       f" OR json_type(fields, ?) NOT IN ('text', 'integer'))")
+        params += [path, *sorted(values, key=repr), path, path]
+    return "".join(clauses), params
+
+
 class SQLiteIndexStore(IndexStore):
     """Documents in one SQLite table ``(collection, id, doc)``; queries run in Python."""
 
@@ -67,7 +122,7 @@ class SQLiteIndexStore(IndexStore):
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS documents ("
-                " collection TEXT NOT NULL, id TEXT NOT NULL, doc BLOB NOT NULL,"
+                " collection TEXT NOT NULL, id TEXT NOT NULL, doc BLOB NOT NULL, fields TEXT,"
                 " PRIMARY KEY (collection, id))"
             )
         except (OSError, sqlite3.Error) as exc:
@@ -95,15 +150,17 @@ class SQLiteIndexStore(IndexStore):
             rows = conn.execute(f"SELECT doc FROM documents WHERE collection = ? AND id IN ({marks}) ORDER BY rowid",
                                 (collection, *ids))
         else:
-            rows = conn.execute("SELECT doc FROM documents WHERE collection = ? ORDER BY rowid", (collection,))
+            where, params = pushdown(query)
+            rows = conn.execute(f"SELECT doc FROM documents WHERE collection = ?{where} ORDER BY rowid",
+                                (collection, *params))
         docs = (decode_document(row[0]) for row in rows)
         return [d for d in docs if matches(d, query)]
 
     def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
-        rows = [(collection, str(d["_id"]), encode_document(d)) for d in documents]
+        rows = [(collection, str(d["_id"]), encode_document(d), scalar_fields(d)) for d in documents]
         with self._transaction(immediate=True) as conn:
             try:
-                conn.executemany("INSERT INTO documents (collection, id, doc) VALUES (?, ?, ?)", rows)
+                conn.executemany("INSERT INTO documents (collection, id, doc, fields) VALUES (?, ?, ?, ?)", rows)
             except sqlite3.IntegrityError as exc:
                 raise InvalidArgumentError(f"a record with this _id already exists in {collection}: {exc}") from exc
 
@@ -117,8 +174,8 @@ class SQLiteIndexStore(IndexStore):
 
     def _write_back(self, conn: sqlite3.Connection, collection: str, documents: list[Document]) -> None:
         conn.executemany(
-            "UPDATE documents SET doc = ? WHERE collection = ? AND id = ?",
-            [(encode_document(d), collection, str(d["_id"])) for d in documents],
+            "UPDATE documents SET doc = ?, fields = ? WHERE collection = ? AND id = ?",
+            [(encode_document(d), scalar_fields(d), collection, str(d["_id"])) for d in documents],
         )
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
