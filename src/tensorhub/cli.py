@@ -65,9 +65,12 @@ def list_records(hub: TensorHub, kind: str, limit: int, query: dict) -> tuple[li
             row["arrays"] = _shape_summary(row)
             row["MB"] = row.get("nbytes", 0) / 1e6
         fixed = ["dataset_name", "time", "MB", "arrays"]
-    elif kind == "models":
-        rows = hub._records.find("models", query, limit=limit)
-        fixed = ["model_name", "time", "adapter", "parameter_count"]
+    elif kind == "models":  # the table of hub.compare_models(): newest first, every numeric field a column
+        rows = hub.compare_models(limit=limit, **query)
+        for row in rows:
+            row["id"] = str(row["id"])
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        return rows, columns[:10]  # model_name, time, id, adapter and up to 6 metrics
     elif kind == "tasks":
         rows = hub.find_tasks(limit=limit, **query)
         for row in rows:

@@ -191,7 +191,12 @@ class TensorHub:
     def save_model(self, network: Any = None, model_name: str = "model", **kwargs: Any) -> Any:
         """Store a model (``torch.nn.Module``, list/dict of arrays, or an adapter's type); kwargs are tags.
 
-        Example: ``hub.save_model(net, "mlp", test_accuracy=0.97)``.
+        Example: ``hub.save_model(net, "mlp", test_accuracy=0.97, dataset=mnist_record)``.
+        Options: ``example_inputs=`` (PyTorch: also store a ``torch.export`` program, loadable
+        without the class) and ``dynamic_shapes=``; ``dataset=``/``task=`` (a record or its
+        id) record lineage as ``dataset_id``/``task_id`` (inside a task, the task is recorded
+        by itself); ``allow_pickle=True`` for what only pickle can store. Unchanged tensors
+        of an earlier save are not stored again. Returns the record id.
         """
         kwargs.pop("sess", None) and warnings.warn("sess= is ignored (TensorFlow 1 leftover)", DeprecationWarning,
                                                     stacklevel=2)
@@ -199,15 +204,20 @@ class TensorHub:
         return _models.save_model(self._records, network, model_name, allow_pickle=allow_pickle, **kwargs)
 
     def find_all_models(self, sort: Any = None, model_name: str | None = None, **kwargs: Any) -> list:
-        """Every model matching the query (newest first), each carrying ``tensorhub_record``."""
+        """Every model matching the query (newest first), each carrying ``tensorhub_record``.
+
+        ``dataset=``/``task=`` (a record or id) find the models trained on a dataset or by a
+        task. Options: ``into=module`` (PyTorch: load the parameters into this module),
+        ``allow_pickle=True``, ``trusted=[...]`` (scikit-learn: types skops may rebuild).
+        """
         if "sess" in kwargs:
             kwargs.pop("sess")
             warnings.warn("sess= is ignored (TensorFlow 1 leftover)", DeprecationWarning, stacklevel=2)
-        options = {k: kwargs.pop(k) for k in ("allow_pickle", "into") if k in kwargs}
+        options = {k: kwargs.pop(k) for k in ("allow_pickle", "into", "trusted") if k in kwargs}
         limit = kwargs.pop("limit", None)
         if model_name is not None:
             kwargs["model_name"] = model_name
-        found = self._records.find(_models.COLLECTION, kwargs, sort=sort, limit=limit)
+        found = self._records.find(_models.COLLECTION, _models.lineage_query(kwargs), sort=sort, limit=limit)
         return [_models.load_model(self._records, record, **options) for record in found]
 
     def find_model(self, sort: Any = None, model_name: str | None = None, **kwargs: Any) -> Any:
@@ -219,8 +229,20 @@ class TensorHub:
         return found[0] if found else None
 
     def delete_model(self, **kwargs: Any) -> int:
-        """Delete matching models and their blobs; return how many were deleted."""
-        return self._records.delete(_models.COLLECTION, kwargs)
+        """Delete matching models; free the chunks no other record uses; return how many were deleted."""
+        return self._records.delete(_models.COLLECTION, _models.lineage_query(kwargs))
+
+    def compare_models(self, model_name: str | None = None, keys: Any = None, sort: Any = None,
+                       as_frame: bool = False, limit: int | None = None, **kwargs: Any) -> Any:
+        """One row per matching model (``model_name``, ``time``, ``id``, ``adapter``, metrics), best first.
+
+        Example: ``hub.compare_models("mlp", keys=["test_accuracy", "loss"])`` sorts by
+        ``test_accuracy`` descending; with no ``keys``, every numeric field saved with the
+        models is a column and the newest comes first. A list of dicts, or a pandas DataFrame
+        with ``as_frame=True``. Reads records only.
+        """
+        return _models.compare_models(self._records, model_name, keys=keys, sort=sort, as_frame=as_frame,
+                                      limit=limit, **kwargs)
 
     find_top_model = find_model
     delete_models = delete_model

@@ -264,7 +264,6 @@ class HubContract:
 
     def test_torch_module_round_trip(self, hub: TensorHub) -> None:
         torch = pytest.importorskip("torch")
-        pytest.importorskip("safetensors")
         from tensorhub.testing.torch_models import TinyMLP
 
         net = TinyMLP(4, 5, 2)
@@ -282,6 +281,179 @@ class HubContract:
         hub.save_model(torch.nn.Sequential(torch.nn.Linear(2, 2)), "seq")
         with pytest.raises(InvalidArgumentError, match="tensorhub_init_kwargs"):
             hub.find_model(model_name="seq")  # Sequential() cannot be rebuilt without its layers
+
+    # models (issue 6): chunked parameters, exported programs, checkpoints, lineage, comparison
+    def test_model_records_say_adapter_and_format_and_list_their_chunks(self, hub: TensorHub) -> None:
+        hub.save_model({"w": np.arange(6.0).reshape(2, 3), "b": np.float32(1.5), "n": 3}, "fmt")
+        record = hub.find_model(model_name="fmt").tensorhub_record
+        assert record["adapter"] == "params" and record["format"] == "chunks"
+        assert sorted(record["blob_refs"]) == sorted({d for a in record["arrays"] for d in a["chunks"]})
+        assert _all_blobs(hub) == sorted(f"chunks/{d}" for d in record["blob_refs"])
+        net = hub.find_model(model_name="fmt")
+        np.testing.assert_array_equal(net["w"], np.arange(6.0).reshape(2, 3))
+        assert net["b"] == np.float32(1.5) and net["b"].dtype == np.float32 and net["n"] == 3
+
+    def test_parameter_set_edge_arrays_round_trip(self, hub: TensorHub) -> None:
+        params = {"empty_rows": np.zeros((0, 3)), "empty_cols": np.zeros((3, 0), np.float32), "zero_d": np.array(7),
+                  "strings": np.array(["x", "yz"]), "transposed": np.arange(12).reshape(3, 4).T,
+                  "structured": np.array([(1, 2.0)], dtype=[("i", "<i4"), ("f", "<f8")]),
+                  "complex": np.array([1 + 2j]), "half": np.ones(5, np.float16)}
+        hub.save_model(params, "edges")
+        got = hub.find_model(model_name="edges")
+        for key, value in params.items():
+            assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+            np.testing.assert_array_equal(got[key], value)
+
+    def test_parameter_checkpoints_share_unchanged_arrays(self, hub: TensorHub) -> None:
+        rng = np.random.default_rng(0)
+        params = [rng.random((300, 40)), rng.random(40), np.zeros(3, np.int64)]
+        hub.save_model(params, "ckpt", epoch=1)
+        first = _all_blobs(hub)
+        assert len(first) == 3
+        params[1] = params[1] + 1  # one "training step" changed one array
+        hub.save_model(params, "ckpt", epoch=2)
+        assert len(_all_blobs(hub)) == 4  # only the changed array is new
+        hub.save_model(params, "ckpt", epoch=3)
+        assert len(_all_blobs(hub)) == 4  # nothing changed: nothing new
+        assert hub.delete_model(epoch=1) == 1
+        assert len(_all_blobs(hub)) == 3  # epoch 1's own array is freed, the shared ones stay
+        np.testing.assert_array_equal(hub.find_model(epoch=2)[1], params[1])
+        assert hub.delete_model() == 2 and _all_blobs(hub) == []
+
+    def test_corrupted_parameter_chunk_is_an_error_naming_the_model(self, hub: TensorHub) -> None:
+        from tensorhub.errors import CorruptDataError
+
+        hub.save_model([np.arange(1000.0)], "fragile")
+        (key,) = _all_blobs(hub)
+        hub.blobs.put(key, hub.blobs.get(key)[:-10])  # truncated
+        with pytest.raises(CorruptDataError, match="fragile"):
+            hub.find_model(model_name="fragile")
+        hub.blobs.put(key, b"\0" * 8000)  # overwritten
+        with pytest.raises(CorruptDataError, match="fragile"):
+            hub.find_model(model_name="fragile")
+
+    def test_torch_checkpoints_store_the_architecture_once(self, hub: TensorHub) -> None:
+        torch = pytest.importorskip("torch")
+        from tensorhub.testing.torch_models import TinyMLP
+
+        net = TinyMLP(4, 5, 2).eval()
+        x = torch.randn(3, 4)
+        hub.save_model(net, "ckpt", epoch=1, example_inputs=(x,))
+        record = hub.find_model(model_name="ckpt").tensorhub_record
+        assert record["architecture"] == "torch.export" and record["format"] == "chunks"
+        tensors = len(net.state_dict())
+        assert len(_all_blobs(hub)) == tensors + 1  # one chunk per tensor, one for the program
+        with torch.no_grad():
+            net.out.bias += 1
+        hub.save_model(net, "ckpt", epoch=2, example_inputs=(x,))
+        assert len(_all_blobs(hub)) == tensors + 2  # the changed bias only: the program is shared
+        hub.save_model(net, "ckpt", epoch=3)  # no program: the class path
+        assert len(_all_blobs(hub)) == tensors + 2
+        loaded = hub.find_model(epoch=2)
+        assert not isinstance(loaded, TinyMLP) and torch.equal(loaded(x), net(x))
+        assert hub.find_model(epoch=3).tensorhub_record["architecture"] == "class"
+        assert hub.delete_model(epoch=2) == 1 and len(_all_blobs(hub)) == tensors + 2  # epoch 1 keeps the program
+        assert hub.delete_model() == 2 and _all_blobs(hub) == []
+
+    def test_exported_program_keeps_dtypes_buffers_and_constants(self, hub: TensorHub) -> None:
+        torch = pytest.importorskip("torch")
+        from tensorhub.testing.torch_models import DtypeZoo
+
+        net = DtypeZoo(4)
+        net.train()(torch.randn(8, 4))  # move the BatchNorm statistics away from their defaults
+        net.eval()
+        x = torch.randn(3, 4)
+        hub.save_model(net, "zoo", example_inputs=(x,))
+        program = hub.find_model(model_name="zoo")
+        assert torch.equal(program(x), net(x))
+        rebuilt = hub.find_model(model_name="zoo", into=DtypeZoo(4).eval())
+        for key, value in net.state_dict().items():
+            got = rebuilt.state_dict()[key]
+            assert got.dtype == value.dtype and torch.equal(got, value), key
+        assert torch.equal(rebuilt(x), net(x))
+        record = program.tensorhub_record
+        assert {p["dtype"] for p in record["parameters"]} >= {"torch.bfloat16", "torch.float16", "torch.bool"}
+        hub.save_model(net, "zoo-class")
+        assert torch.equal(hub.find_model(model_name="zoo-class").eval()(x), net(x))
+
+    def test_pickled_state_only_when_asked_on_save_and_load(self, hub: TensorHub) -> None:
+        torch = pytest.importorskip("torch")
+        from tensorhub.testing.torch_models import WithExtraState
+
+        net = WithExtraState()
+        net.vocabulary = {"b": 2}
+        with pytest.raises(SerializationError, match="allow_pickle"):
+            hub.save_model(net, "extra")
+        assert hub.find_model() is None and _all_blobs(hub) == []
+        hub.save_model(net, "extra", allow_pickle=True)
+        with pytest.raises(SerializationError, match="allow_pickle"):
+            hub.find_model(model_name="extra")
+        loaded = hub.find_model(model_name="extra", allow_pickle=True)
+        assert loaded.vocabulary == {"b": 2} and torch.equal(loaded.linear.weight, net.linear.weight)
+
+    def test_failed_export_is_a_clear_error_and_leaves_nothing(self, hub: TensorHub) -> None:
+        torch = pytest.importorskip("torch")
+        from tensorhub.testing.torch_models import TinyMLP
+
+        with pytest.raises(SerializationError, match="example_inputs"):
+            hub.save_model(TinyMLP(4, 5, 2), "bad", example_inputs=(torch.randn(3, 7),))  # wrong width
+        assert hub.find_model() is None and _all_blobs(hub) == []
+
+    def test_model_lineage(self, hub: TensorHub, tmp_path: Path) -> None:
+        from tensorhub.errors import NotFoundError
+
+        dataset_id = hub.save_dataset([np.ones(3)], "mnist", version="1.0")
+        other_id = hub.save_dataset([np.zeros(3)], "cifar")
+        task_id = hub.create_task("train", _script(tmp_path, "x = 1\n"))
+        (dataset_record,) = hub.find_dataset_records("mnist")
+        hub.save_model([np.ones(2)], "a", dataset=dataset_record, task=task_id)
+        hub.save_model([np.ones(2)], "b", dataset=str(dataset_id))
+        hub.save_model([np.ones(2)], "c", dataset=other_id)
+        hub.save_model([np.ones(2)], "d")
+        assert {m._model_name for m in hub.find_all_models(dataset_id=dataset_id)} == {"a", "b"}
+        assert {m._model_name for m in hub.find_all_models(dataset=str(dataset_id))} == {"a", "b"}
+        assert {m._model_name for m in hub.find_all_models(dataset=dataset_record)} == {"a", "b"}
+        (model,) = hub.find_all_models(task_id=task_id)
+        assert model._model_name == "a" and model._dataset_id == dataset_id
+        assert hub.find_tasks(_id=model._task_id)[0]["task_name"] == "train"
+        assert hub.find_model(model_name="d").tensorhub_record.get("dataset_id") is None
+        assert [r["model_name"] for r in hub.compare_models(dataset_id=other_id)] == ["c"]
+        with pytest.raises(NotFoundError):
+            hub.save_model([np.ones(2)], "e", dataset=task_id)  # a task's id is no dataset's
+        with pytest.raises(InvalidArgumentError, match="dataset_name"):
+            hub.save_model([np.ones(2)], "e", dataset="mnist")
+        assert hub.delete_model(dataset=dataset_id) == 2
+        assert len(hub.find_all_models()) == 2
+
+    def test_compare_models(self, hub: TensorHub) -> None:
+        for i, (acc, loss) in enumerate([(0.7, 0.9), (0.9, 0.4), (0.8, 0.5)]):
+            hub.save_model([np.full(2, i)], "mlp", test_accuracy=acc, loss=loss, lr=0.1, note="x")
+        hub.save_model([np.ones(2)], "cnn", test_accuracy=0.95, layers=3)
+        hub.save_model([np.ones(2)], "cnn", layers=4)  # no accuracy: last when sorting by it
+        rows = hub.compare_models("mlp", keys=["test_accuracy", "loss"])
+        assert [r["test_accuracy"] for r in rows] == [0.9, 0.8, 0.7]
+        assert set(rows[0]) == {"model_name", "time", "id", "adapter", "test_accuracy", "loss"}
+        assert hub.find_model(_id=rows[0]["id"])._loss == 0.4
+        assert [r["loss"] for r in hub.compare_models("mlp", keys="loss", sort=[("loss", 1)])] == [0.4, 0.5, 0.9]
+        everything = hub.compare_models()
+        assert [r.get("layers") for r in everything[:2]] == [4, 3]  # newest first by default
+        assert list(everything[0])[4:] == ["layers", "test_accuracy", "loss", "lr"]  # numeric fields only
+        best = hub.compare_models(keys=["test_accuracy"])
+        assert [r["test_accuracy"] for r in best] == [0.95, 0.9, 0.8, 0.7, None]
+        assert len(hub.compare_models(limit=2)) == 2 and hub.compare_models("absent") == []
+        assert [r["test_accuracy"] for r in hub.compare_models(keys=["test_accuracy"], loss={"$lt": 0.6})] == [0.9, 0.8]
+
+    def test_sklearn_estimator_round_trip_without_pickle(self, hub: TensorHub) -> None:
+        pytest.importorskip("skops")
+        from sklearn.linear_model import LogisticRegression
+
+        X = np.random.default_rng(0).random((40, 3))
+        y = (X[:, 0] > 0.5).astype(int)
+        estimator = LogisticRegression().fit(X, y)
+        hub.save_model(estimator, "logreg", accuracy=float(estimator.score(X, y)))
+        loaded = hub.find_model(model_name="logreg")
+        assert loaded.tensorhub_record["adapter"] == "sklearn"
+        np.testing.assert_array_equal(loaded.predict(X), estimator.predict(X))
 
     # ------------------------------------------------------------------ logs
     def test_logs_tutorial(self, hub: TensorHub) -> None:
