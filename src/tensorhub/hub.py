@@ -90,6 +90,8 @@ class TensorHub:
             name_field = {"datasets": "dataset_name", "models": "model_name", "tasks": "task_name"}.get(collection)
             keys = [("project_name", 1)] + ([(name_field, 1)] if name_field else []) + [("time", -1)]
             self._records.index.create_index(collection, keys)
+        self._records.index.create_index(_tasks.COLLECTION, [("project_name", 1), ("task_name", 1), ("status", 1),
+                                                             ("priority", -1), ("time", 1)])
 
     # ------------------------------------------------------------------ connection
     @property
