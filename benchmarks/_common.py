@@ -12,6 +12,7 @@ import cProfile
 import gc
 import importlib.util
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -168,6 +169,7 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     return {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "cpu": model,
+            "load_avg_1m": round(os.getloadavg()[0], 2),
             "python": platform.python_version(), "numpy": numpy.__version__,
             "tensorhub": getattr(tensorhub, "__version__", "?"), "tensorhub_at": _source_of(tensorhub)}
 
@@ -228,10 +230,16 @@ class MongoServers:
 
     def __init__(self) -> None:
         self._ctx = multiprocessing.get_context("spawn")
-        self._running: dict[str, tuple[Any, Any]] = {}
+        self._running: dict[int, tuple[Any, Any]] = {}
         self._stopping: list[Any] = []
+        self._ids = itertools.count()
 
-    def start(self) -> str:
+    def start(self) -> tuple[int, str]:
+        """Start a server; return a handle for :meth:`stop` and the server's URI (no database).
+
+        With ``$TENSORHUB_TEST_MONGODB_URI`` set every "server" is that external one, so callers
+        also drop what they created.
+        """
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(target=_serve, args=(child,), daemon=True)
         process.start()
@@ -239,18 +247,19 @@ class MongoServers:
             process.terminate()
             raise RuntimeError("the test MongoDB server did not start within 120 s")
         uri = parent.recv()
-        self._running[uri] = (process, parent)
-        return uri
+        handle = next(self._ids)
+        self._running[handle] = (process, parent)
+        return handle, uri
 
-    def stop(self, uri: str) -> None:
-        process, parent = self._running.pop(uri)
+    def stop(self, handle: int) -> None:
+        process, parent = self._running.pop(handle)
         with contextlib.suppress(OSError):
             parent.send("stop")
         self._stopping.append(process)
 
     def close(self) -> None:
-        for uri in list(self._running):
-            self.stop(uri)
+        for handle in list(self._running):
+            self.stop(handle)
         for process in self._stopping:
             process.join(30)
             if process.is_alive():

@@ -114,10 +114,10 @@ def bench_file(n: int, repeats: int, tmp: Path, show_profile: bool = False) -> l
     results.append(compare(BENCH, "file", f"find_training_logs(step>$gt N/2), N={n}", "sqlite3 SELECT WHERE",
                            repeats=repeats, tensorhub=lambda _: hub.find_training_logs(step={"$gt": threshold}),
                            raw=lambda _: _raw_sqlite_query(conn, threshold)))
-    if show_profile:
-        print(profile(f"file: {n} x save_training_log", lambda: hub_single(hub)))
-        print(profile(f"file: save_training_logs({n} rows)", lambda: hub.save_training_logs(rows)))
+    if show_profile:  # the query first, while the store holds N rows
         print(profile("file: find_training_logs", lambda: hub.find_training_logs(step={"$gt": threshold})))
+        print(profile(f"file: save_training_logs({n} rows)", lambda: hub.save_training_logs(rows)))
+        print(profile(f"file: {n} x save_training_log", lambda: hub_single(hub)))
     hub.close()
     conn.close()
     return results
@@ -132,23 +132,27 @@ def bench_mongodb(n: int, repeats: int, show_profile: bool = False) -> list[Resu
     servers = MongoServers()
 
     # the write benchmarks start every timed run on a fresh server (see MongoServers)
-    def new_hub() -> tuple[str, TensorHub]:
-        uri = servers.start()
-        return uri, TensorHub(f"{uri}/bench_hub", project_name=PROJECT)
+    def new_hub() -> tuple[int, TensorHub]:
+        handle, uri = servers.start()
+        return handle, TensorHub(f"{uri}/bench_hub_{next(_unique)}", project_name=PROJECT)
 
-    def new_coll() -> tuple[str, Any]:
-        uri = servers.start()
+    def new_coll() -> tuple[int, Any]:
+        handle, uri = servers.start()
         client = pymongo.MongoClient(uri, tz_aware=True)
         client.admin.command("ping")
-        return uri, client["bench_raw"]["training_logs"]
+        return handle, client[f"bench_raw_{next(_unique)}"]["training_logs"]
 
-    def stop_hub(state: tuple[str, TensorHub]) -> None:
-        state[1].close()
-        servers.stop(state[0])
+    def stop_hub(state: tuple[int, TensorHub]) -> None:
+        handle, hub = state
+        hub.index.client.drop_database(hub.index.db.name)  # matters only on an external server
+        hub.close()
+        servers.stop(handle)
 
-    def stop_coll(state: tuple[str, Any]) -> None:
-        state[1].database.client.close()
-        servers.stop(state[0])
+    def stop_coll(state: tuple[int, Any]) -> None:
+        handle, coll = state
+        coll.database.client.drop_database(coll.database.name)
+        coll.database.client.close()
+        servers.stop(handle)
 
     def now() -> dt.datetime:
         return dt.datetime.now(dt.timezone.utc)
@@ -177,7 +181,8 @@ def bench_mongodb(n: int, repeats: int, show_profile: bool = False) -> list[Resu
                                teardown_tensorhub=stop_hub, teardown_raw=stop_coll, warmup=0))
 
         # reads do not grow the oplog: one server, populated once, serves every query run
-        (hub_uri, hub), (raw_uri, coll) = new_hub(), new_coll()
+        hub_state, raw_state = new_hub(), new_coll()
+        hub, coll = hub_state[1], raw_state[1]
         hub.save_training_logs(rows)
         raw_batch(coll)
         threshold = n // 2
@@ -194,8 +199,8 @@ def bench_mongodb(n: int, repeats: int, show_profile: bool = False) -> list[Resu
             print(profile("mongodb: find_training_logs", lambda: hub.find_training_logs(step={"$gt": threshold})))
             print(profile(f"mongodb: save_training_logs({n} rows)", lambda: hub.save_training_logs(rows)))
             print(profile(f"mongodb: {n} x save_training_log", lambda: hub_single(hub)))
-        stop_hub((hub_uri, hub))
-        stop_coll((raw_uri, coll))
+        stop_hub(hub_state)
+        stop_coll(raw_state)
     finally:
         servers.close()
     return results

@@ -1,7 +1,7 @@
 """Run every benchmark and print one table of ``tensorhub / baseline`` ratios.
 
-    python benchmarks/run_all.py                      # full run, ~3-4 minutes on 2 cores
-    python benchmarks/run_all.py --quick              # ~1 minute: N=300 log rows, 8 MiB arrays, 3 repeats
+    python benchmarks/run_all.py                      # full run, 1-2 minutes on 2 cores
+    python benchmarks/run_all.py --quick              # 15-30 s: N=300 log rows, 8 MiB arrays, 3 repeats
     python benchmarks/run_all.py --only datasets --size-mb 40,400,1000
     python benchmarks/run_all.py --backends file      # skip the MongoDB server
     python benchmarks/run_all.py --json /tmp/bench.json
@@ -13,6 +13,7 @@ system's), removed at the end. See README.md beside this file for what each line
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from _common import Result, machine, table, write_json  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the tensorhub benchmarks and print a table of ratios.")
-    parser.add_argument("--quick", action="store_true", help="small sizes and 3 repeats (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and 3 repeats (15-30 s)")
     parser.add_argument("--only", choices=("logs", "datasets"), default=None, help="run one benchmark")
     parser.add_argument("--repeats", type=int, default=None, help="runs per side; the median is kept (default 5)")
     bench_logs.add_arguments(parser)
@@ -53,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     print("ratio = tensorhub / baseline (median of each); < 1 means tensorhub is faster")
     print()
     print(table(results))
-    print(f"\n{len(results)} comparisons in {elapsed:.0f} s")
+    load_after = round(os.getloadavg()[0], 2)
+    print(f"\n{len(results)} comparisons in {elapsed:.0f} s; 1-minute load average {meta['load_avg_1m']} before, "
+          f"{load_after} after (other work on the machine makes the figures noisier)")
     if args.json:
-        write_json(results, args.json, elapsed_s=elapsed, **meta)
+        write_json(results, args.json, elapsed_s=elapsed, load_avg_1m_after=load_after, **meta)
     return 0
 
 
