@@ -30,7 +30,8 @@ def mongodb_server() -> Iterator[str]:
         return
     from secantus import SecantusDBServer
 
-    server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=":memory:")
+    # no replica set: its oplog grows with every write and slows a long test session down
+    server = SecantusDBServer(host="127.0.0.1", port=0, storage_path=":memory:", replica_set_name=None)
     server.start()
     try:
         yield server.uri.rstrip("/")
