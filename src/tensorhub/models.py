@@ -182,31 +182,76 @@ def _tuples(descr: Any) -> Any:
     return descr
 
 
+_BLOSC_HEADER = 16
+_BLOSC_MEMCPYED = 0x02  # header flag: the frame is the header followed by the raw bytes
+
+
 def _read_chunk_into(blobs: Any, digest: str, target: np.ndarray) -> None:
     """Fetch chunk ``digest``, verify it against its digest and decode it straight into ``target``.
 
-    Like :func:`tensorhub.chunks.read_chunk` minus one copy of every byte: a model's chunks go
-    into the memory they end up in (a new array, or a tensor of the module being filled).
+    Like :func:`tensorhub.chunks.read_chunk` minus copies: an uncompressed chunk (float
+    parameters, see ``_RAW_CODEC``) is read from the stream straight into ``target`` and hashed
+    there; a compressed one is decoded into it. On a digest mismatch ``target`` holds garbage
+    and the error says so: callers read into memory they discard, or check before using it.
     """
+    key = chunk_key(digest)
     try:
-        data = blobs.get(chunk_key(digest))
+        stream = blobs.open(key)
     except NotFoundError as exc:
         raise NotFoundError(f"chunk {digest[:12]}... is missing; the record outlived its bytes: delete the "
                             "model and save it again") from exc
+    with stream:
+        header = _read_exactly(stream, _BLOSC_HEADER)
+        size = int.from_bytes(header[4:8], "little") if len(header) == _BLOSC_HEADER else -1
+        if size != target.nbytes:
+            raise CorruptDataError(f"chunk {digest[:12]}... holds {size} bytes where the record expects "
+                                   f"{target.nbytes}: truncated, altered or a damaged record; save the model again")
+        view = memoryview(target.reshape(-1).view(np.uint8))  # bytes of any dtype (datetime64 has no buffer format)
+        if header[2] & _BLOSC_MEMCPYED and int.from_bytes(header[12:16], "little") == _BLOSC_HEADER + size:
+            filled = _readinto(stream, view)
+            hasher = hashlib.sha256(header)
+            hasher.update(view)
+            if filled != size or stream.read(1) or hasher.hexdigest() != digest:
+                raise CorruptDataError(f"chunk {digest[:12]}... is truncated or altered (its bytes do not match "
+                                       "its digest); save the model again from a good copy")
+            return
+        data = header + stream.read()
     if hashlib.sha256(data).hexdigest() != digest:
         raise CorruptDataError(f"chunk {digest[:12]}... is truncated or altered (its bytes do not match its "
                                "digest); save the model again from a good copy")
-    # a Blosc frame starts with a 16-byte header whose bytes 4..8 are the decoded size
-    size = int.from_bytes(data[4:8], "little") if len(data) >= 16 else -1
-    if size != target.nbytes:
-        raise CorruptDataError(f"chunk {digest[:12]}... holds {size} bytes where the record expects "
-                               f"{target.nbytes}; the record is damaged, save the model again")
     if not size:
         return  # an empty array (e.g. shape (3, 0)): Blosc refuses to decode into nothing
     try:
-        _RAW_CODEC.decode(data, out=target.reshape(-1))
+        _RAW_CODEC.decode(data, out=view)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means damaged bytes
         raise CorruptDataError(f"chunk {digest[:12]}... cannot be decompressed: {exc}") from exc
+
+
+def _read_exactly(stream: Any, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = stream.read(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _readinto(stream: Any, view: memoryview) -> int:
+    """Fill ``view`` from ``stream`` (fewer bytes only at its end); return how many were read."""
+    filled = 0
+    readinto = getattr(stream, "readinto", None)
+    while filled < len(view):
+        if readinto is not None:
+            n = readinto(view[filled:])
+        else:
+            more = stream.read(len(view) - filled)
+            n = len(more)
+            view[filled:filled + n] = more
+        if not n:
+            break
+        filled += n
+    return filled
 
 
 class ModelAdapter(ABC):
