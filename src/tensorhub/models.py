@@ -63,8 +63,8 @@ LINEAGE = {"dataset": ("dataset_id", "datasets"), "task": ("task_id", "tasks")}
 #: fields save_model writes itself; every other field is the user's (tags and metrics)
 INTERNAL_FIELDS = frozenset({
     "_id", "project_name", "time", "model_name", "adapter", "format", "spec", "parameters", "parameter_count",
-    "arrays", "blob_refs", "blob_prefix", "blob_sha256", "class_path", "init_kwargs", "architecture", "program",
-    "torch_version", "sklearn_version", "estimator", "pickled", "dataset_id", "task_id",
+    "arrays", "blob_refs", "blob_prefix", "blob_sha256", "class_path", "init_kwargs", "torch_architecture",
+    "torch_program", "torch_version", "sklearn_version", "estimator_class", "pickled", "dataset_id", "task_id",
 })
 #: float parameters barely compress (LZ4 with byte shuffle saves ~5% on float32 weights, nothing on
 #: float16, at a third of the speed of a copy), so their chunks are stored uncompressed: still a
@@ -468,7 +468,7 @@ class TorchAdapter(ModelAdapter):
             params.append({"path": key, "dtype": str(value.dtype), "shape": list(value.shape)})
         fields: dict[str, Any] = {
             "format": CHUNKS_FORMAT,
-            "architecture": "class",
+            "torch_architecture": "class",
             "class_path": f"{cls.__module__}:{cls.__qualname__}",
             "init_kwargs": init_kwargs,
             "parameters": params,
@@ -480,7 +480,7 @@ class TorchAdapter(ModelAdapter):
         example_inputs = options.get("example_inputs")
         if example_inputs is not None:
             program, program_arrays, program_blobs = self._export(network, state, example_inputs, options)
-            fields.update(architecture="torch.export", program=program)
+            fields.update(torch_architecture="torch.export", torch_program=program)
             arrays += program_arrays
             blobs += program_blobs
         elif cls.__module__ == "__main__":  # a warning, shown once per place, not a log line per epoch
@@ -541,7 +541,7 @@ class TorchAdapter(ModelAdapter):
         if record.get("format") == "safetensors":  # records written before parameters went through chunks
             return self._load_safetensors(record, reader, options)
         module = options.get("into")
-        if module is None and record.get("architecture") == "torch.export":
+        if module is None and record.get("torch_architecture") == "torch.export":
             return self._load_program(record, reader, options)
         rebuilt = module is None
         if rebuilt:
@@ -590,7 +590,7 @@ class TorchAdapter(ModelAdapter):
         """The exported program's ``module()``: runnable without the model's class."""
         import torch
 
-        program = record["program"]
+        program = record["torch_program"]
         if program.get("format") == "pt2":
             _require_pickle(bool(options.get("allow_pickle")), reader)
             import io
@@ -673,7 +673,7 @@ class SklearnAdapter(ModelAdapter):
         skops_io = _import_skops()
         data = skops_io.dumps(network)
         cls = type(network)
-        return SavedModel({"format": "skops", "estimator": f"{cls.__module__}:{cls.__qualname__}",
+        return SavedModel({"format": "skops", "estimator_class": f"{cls.__module__}:{cls.__qualname__}",
                            "sklearn_version": sklearn.__version__}, arrays=[("skops", np.frombuffer(data, np.uint8))])
 
     def load(self, record: dict, reader: ModelReader, **options: Any) -> Any:

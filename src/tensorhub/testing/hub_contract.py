@@ -340,7 +340,7 @@ class HubContract:
         x = torch.randn(3, 4)
         hub.save_model(net, "ckpt", epoch=1, example_inputs=(x,))
         record = hub.find_model(model_name="ckpt").tensorhub_record
-        assert record["architecture"] == "torch.export" and record["format"] == "chunks"
+        assert record["torch_architecture"] == "torch.export" and record["format"] == "chunks"
         tensors = len(net.state_dict())
         assert len(_all_blobs(hub)) == tensors + 1  # one chunk per tensor, one for the program
         with torch.no_grad():
@@ -351,7 +351,7 @@ class HubContract:
         assert len(_all_blobs(hub)) == tensors + 2
         loaded = hub.find_model(epoch=2)
         assert not isinstance(loaded, TinyMLP) and torch.equal(loaded(x), net(x))
-        assert hub.find_model(epoch=3).tensorhub_record["architecture"] == "class"
+        assert hub.find_model(epoch=3).tensorhub_record["torch_architecture"] == "class"
         assert hub.delete_model(epoch=2) == 1 and len(_all_blobs(hub)) == tensors + 2  # epoch 1 keeps the program
         assert hub.delete_model() == 2 and _all_blobs(hub) == []
 
