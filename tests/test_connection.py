@@ -205,3 +205,23 @@ def test_a_failed_save_leaves_nothing_behind(failing_hub: TensorHub) -> None:
     assert list(failing_hub.blobs.list("")) == []
     failing_hub.save_dataset([np.ones(2)], "whole")  # the store still works afterwards
     assert failing_hub.find_dataset("whole") is not None
+
+
+def test_str_redacts_secrets_in_the_query_string() -> None:
+    uri = "s3://bucket/p?endpoint_url=http://127.0.0.1:9000&aws_secret_access_key=s3cret&aws_session_token=tok"
+    shown = registry.redact(uri)
+    assert "s3cret" not in shown and "tok" not in shown.split("token=")[1]
+    assert "endpoint_url=http://127.0.0.1:9000" in shown
+
+
+def test_tasks_see_the_runners_current_environment(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "env.py"
+    script.write_text("import os\nvalue = os.environ.get('TENSORHUB_TEST_LATE_VARIABLE')\n")
+    with TensorHub(f"file://{tmp_path}/store", project_name="p") as hub:
+        hub.create_task("env", script, saved_result_keys=["value"])
+        hub.create_task("env", script, saved_result_keys=["value"])
+        hub.run_task("env")  # starts the runner's fork helper with the environment of now
+        monkeypatch.setenv("TENSORHUB_TEST_LATE_VARIABLE", "set later")
+        hub.run_task("env")
+        values = [t["result"]["value"] for t in hub.find_tasks("env", sort=[("finished_at", 1)])]
+    assert values == [None, "set later"]

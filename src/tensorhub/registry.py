@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tensorhub.backends.base import BlobStore, IndexStore
 from tensorhub.errors import BackendNotInstalledError, ConfigurationError, UnknownSchemeError
@@ -125,13 +125,22 @@ def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
     return opener(uri, index=index, blobs=blobs)
 
 
+_SECRET_WORDS = ("secret", "password", "passwd", "token", "credential")
+
+
 def redact(uri: str) -> str:
-    """``uri`` with any password replaced by ``***`` (for logs, errors and ``str(hub)``)."""
+    """``uri`` with its password and secret query values replaced by ``***`` (for logs and ``str(hub)``)."""
     if "://" not in uri:
         return uri
     parts = urlsplit(uri)
-    if parts.password is None:
+    if parts.password is None and not any(w in parts.query.lower() for w in _SECRET_WORDS):
         return uri
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = f"{parts.username}:***" if parts.username else ":***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[-1]}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        userinfo = f"{parts.username}:***" if parts.username else ":***"
+        parts = parts._replace(netloc=f"{userinfo}@{netloc[-1]}")
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        hidden = [(k, "***" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in pairs]
+        parts = parts._replace(query=urlencode(hidden, safe="*:/"))
+    return urlunsplit(parts)

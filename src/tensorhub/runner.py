@@ -84,8 +84,13 @@ def _describe(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------- child process side
-def _child_main(claimed_bson: bytes, connection: Connection, workdir: str) -> None:
-    """Entry point of a task's child process: run the script, write ``result.bson``."""
+def _child_main(claimed_bson: bytes, connection: Connection, workdir: str, environ: dict[str, str]) -> None:
+    """Entry point of a task's child process: run the script, write ``result.bson``.
+
+    ``environ`` is the runner's environment now (the helper that forked us has the one of its start).
+    """
+    os.environ.clear()
+    os.environ.update(environ)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for fd, name in ((1, "stdout"), (2, "stderr")):
         target = os.open(os.path.join(workdir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -160,7 +165,7 @@ def _run_isolated(claimed: dict, connection: Connection, heartbeat: Heartbeat) -
     """Run the script in a child process; return ``(status, fields to record)``."""
     timeout = claimed.get("timeout")
     with tempfile.TemporaryDirectory(prefix="tensorhub-task-") as workdir:
-        process = _TaskProcess(encode_document(claimed), connection, workdir)
+        process = _TaskProcess(encode_document(claimed), connection, workdir, dict(os.environ))
         started = time.monotonic()
         delay = 0.001
         try:
