@@ -360,7 +360,12 @@ def _operator_matches(values: Reached, op: str, arg: Any, condition: Mapping[str
     if op in ("$in", "$nin"):
         if not isinstance(arg, _ARRAY_TYPES):
             raise InvalidQueryError(f"{op} needs a list, got {type(arg).__name__}")
-        hit = any(_field_equals(values, t) for t in arg)
+        if len(arg) > 4 and all(type(t) is str for t in arg):
+            # many strings (chunk digests, ids): one set lookup per candidate, not a compare per pair
+            wanted = set(arg)
+            hit = any(type(c) is str and c in wanted for c in _expand(values))
+        else:
+            hit = any(_field_equals(values, t) for t in arg)
         return hit if op == "$in" else not hit
     if op == "$exists":
         present = any(v is not MISSING for v, _ in values)
