@@ -5,7 +5,6 @@ with ``TensorHub()`` (no arguments: the store and project the task came from), l
 dataset, logs the loss curve, stores the parameters as a model and sets ``test_accuracy``.
 """
 
-import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 import warnings

@@ -22,7 +22,6 @@ torch, scikit-learn and skops are imported only when such a model is saved or lo
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
@@ -36,10 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numcodecs import Blosc
 
 from tensorhub.arrays import checksum, from_npy
-from tensorhub.chunks import IO_THREADS, ChunkWriter, Manifest, chunk_key, rows_per_chunk
+from tensorhub.chunks import IO_THREADS, ChunkWriter, Manifest, read_chunk_into, rows_per_chunk
 from tensorhub.context import ENV_TASK_ID
 from tensorhub.errors import (
     ConfigurationError,
@@ -66,11 +64,6 @@ INTERNAL_FIELDS = frozenset({
     "arrays", "blob_refs", "blob_prefix", "blob_sha256", "class_path", "init_kwargs", "torch_architecture",
     "torch_program", "torch_version", "sklearn_version", "estimator_class", "pickled", "dataset_id", "task_id",
 })
-#: float parameters barely compress (LZ4 with byte shuffle saves ~5% on float32 weights, nothing on
-#: float16, at a third of the speed of a copy), so their chunks are stored uncompressed: still a
-#: Blosc frame (clevel 0), content-addressed the same way. Blosc frames are self-describing, so
-#: this codec (like any Blosc instance) also decodes the compressed chunks of other dtypes.
-_RAW_CODEC = Blosc(cname="lz4", clevel=0, shuffle=Blosc.NOSHUFFLE)
 
 
 @dataclass
@@ -89,7 +82,7 @@ class SavedModel:
 class ModelReader:
     """What an adapter's ``load`` reads from: the verified arrays and blobs of one record.
 
-    Every chunk is checked against its sha256 and every blob against the checksum in the
+    Every chunk is checked against its digest and every blob against the checksum in the
     record, so damaged bytes raise :class:`~tensorhub.errors.CorruptDataError` naming the
     model, never a wrong model. Calling the reader (``reader(name)``) reads a blob, as the
     plain ``read_blob`` function of earlier adapters did.
@@ -151,7 +144,7 @@ class ModelReader:
                 start = i * manifest.chunk_rows
                 target = target[start:min(start + manifest.chunk_rows, manifest.shape[0])]
             try:
-                _read_chunk_into(self._blobs, manifest.chunks[i], target)
+                read_chunk_into(self._blobs, manifest.chunks[i], target)
             except TensorHubError as exc:
                 raise type(exc)(f"{self.describe()}, array {name}: {exc}") from exc
 
@@ -180,78 +173,6 @@ def _tuples(descr: Any) -> Any:
     if isinstance(descr, list) and descr and isinstance(descr[0], list):
         return [tuple(_tuples(part) for part in field) for field in descr]
     return descr
-
-
-_BLOSC_HEADER = 16
-_BLOSC_MEMCPYED = 0x02  # header flag: the frame is the header followed by the raw bytes
-
-
-def _read_chunk_into(blobs: Any, digest: str, target: np.ndarray) -> None:
-    """Fetch chunk ``digest``, verify it against its digest and decode it straight into ``target``.
-
-    Like :func:`tensorhub.chunks.read_chunk` minus copies: an uncompressed chunk (float
-    parameters, see ``_RAW_CODEC``) is read from the stream straight into ``target`` and hashed
-    there; a compressed one is decoded into it. On a digest mismatch ``target`` holds garbage
-    and the error says so: callers read into memory they discard, or check before using it.
-    """
-    key = chunk_key(digest)
-    try:
-        stream = blobs.open(key)
-    except NotFoundError as exc:
-        raise NotFoundError(f"chunk {digest[:12]}... is missing; the record outlived its bytes: delete the "
-                            "model and save it again") from exc
-    with stream:
-        header = _read_exactly(stream, _BLOSC_HEADER)
-        size = int.from_bytes(header[4:8], "little") if len(header) == _BLOSC_HEADER else -1
-        if size != target.nbytes:
-            raise CorruptDataError(f"chunk {digest[:12]}... holds {size} bytes where the record expects "
-                                   f"{target.nbytes}: truncated, altered or a damaged record; save the model again")
-        view = memoryview(target.reshape(-1).view(np.uint8))  # bytes of any dtype (datetime64 has no buffer format)
-        if header[2] & _BLOSC_MEMCPYED and int.from_bytes(header[12:16], "little") == _BLOSC_HEADER + size:
-            filled = _readinto(stream, view)
-            hasher = hashlib.sha256(header)
-            hasher.update(view)
-            if filled != size or stream.read(1) or hasher.hexdigest() != digest:
-                raise CorruptDataError(f"chunk {digest[:12]}... is truncated or altered (its bytes do not match "
-                                       "its digest); save the model again from a good copy")
-            return
-        data = header + stream.read()
-    if hashlib.sha256(data).hexdigest() != digest:
-        raise CorruptDataError(f"chunk {digest[:12]}... is truncated or altered (its bytes do not match its "
-                               "digest); save the model again from a good copy")
-    if not size:
-        return  # an empty array (e.g. shape (3, 0)): Blosc refuses to decode into nothing
-    try:
-        _RAW_CODEC.decode(data, out=view)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means damaged bytes
-        raise CorruptDataError(f"chunk {digest[:12]}... cannot be decompressed: {exc}") from exc
-
-
-def _read_exactly(stream: Any, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = stream.read(n - len(data))
-        if not more:
-            break
-        data += more
-    return data
-
-
-def _readinto(stream: Any, view: memoryview) -> int:
-    """Fill ``view`` from ``stream`` (fewer bytes only at its end); return how many were read."""
-    filled = 0
-    readinto = getattr(stream, "readinto", None)
-    while filled < len(view):
-        if readinto is not None:
-            n = readinto(view[filled:])
-        else:
-            more = stream.read(len(view) - filled)
-            n = len(more)
-            view[filled:filled + n] = more
-        if not n:
-            break
-        filled += n
-    return filled
 
 
 class ModelAdapter(ABC):
@@ -744,24 +665,6 @@ def attach_record(model: Any, record: dict) -> Any:
 
 
 # ---------------------------------------------------------------------------- saving and loading
-class ParameterWriter(ChunkWriter):
-    """A :class:`ChunkWriter` that stores floating-point chunks uncompressed (see ``_RAW_CODEC``).
-
-    Other dtypes (integer views of bfloat16/float8, counters, masks, token tables) keep the
-    dataset codec, which compresses them well.
-    """
-
-    def _store(self, block: np.ndarray) -> str:
-        if block.dtype.kind not in "fc":
-            return super()._store(block)
-        data = _RAW_CODEC.encode(np.ascontiguousarray(block))
-        digest = hashlib.sha256(data).hexdigest()
-        key = chunk_key(digest)
-        if not self.blobs.exists(key):  # content-addressed: same bytes, same key, stored once
-            self.blobs.put(key, data)
-        return digest
-
-
 def write_arrays(writer: ChunkWriter, arrays: Sequence[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
     """Store named arrays as chunks in one parallel pass; return their ``arrays`` entries (manifests).
 
@@ -868,7 +771,7 @@ def save_model(records: Any, network: Any, model_name: str, allow_pickle: bool =
         "adapter": adapter.name,
         "blob_sha256": {name.replace(".", "_"): checksum(data) for name, data in saved.blobs},
     })
-    writer = ParameterWriter(records.blobs, desc=f"saving {model_name}")
+    writer = ChunkWriter(records.blobs, desc=f"saving {model_name}")
     try:
         record["arrays"] = write_arrays(writer, saved.arrays)
     except BaseException:

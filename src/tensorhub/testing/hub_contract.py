@@ -153,15 +153,16 @@ class HubContract:
         (lazy,) = hub.find_dataset("chunky", lazy=True)
         assert len(lazy.manifest.chunks) == 10
         reads: list[str] = []
-        original_get = hub.blobs.get
+        original_get, original_open = hub.blobs.get, hub.blobs.open
         hub.blobs.get = lambda key: reads.append(key) or original_get(key)  # type: ignore[method-assign]
+        hub.blobs.open = lambda key: reads.append(key) or original_open(key)  # type: ignore[method-assign]
         try:
             np.testing.assert_array_equal(lazy[2500:3500], x[2500:3500])
-            assert len(reads) == 2  # rows 2500..3499 live in chunks 2 and 3
+            assert len(set(reads)) == 2  # rows 2500..3499 live in chunks 2 and 3
             np.testing.assert_array_equal(lazy[[9999, 0]], x[[9999, 0]])
-            assert len(reads) == 4
+            assert len(set(reads)) == 4
         finally:
-            del hub.blobs.get
+            del hub.blobs.get, hub.blobs.open
 
     def test_append_grows_along_the_first_axis(self, hub: TensorHub) -> None:
         x, y = np.arange(50, dtype=np.float32).reshape(25, 2), np.arange(25)
