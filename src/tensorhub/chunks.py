@@ -260,14 +260,19 @@ def read_chunk(blobs: BlobStore, manifest: Manifest, index: int, cache: ChunkCac
 
 
 def read_rows(blobs: BlobStore, manifest: Manifest, start: int, stop: int,
-              cache: ChunkCache | None = None, parallel: bool = True) -> np.ndarray:
-    """Rows ``start:stop`` of an array (clipped), reading only the chunks that hold them."""
+              cache: ChunkCache | None = None, parallel: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``start:stop`` of an array (clipped), reading only the chunks that hold them.
+
+    Whole chunks are read straight into ``out`` (allocated when not given) and bypass the
+    cache, which only serves chunks read in part (a slice's ends, narrow arrays of a stream).
+    """
     dtype = np.dtype(manifest.dtype)
     if not manifest.shape:
         return read_chunk(blobs, manifest, 0, cache)
     n = manifest.shape[0]
     start, stop = max(0, min(start, n)), max(0, min(stop, n))
-    out = np.empty((max(0, stop - start), *manifest.shape[1:]), dtype=dtype)
+    if out is None:
+        out = np.empty((max(0, stop - start), *manifest.shape[1:]), dtype=dtype)
     if stop <= start:
         return out
     step = manifest.chunk_rows
@@ -275,7 +280,7 @@ def read_rows(blobs: BlobStore, manifest: Manifest, start: int, stop: int,
 
     def fill(i: int) -> None:
         lo, hi = max(start, i * step), min(stop, (i + 1) * step)
-        if cache is None and lo == i * step and hi == min(n, (i + 1) * step):
+        if lo == i * step and hi == min(n, (i + 1) * step):
             read_chunk_into(blobs, manifest.chunks[i], out[lo - start:hi - start])  # a whole chunk: no copy
             return
         chunk = read_chunk(blobs, manifest, i, cache)

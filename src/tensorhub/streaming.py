@@ -1,11 +1,12 @@
 """``stream_dataset``: batches of a stored dataset in bounded memory, shuffled, prefetched.
 
 The dataset's rows are cut into *blocks* that follow the chunk layout. Each epoch visits the
-blocks in a seeded random order; a few blocks at a time fill a shuffle buffer whose rows are
-permuted again and cut into batches. Background threads prefetch the next blocks. Memory is
-bounded by ``(buffer_chunks + prefetch)`` blocks, whatever the dataset's size; every row comes
-exactly once per epoch, and the same ``seed`` gives the same batches. A block is one chunk of the
-widest array, so the bound is a few chunks (8 MiB each by default).
+blocks in a seeded random order; ``buffer_chunks`` blocks at a time are read (by ``prefetch``
+background threads, straight into one buffer per array) while the previous group is being
+consumed, and each group's rows are permuted and cut into batches (a batch copies only its own
+rows). Memory is bounded by two groups, ``2 * buffer_chunks`` blocks, whatever the dataset's
+size: a block is one chunk of the widest array (8 MiB by default). Every row comes exactly once
+per epoch, and the same ``seed`` gives the same batches.
 
 A stream is picklable (it reopens the blob store from the hub's URI in another process), and
 when torch is imported it is a ``torch.utils.data.IterableDataset``: under a ``DataLoader``
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -46,7 +46,7 @@ class DatasetStream:
     """An iterable of batches over one stored dataset (see the module docstring)."""
 
     def __init__(self, connection: Connection, record: dict, batch_size: int, shuffle: bool = True,
-                 seed: int | None = None, epochs: int = 1, buffer_chunks: int = 4, prefetch: int = 2,
+                 seed: int | None = None, epochs: int = 1, buffer_chunks: int = 2, prefetch: int = 2,
                  drop_last: bool = False, blobs: BlobStore | None = None) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -93,31 +93,50 @@ class DatasetStream:
         worker, workers = _worker_share()
         return blocks[worker::workers]
 
-    def _read_block(self, block: tuple[int, int], cache: ChunkCache) -> list[np.ndarray]:
-        return [read_rows(self.blobs, m, *block, cache=cache, parallel=False) for m in self.manifests]
-
     def _batch(self, arrays: list[np.ndarray]) -> Any:
         return unflatten(self.spec, lambda i, node: arrays[i], lambda i: b"")
 
+    def _fill(self, group: list[tuple[int, int]], pool: ThreadPoolExecutor, cache: ChunkCache) -> tuple[list, list]:
+        """Start reading a group of blocks straight into one new buffer per array; return both."""
+        rows = sum(stop - start for start, stop in group)
+        buffers = [np.empty((rows, *m.shape[1:]), dtype=np.dtype(m.dtype)) for m in self.manifests]
+        futures, offset = [], 0
+        for start, stop in group:
+            for manifest, buffer in zip(self.manifests, buffers):
+                target = buffer[offset:offset + stop - start]
+                futures.append(pool.submit(read_rows, self.blobs, manifest, start, stop, cache, False, target))
+            offset += stop - start
+        return buffers, futures
+
     def _epoch(self, epoch: int, pool: ThreadPoolExecutor, cache: ChunkCache) -> Iterator[Any]:
+        """One epoch: double-buffered groups of blocks, each permuted and cut into batches."""
         rng = np.random.default_rng([self.seed, epoch, 1])
-        blocks = deque(self._blocks(epoch))
-        in_flight: deque = deque()
+        blocks = self._blocks(epoch)
+        groups = [blocks[i:i + self.buffer_chunks] for i in range(0, len(blocks), self.buffer_chunks)]
+        pending = self._fill(groups[0], pool, cache) if groups else None
         carry: list[np.ndarray] | None = None
-        while blocks or in_flight:
-            while blocks and len(in_flight) < self.prefetch + self.buffer_chunks:
-                in_flight.append(pool.submit(self._read_block, blocks.popleft(), cache))
-            parts = [in_flight.popleft().result() for _ in range(min(self.buffer_chunks, len(in_flight)))]
-            if carry is not None:
-                parts.insert(0, carry)
-            buffer = [np.concatenate([p[i] for p in parts]) for i in range(len(self.manifests))]
-            if self.shuffle:
-                perm = rng.permutation(len(buffer[0]))
-                buffer = [a[perm] for a in buffer]
-            full = len(buffer[0]) // self.batch_size * self.batch_size
-            for start in range(0, full, self.batch_size):
-                yield self._batch([a[start:start + self.batch_size] for a in buffer])
-            carry = [a[full:] for a in buffer]
+        bs = self.batch_size
+        for g in range(len(groups)):
+            buffers, futures = pending
+            for future in futures:
+                future.result()
+            pending = self._fill(groups[g + 1], pool, cache) if g + 1 < len(groups) else None  # prefetch
+            n = len(buffers[0])
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+            pos = 0
+            if carry is not None and len(carry[0]):
+                take = order[:bs - len(carry[0])]
+                pos = len(take)
+                carry = [np.concatenate([c, b[take]]) for c, b in zip(carry, buffers)]
+                if len(carry[0]) == bs:
+                    yield self._batch(carry)
+                    carry = None
+            while carry is None and pos + bs <= n:
+                yield self._batch([b[order[pos:pos + bs]] for b in buffers])
+                pos += bs
+            if carry is None and pos < n:
+                carry = [b[order[pos:]] for b in buffers]  # fewer than a batch: into the next group
+            del buffers
         if carry is not None and len(carry[0]) and not self.drop_last:
             yield self._batch(carry)
 
