@@ -1,10 +1,12 @@
 """Content-addressed, compressed chunks of arrays: the storage engine of datasets and parameters.
 
 An array is cut along its first axis into chunks of about ``chunk_bytes`` (default 8 MiB),
-each stored as a Blosc frame under ``chunks/<BLAKE3 of the stored bytes>``. A chunk whose
-sample compresses well is compressed (LZ4 with byte shuffle); one that would not shrink
-(random floats, trained weights) is stored as a *memcpy* frame, a 16-byte header and the raw
-bytes, which a reader copies straight into its destination array. So:
+stored under ``chunks/<BLAKE3 of the stored bytes>``. A chunk whose sample compresses well is
+stored as a Blosc frame (LZ4 with byte shuffle); one that would not shrink (random floats,
+trained weights) is stored as its raw bytes, written from the array and read straight into the
+destination array without intermediate copies. A reader tells the two apart by size: raw
+chunks are exactly the array bytes the manifest implies, and the writer never stores a Blosc
+frame of that size. So:
 
 * the same bytes are stored once, whoever saves them (datasets saved twice, checkpoints whose
   tensors did not change); records list the chunks they use in ``blob_refs`` and a delete frees
@@ -39,11 +41,8 @@ CHUNK_PREFIX = "chunks/"
 DEFAULT_CHUNK_BYTES = 8 << 20
 IO_THREADS = 4
 _COMPRESSED = Blosc(cname="lz4", clevel=1, shuffle=Blosc.SHUFFLE)
-_RAW = Blosc(cname="lz4", clevel=0, shuffle=Blosc.NOSHUFFLE)  # memcpy frame: header + raw bytes
 _SAMPLE_BYTES = 64 << 10
 _WORTH_IT = 0.85  # compress when the sample shrinks below this fraction
-_BLOSC_HEADER = 16
-_BLOSC_MEMCPYED = 0x02  # header flag: the frame is the header followed by the raw bytes
 
 
 def digest(data: Any) -> str:
@@ -88,14 +87,21 @@ class Manifest:
         return digest(text.encode())
 
 
-def encode(block: np.ndarray) -> tuple[str, bytes]:
-    """``(digest, stored bytes)`` of a block: compressed if a sample of it compresses, else raw."""
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array of any dtype, without a copy."""
+    return memoryview(array.reshape(-1).view(np.uint8)) if array.nbytes else memoryview(b"")
+
+
+def encode(block: np.ndarray) -> tuple[str, Any]:
+    """``(digest, stored bytes)`` of a block: a Blosc frame if a sample compresses, else the raw bytes."""
     block = np.ascontiguousarray(block)
-    raw = block.reshape(-1).view(np.uint8) if block.nbytes else block
-    sample = bytes(raw[:_SAMPLE_BYTES]) if block.nbytes else b""
-    compress = bool(sample) and len(_COMPRESSED.encode(sample)) < _WORTH_IT * len(sample)
-    data = (_COMPRESSED if compress else _RAW).encode(block)
-    return digest(data), data
+    raw = _bytes_of(block)
+    sample = raw[:_SAMPLE_BYTES]
+    if len(sample) and len(_COMPRESSED.encode(sample)) < _WORTH_IT * len(sample):
+        frame = _COMPRESSED.encode(block)
+        if len(frame) != len(raw):  # a frame never has the raw size: that is how readers tell them apart
+            return digest(frame), frame
+    return digest(raw), raw
 
 
 class ChunkWriter:
@@ -175,50 +181,35 @@ class ChunkCache:
 def read_chunk_into(blobs: BlobStore, name: str, target: np.ndarray) -> None:
     """Fetch chunk ``name``, verify it against its digest and decode it straight into ``target``.
 
-    A memcpy frame is read from the blob's stream directly into ``target`` and hashed there (one
-    copy); a compressed one is read, verified, then decoded into ``target``. On a mismatch
-    ``target`` holds garbage and :class:`CorruptDataError` says so.
+    The blob is read into ``target``'s bytes: a raw chunk is then only verified (one copy from
+    the store, none after); a Blosc frame (smaller) is verified and decoded into place. On a
+    mismatch ``target`` holds garbage and :class:`CorruptDataError` says so.
     """
     try:
         stream = blobs.open(chunk_key(name))
     except NotFoundError as exc:
         raise NotFoundError(f"chunk {name[:12]}... is missing; the record outlived its bytes: delete the "
                             "record and save the data again") from exc
+    view = _bytes_of(target)
     with stream:
-        header = _read_exactly(stream, _BLOSC_HEADER)
-        size = int.from_bytes(header[4:8], "little") if len(header) == _BLOSC_HEADER else -1
-        if size != target.nbytes:
-            raise CorruptDataError(f"chunk {name[:12]}... holds {size} bytes where the record expects "
-                                   f"{target.nbytes}: truncated, altered or a damaged record; save the data again")
-        view = memoryview(target.reshape(-1).view(np.uint8)) if target.nbytes else memoryview(b"")
-        if header[2] & _BLOSC_MEMCPYED and int.from_bytes(header[12:16], "little") == _BLOSC_HEADER + size:
-            filled = _readinto(stream, view)
-            hasher = blake3(header)
-            hasher.update(view)
-            if filled != size or stream.read(1) or hasher.hexdigest() != name:
-                raise CorruptDataError(f"chunk {name[:12]}... is truncated or altered (its bytes do not match "
-                                       "its digest); save the data again from a good copy")
-            return
-        data = header + stream.read()
+        filled = _readinto(stream, view)
+        extra = stream.read()
+    if filled == len(view) and not extra:
+        if digest(view) != name:
+            raise CorruptDataError(f"chunk {name[:12]}... is altered (its bytes do not match its digest); "
+                                   "save the data again from a good copy")
+        return
+    data = bytes(view[:filled]) + extra
     if digest(data) != name:
         raise CorruptDataError(f"chunk {name[:12]}... is truncated or altered (its bytes do not match its "
                                "digest); save the data again from a good copy")
-    if not size:
-        return  # an empty block: Blosc refuses to decode into nothing
+    if len(data) < 16 or int.from_bytes(data[4:8], "little") != len(view):
+        raise CorruptDataError(f"chunk {name[:12]}... does not hold the {len(view)} bytes its record expects; "
+                               "the record is damaged: save the data again")
     try:
-        _RAW.decode(data, out=view)
+        _COMPRESSED.decode(data, out=view)
     except Exception as exc:  # noqa: BLE001 - any decoder failure means damaged bytes
         raise CorruptDataError(f"chunk {name[:12]}... cannot be decompressed: {exc}") from exc
-
-
-def _read_exactly(stream: Any, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        more = stream.read(n - len(data))
-        if not more:
-            break
-        data += more
-    return data
 
 
 def _readinto(stream: Any, view: memoryview) -> int:

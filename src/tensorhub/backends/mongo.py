@@ -140,6 +140,8 @@ class GridFSBlobStore(BlobStore):
         return [f["_id"] for f in self.files.find({"filename": key}, {"_id": 1}).sort("uploadDate", 1)]
 
     def put(self, key: str, data: bytes | BinaryIO) -> None:
+        if isinstance(data, (bytearray, memoryview)):
+            data = bytes(data)  # GridFS takes bytes or a stream
         with translate_errors(self.uri):
             old = self._ids(key)
             self.bucket.upload_from_stream(key, data)
