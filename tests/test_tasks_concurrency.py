@@ -12,6 +12,8 @@ import pytest
 
 from tensorhub import TensorHub
 
+from conftest import TASK_BACKENDS, fresh_uri
+
 N_TASKS = 500
 N_RUNNERS = 4
 
@@ -31,10 +33,10 @@ def _runner(uri: str, project: str, deadline_s: float, counts: Any) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["file", "mongodb"])
+@pytest.mark.parametrize("backend", TASK_BACKENDS)
 def test_four_processes_run_each_task_exactly_once(backend: str, request: pytest.FixtureRequest,
-                                                   tmp_path: Path) -> None:
-    uri = f"file://{tmp_path}/store" if backend == "file" else f"{request.getfixturevalue('mongodb_base')}/conc"
+                                                   tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    uri = fresh_uri(backend, request, tmp_path_factory)
     script = tmp_path / "task.py"
     script.write_text(textwrap.dedent("""
         from tensorhub import TensorHub
@@ -44,8 +46,7 @@ def test_four_processes_run_each_task_exactly_once(backend: str, request: pytest
     with TensorHub(uri, project_name="conc") as hub:
         hub.delete_tasks()
         hub.delete_training_log()
-        for i in range(N_TASKS):
-            hub.create_task("conc", script, {"index": i}, saved_result_keys=["doubled"])
+        hub.create_sweep("conc", script, points=[{"index": i} for i in range(N_TASKS)], saved_result_keys=["doubled"])
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
         runners = [ctx.Process(target=_runner, args=(uri, "conc", 240.0, queue)) for _ in range(N_RUNNERS)]

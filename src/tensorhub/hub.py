@@ -324,10 +324,10 @@ class TensorHub:
         """Create one task per hyper-parameter point: the product of ``grid`` and/or each dict of ``points``.
 
         Example: ``hub.create_sweep("mnist", "train.py", grid={"lr": [0.1, 0.01], "units": [400, 800]})``
-        creates 4 tasks. Returns their ids.
+        creates 4 tasks, in one write (all or none). Returns their ids.
         """
-        return [self.create_task(task_name, script, point, saved_result_keys, **kwargs)
-                for point in _tasks.sweep_points(grid, points)]
+        return _tasks.create_tasks(self._records, task_name, script, _tasks.sweep_points(grid, points),
+                                   saved_result_keys, **kwargs)
 
     def run_task(self, task_name: str | None = None, sort: Any = None, lease: float = _tasks.DEFAULT_LEASE,
                  in_process: bool = False, **kwargs: Any) -> bool:

@@ -60,15 +60,18 @@ def read_script(script: str | os.PathLike[str]) -> tuple[str, str]:
 
 def create_task(records: Records, task_name: str, script: str | os.PathLike[str],
                 hyper_parameters: Mapping[str, Any] | None = None, saved_result_keys: list[str] | None = None,
-                *, max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, priority: int = 0,
-                **fields: Any) -> ObjectId:
+                **options: Any) -> ObjectId:
     """Queue a task; see :meth:`tensorhub.TensorHub.create_task`."""
+    return create_tasks(records, task_name, script, [hyper_parameters], saved_result_keys, **options)[0]
+
+
+def create_tasks(records: Records, task_name: str, script: str | os.PathLike[str],
+                 points: list[Mapping[str, Any] | None], saved_result_keys: list[str] | None = None,
+                 *, max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, priority: int = 0,
+                 **fields: Any) -> list[ObjectId]:
+    """Queue one task per hyper-parameter dict in ``points``, all in one write (all or none)."""
     if not isinstance(task_name, str) or not task_name:
         raise InvalidArgumentError(f"task_name must be a non-empty string, got {task_name!r}")
-    hyper_parameters = dict(hyper_parameters or {})
-    for key in hyper_parameters:
-        if not isinstance(key, str) or not key.isidentifier():
-            raise InvalidArgumentError(f"hyper-parameter names must be Python identifiers, got {key!r}")
     if saved_result_keys is None:
         saved_result_keys = []
     if isinstance(saved_result_keys, str) or not all(isinstance(k, str) for k in saved_result_keys):
@@ -78,22 +81,29 @@ def create_task(records: Records, task_name: str, script: str | os.PathLike[str]
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
     path, text = read_script(script)
-    record = records.new_record({
-        **fields,
-        "task_name": task_name,
-        "script": text,
-        "script_path": path,
-        "hyper_parameters": hyper_parameters,
-        "saved_result_keys": list(saved_result_keys),
-        "status": PENDING,
-        "priority": priority,
-        "max_attempts": max_attempts,
-        "attempts_left": max_attempts,
-        "attempts": 0,
-        "timeout": timeout,
-        "errors": [],
-    })
-    return records.save(COLLECTION, record)
+    documents = []
+    for point in points:
+        hyper_parameters = dict(point or {})
+        for key in hyper_parameters:
+            if not isinstance(key, str) or not key.isidentifier():
+                raise InvalidArgumentError(f"hyper-parameter names must be Python identifiers, got {key!r}")
+        documents.append(records.new_record({
+            **fields,
+            "task_name": task_name,
+            "script": text,
+            "script_path": path,
+            "hyper_parameters": hyper_parameters,
+            "saved_result_keys": list(saved_result_keys),
+            "status": PENDING,
+            "priority": priority,
+            "max_attempts": max_attempts,
+            "attempts_left": max_attempts,
+            "attempts": 0,
+            "timeout": timeout,
+            "errors": [],
+        }))
+    records.index.insert_many(COLLECTION, documents)
+    return [d["_id"] for d in documents]
 
 
 def sweep_points(grid: Mapping[str, list] | None, points: list[dict] | None) -> list[dict]:
