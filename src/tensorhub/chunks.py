@@ -22,6 +22,7 @@ The per-array *manifest* (dtype, shape, rows per chunk, chunk hashes) lives in t
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -60,22 +61,61 @@ def rows_per_chunk(shape: Sequence[int], itemsize: int, chunk_bytes: int = DEFAU
     return max(1, chunk_bytes // max(1, row_bytes))
 
 
+def dtype_descr(dtype: np.dtype) -> str | None:
+    """A structured dtype's fields as JSON text (numpy's ``descr``), which ``dtype.str`` loses; else None."""
+    if dtype.fields is None:
+        return None
+    return json.dumps(np.lib.format.dtype_to_descr(dtype))
+
+
+def dtype_from(dtype: str, descr: str | None = None) -> np.dtype:
+    """The numpy dtype stored as ``dtype.str`` and, for structured dtypes, :func:`dtype_descr`."""
+    if descr is None:
+        return np.dtype(dtype)
+    return np.lib.format.descr_to_dtype(_tuples(json.loads(descr)))
+
+
+def _tuples(descr: Any) -> Any:
+    """JSON turned the descr's tuples into lists; numpy wants them back as tuples."""
+    if isinstance(descr, list) and descr and isinstance(descr[0], list):
+        return [tuple(_tuples(part) for part in field) for field in descr]
+    return descr
+
+
 @dataclass
 class Manifest:
-    """Where an array's bytes are: dtype, shape, rows per chunk and the chunk digests in order."""
+    """Where an array's bytes are: dtype, shape, rows per chunk and the chunk digests in order.
+
+    ``dtype`` is numpy's ``dtype.str`` (``"<f4"``); a structured dtype also keeps its fields in
+    ``descr`` (see :func:`dtype_descr`), since its ``dtype.str`` is only ``"|V<size>"``.
+    """
 
     dtype: str
     shape: list[int]
     chunk_rows: int
     chunks: list[str]
+    descr: str | None = None
+
+    @classmethod
+    def of(cls, array: np.ndarray, chunk_rows: int, chunks: list[str]) -> Manifest:
+        """The manifest of ``array`` stored as ``chunks`` of ``chunk_rows`` rows."""
+        return cls(array.dtype.str, list(array.shape), chunk_rows, chunks, dtype_descr(array.dtype))
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return dtype_from(self.dtype, self.descr)
 
     def to_doc(self) -> dict[str, Any]:
-        return {"dtype": self.dtype, "shape": list(self.shape), "chunk_rows": self.chunk_rows,
-                "chunks": list(self.chunks)}
+        doc = {"dtype": self.dtype, "shape": list(self.shape), "chunk_rows": self.chunk_rows,
+               "chunks": list(self.chunks)}
+        if self.descr is not None:
+            doc["descr"] = self.descr
+        return doc
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Manifest:
-        return cls(doc["dtype"], list(doc["shape"]), int(doc["chunk_rows"]), list(doc["chunks"]))
+        return cls(doc["dtype"], list(doc["shape"]), int(doc["chunk_rows"]), list(doc["chunks"]),
+                   doc.get("descr"))
 
     @property
     def rows(self) -> int:
@@ -84,6 +124,8 @@ class Manifest:
     def checksum(self) -> str:
         """One digest for the whole array (dtype, shape and every chunk)."""
         text = f"{self.dtype}|{self.shape}|{self.chunk_rows}|{','.join(self.chunks)}"
+        if self.descr is not None:
+            text += f"|{self.descr}"
         return digest(text.encode())
 
 
@@ -142,11 +184,11 @@ class ChunkWriter:
         """Store ``array`` (C order, chunked along axis 0) and return its manifest."""
         array = np.asarray(array)
         if array.ndim == 0:
-            return Manifest(array.dtype.str, [], 1, self.write_blocks([array.reshape(1)], 1))
+            return Manifest.of(array, 1, self.write_blocks([array.reshape(1)], 1))
         step = rows_per_chunk(array.shape, array.dtype.itemsize, self.chunk_bytes)
         starts = range(0, array.shape[0], step)
         digests = self.write_blocks((array[i:i + step] for i in starts), len(starts))
-        return Manifest(array.dtype.str, list(array.shape), step, digests)
+        return Manifest.of(array, step, digests)
 
 
 class ChunkCache:
@@ -243,7 +285,7 @@ def read_chunk(blobs: BlobStore, manifest: Manifest, index: int, cache: ChunkCac
         hit = cache.get(name)
         if hit is not None:
             return hit
-    value = np.empty(_chunk_shape(manifest, index), dtype=np.dtype(manifest.dtype))
+    value = np.empty(_chunk_shape(manifest, index), dtype=manifest.numpy_dtype)
     read_chunk_into(blobs, name, value)
     if cache is not None:
         cache.put(name, value)
@@ -257,7 +299,7 @@ def read_rows(blobs: BlobStore, manifest: Manifest, start: int, stop: int,
     Whole chunks are read straight into ``out`` (allocated when not given) and bypass the
     cache, which only serves chunks read in part (a slice's ends, narrow arrays of a stream).
     """
-    dtype = np.dtype(manifest.dtype)
+    dtype = manifest.numpy_dtype
     if not manifest.shape:
         return read_chunk(blobs, manifest, 0, cache)
     n = manifest.shape[0]
@@ -292,7 +334,7 @@ def read_all(blobs: BlobStore, manifest: Manifest, desc: str = "loading") -> np.
     if not manifest.shape:
         return read_chunk(blobs, manifest, 0)
     with progress_bar(total=len(manifest.chunks), desc=desc, unit="chunk") as bar:
-        out = np.empty(manifest.shape, dtype=np.dtype(manifest.dtype))
+        out = np.empty(manifest.shape, dtype=manifest.numpy_dtype)
         step = manifest.chunk_rows
 
         def fill(i: int) -> None:
@@ -316,7 +358,7 @@ class ChunkedArray:
         self._blobs = blobs
         self.manifest = manifest
         self.shape = tuple(manifest.shape)
-        self.dtype = np.dtype(manifest.dtype)
+        self.dtype = manifest.numpy_dtype
         self._cache = cache or ChunkCache()
 
     ndim = property(lambda self: len(self.shape))

@@ -108,12 +108,15 @@ def _append_one(writer: ChunkWriter, records: Records, entry: dict, rows: np.nda
     if not manifest.shape:
         raise InvalidArgumentError(f"{entry['path']} is a 0-d array and cannot grow")
     rows = np.asarray(rows)
-    if rows.dtype.str != manifest.dtype and not np.can_cast(rows.dtype, np.dtype(manifest.dtype), "same_kind"):
-        raise InvalidArgumentError(f"{entry['path']}: cannot append {rows.dtype} rows to a {manifest.dtype} array")
+    dtype = manifest.numpy_dtype
+    structured = dtype.fields is not None or rows.dtype.fields is not None
+    if rows.dtype != dtype and (structured or not np.can_cast(rows.dtype, dtype, "same_kind")):
+        raise InvalidArgumentError(f"{entry['path']}: cannot append {rows.dtype} rows to a {dtype} array"
+                                   + ("; structured rows must have the same fields" if structured else ""))
     if tuple(rows.shape[1:]) != tuple(manifest.shape[1:]):
         raise InvalidArgumentError(f"{entry['path']}: rows of shape {tuple(rows.shape[1:])} do not fit an array "
                                    f"of shape {tuple(manifest.shape)}; each row must be {tuple(manifest.shape[1:])}")
-    rows = rows.astype(np.dtype(manifest.dtype), copy=False)
+    rows = rows.astype(dtype, copy=False)
     step, n = manifest.chunk_rows, manifest.shape[0]
     full = n // step
     tail = read_rows(records.blobs, manifest, full * step, n) if n % step else rows[:0]

@@ -32,7 +32,7 @@ from tensorhub.structure import loads_spec, unflatten
 
 
 def _row_bytes(manifest: Manifest) -> int:
-    return int(np.prod(manifest.shape[1:], dtype=np.int64)) * np.dtype(manifest.dtype).itemsize
+    return int(np.prod(manifest.shape[1:], dtype=np.int64)) * manifest.numpy_dtype.itemsize
 
 
 def _worker_share() -> tuple[int, int]:
@@ -99,7 +99,7 @@ class DatasetStream:
     def _fill(self, group: list[tuple[int, int]], pool: ThreadPoolExecutor, cache: ChunkCache) -> tuple[list, list]:
         """Start reading a group of blocks straight into one new buffer per array; return both."""
         rows = sum(stop - start for start, stop in group)
-        buffers = [np.empty((rows, *m.shape[1:]), dtype=np.dtype(m.dtype)) for m in self.manifests]
+        buffers = [np.empty((rows, *m.shape[1:]), dtype=m.numpy_dtype) for m in self.manifests]
         futures, offset = [], 0
         for start, stop in group:
             for manifest, buffer in zip(self.manifests, buffers):

@@ -184,6 +184,30 @@ class HubContract:
         hub.delete_datasets()
         assert _all_blobs(hub) == []  # replaced tail chunks are freed with the dataset
 
+    def test_structured_dtypes_keep_their_fields(self, hub: TensorHub) -> None:
+        packed = np.dtype([("label", "<i2"), ("box", "<f4", (4,)), ("name", "S5")])
+        aligned = np.dtype([("flag", "u1"), ("score", "<f8")], align=True)  # 7 padding bytes between fields
+        x = np.zeros(40, packed)
+        x["label"], x["box"][:, 2], x["name"] = np.arange(40), np.linspace(0, 1, 40), b"cat"
+        z = np.zeros(40, aligned)
+        z["flag"], z["score"] = np.arange(40) % 2, np.arange(40) / 3
+        hub.save_dataset({"x": x, "z": z}, "boxes", chunk_bytes=300)
+        got = hub.find_dataset("boxes")
+        for key, original in (("x", x), ("z", z)):
+            assert got[key].dtype == original.dtype and got[key].dtype.names == original.dtype.names
+            np.testing.assert_array_equal(got[key], original)
+        lazy = hub.find_dataset("boxes", lazy=True)
+        assert lazy["x"].dtype == packed
+        np.testing.assert_array_equal(lazy["x"][5:30]["box"], x[5:30]["box"])
+        assert hub.append_dataset("boxes", {"x": x[:3], "z": z[:3]}) == 43
+        np.testing.assert_array_equal(hub.find_dataset("boxes")["x"]["label"][-3:], [0, 1, 2])
+        renamed = np.zeros(3, [("kind", "<i2"), ("box", "<f4", (4,)), ("name", "S5")])
+        with pytest.raises(InvalidArgumentError, match="same fields"):
+            hub.append_dataset("boxes", {"x": renamed, "z": z[:3]})
+        batch = next(iter(hub.stream_dataset("boxes", batch_size=8, seed=0)))
+        assert batch["x"].dtype == packed and batch["z"].dtype == aligned
+        np.testing.assert_array_equal(batch["z"]["score"], batch["x"]["label"] / 3)  # rows stay aligned
+
     def test_stream_covers_every_row_once_per_epoch_deterministically(self, hub: TensorHub) -> None:
         n = 1037
         x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
