@@ -7,6 +7,7 @@ for context only: they vary from machine to machine, the ratio much less.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import cProfile
 import gc
@@ -17,7 +18,9 @@ import json
 import multiprocessing
 import os
 import pstats
+import shutil
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -152,6 +155,76 @@ def profile(label: str, run: Callable[[], Any], top: int = 15) -> str:
     stats.sort_stats("tottime").print_stats(top)
     stats.sort_stats("cumulative").print_stats(top)
     return out.getvalue()
+
+
+def for_each_size(name: str, sizes: tuple[int, ...], tmpdir: str | None,
+                  bench_size: Callable[[int, Path], list[Result]]) -> list[Result]:
+    """``bench_size(size, tmp)`` for each size, each in a fresh temporary directory removed afterwards."""
+    results: list[Result] = []
+    for size in sizes:
+        tmp = Path(tempfile.mkdtemp(prefix=f"tensorhub-bench-{name}-", dir=tmpdir))
+        try:
+            results += bench_size(size, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def parse_ints(text: str) -> tuple[int, ...]:
+    """``"40,400"`` -> ``(40, 400)``: the comma-separated sizes and counts the scripts take."""
+    return tuple(int(s) for s in text.split(",") if s.strip())
+
+
+def common_parser(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes; each script adds its own with ``add_arguments``."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and 3 repeats: a smoke test")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per side; the median is kept (default 5)")
+    parser.add_argument("--backends", default="file,mongodb", help="comma-separated, for logs and tasks: file,mongodb")
+    parser.add_argument("--tmpdir", default=None, help="where the temporary stores go (default: the system temp dir)")
+    parser.add_argument("--profile", action="store_true", help="also print cProfile of the tensorhub side")
+    parser.add_argument("--json", default=None, help="also write the results and the machine to this JSON file")
+    return parser
+
+
+def repeats_of(args: argparse.Namespace) -> int:
+    return args.repeats or (3 if args.quick else 5)
+
+
+def run_and_report(benches: list[Any], args: argparse.Namespace) -> int:
+    """Run benchmark modules and print one table of ratios (and each module's extra lines).
+
+    A module provides ``from_args(args, extras) -> list[Result]`` (``extras`` collects what goes
+    into the JSON beside the results, e.g. memory figures) and may provide
+    ``report(results, extras) -> list[str]`` for lines printed after the table.
+    """
+    meta = machine()
+    print(" ".join(f"{k}={v}" for k, v in meta.items()), flush=True)
+    started = time.perf_counter()
+    results: list[Result] = []
+    extras: dict[str, Any] = {}
+    for bench in benches:
+        results += bench.from_args(args, extras)
+    elapsed = time.perf_counter() - started
+    print("\nratio = tensorhub / baseline (median of each); < 1 means tensorhub is faster\n")
+    print(table(results))
+    for bench in benches:
+        lines = bench.report(results, extras) if hasattr(bench, "report") else []
+        if lines:
+            print("\n" + "\n".join(lines))
+    load_after = round(os.getloadavg()[0], 2)
+    print(f"\n{len(results)} comparisons in {elapsed:.0f} s; 1-minute load average {meta['load_avg_1m']} before, "
+          f"{load_after} after (other work on the machine makes the figures noisier)")
+    if args.json:
+        write_json(results, args.json, elapsed_s=elapsed, load_avg_1m_after=load_after, **extras, **meta)
+    return 0
+
+
+def bench_main(bench: Any, argv: list[str] | None = None) -> int:
+    """The ``main()`` of one benchmark script: its options plus the common ones, then run and report."""
+    parser = common_parser(bench.__doc__ or "")
+    bench.add_arguments(parser)
+    return run_and_report([bench], parser.parse_args(argv))
 
 
 def machine() -> dict[str, Any]:

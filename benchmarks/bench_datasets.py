@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Result, compare, machine, profile, table, write_json  # noqa: E402
+from _common import Result, bench_main, for_each_size, compare, parse_ints, profile, repeats_of  # noqa: E402
 
 from tensorhub import TensorHub  # noqa: E402
 
@@ -114,42 +112,21 @@ def run(sizes: tuple[int, ...] = (40, 400), repeats: int = 5, tmpdir: str | None
         show_profile: bool = False) -> list[Result]:
     """Run the dataset benchmarks; files live in a temporary directory that is removed afterwards."""
     print(f"[datasets] sizes={list(sizes)} MiB, repeats={repeats}", flush=True)
-    results: list[Result] = []
-    for size in sizes:
-        tmp = Path(tempfile.mkdtemp(prefix="tensorhub-bench-datasets-", dir=tmpdir))
-        try:
-            results += bench_size(size, repeats, tmp, show_profile)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return results
-
-
-def parse_sizes(text: str) -> tuple[int, ...]:
-    return tuple(int(s) for s in text.split(",") if s.strip())
+    return for_each_size("datasets", sizes, tmpdir, lambda size, tmp: bench_size(size, repeats, tmp, show_profile))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size-mb", type=parse_sizes, default=None,
+    parser.add_argument("--size-mb", type=parse_ints, default=None,
                         help="comma-separated array sizes in MiB (default 40,400; 8 with --quick)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    parser.add_argument("--repeats", type=int, default=None, help="runs per side; the median is kept (default 5)")
-    parser.add_argument("--quick", action="store_true", help="8 MiB and 3 repeats")
-    parser.add_argument("--tmpdir", default=None, help="where the temporary files go (default: the system temp dir)")
-    parser.add_argument("--profile", action="store_true", help="print cProfile of save_dataset and find_dataset")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+def from_args(args: argparse.Namespace, extras: dict[str, Any]) -> list[Result]:
     sizes = args.size_mb or ((8,) if args.quick else (40, 400))
-    repeats = args.repeats or (3 if args.quick else 5)
-    results = run(sizes, repeats, args.tmpdir, args.profile)
-    print()
-    print(table(results))
-    if args.json:
-        write_json(results, args.json, **machine())
-    return 0
+    return run(sizes, repeats_of(args), args.tmpdir, args.profile)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MongoServers, Result, compare, machine, profile, table, write_json  # noqa: E402
+from _common import MongoServers, Result, bench_main, compare, profile, repeats_of  # noqa: E402
 
 from tensorhub import TensorHub  # noqa: E402
 
@@ -224,26 +224,15 @@ def run(n: int = 2000, repeats: int = 5, backends: tuple[str, ...] = ("file", "m
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=None, help="rows per run (default 2000, 300 with --quick)")
-    parser.add_argument("--backends", default="file,mongodb", help="comma-separated: file,mongodb")
+
+
+def from_args(args: argparse.Namespace, extras: dict[str, Any]) -> list[Result]:
+    n = args.n or (300 if args.quick else 2000)
+    return run(n, repeats_of(args), tuple(args.backends.split(",")), args.tmpdir, args.profile)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    parser.add_argument("--repeats", type=int, default=None, help="runs per side; the median is kept (default 5)")
-    parser.add_argument("--quick", action="store_true", help="small N and 3 repeats")
-    parser.add_argument("--tmpdir", default=None, help="where the temporary stores go (default: the system temp dir)")
-    parser.add_argument("--profile", action="store_true", help="print cProfile of the tensorhub side")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
-    n = args.n or (300 if args.quick else 2000)
-    repeats = args.repeats or (3 if args.quick else 5)
-    results = run(n, repeats, tuple(args.backends.split(",")), args.tmpdir, args.profile)
-    print()
-    print(table(results))
-    if args.json:
-        write_json(results, args.json, **machine())
-    return 0
+    return bench_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Result, compare, machine, profile, table, write_json  # noqa: E402
+from _common import Result, bench_main, compare, profile, repeats_of  # noqa: E402
 
 BENCH = "models"
 PROJECT = "bench"
@@ -137,26 +137,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, default=None, help="number of Linear layers (default 8)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    parser.add_argument("--repeats", type=int, default=None, help="runs per side; the median is kept (default 5)")
-    parser.add_argument("--quick", action="store_true", help="2 x Linear(2048, 2048) and 3 repeats")
-    parser.add_argument("--tmpdir", default=None, help="where the temporary files go (default: the system temp dir)")
-    parser.add_argument("--profile", action="store_true", help="print cProfile of save_model and find_model")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+def from_args(args: argparse.Namespace, extras: dict[str, Any]) -> list[Result]:
     width = args.width or (2048 if args.quick else 4096)
     layers = args.layers or (2 if args.quick else 8)
-    repeats = args.repeats or (3 if args.quick else 5)
-    meta = machine()
-    print(" ".join(f"{k}={v}" for k, v in meta.items()), flush=True)
-    results = run(width, layers, repeats, args.tmpdir, args.profile)
-    print()
-    print(table(results))
-    if args.json:
-        write_json(results, args.json, **meta)
-    return 0
+    return run(width, layers, repeats_of(args), args.tmpdir, args.profile)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

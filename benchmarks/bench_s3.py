@@ -40,7 +40,7 @@ import bson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Result, compare, fmt_seconds, machine, profile, table, write_json  # noqa: E402
+from _common import Result, bench_main, compare, fmt_seconds, parse_ints, profile, repeats_of  # noqa: E402
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -264,33 +264,21 @@ def run(blob_mb: tuple[int, ...] = (8, 64), dataset_mb: int = 64, n: int = 10_00
     return results
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--blob-mb", type=parse_ints, default=None, help="comma-separated blob sizes in MiB (default 8,64)")
+    parser.add_argument("--s3-dataset-mb", type=int, default=None, help="dataset size in MiB (default 64; 8 with --quick)")
+    parser.add_argument("--s3-rows", type=int, default=None, help="log rows (default 10,000; 2,000 with --quick)")
+    parser.add_argument("--s3-single", type=int, default=None, help="single log writes (default 300; 100 with --quick)")
+
+
+def from_args(args: argparse.Namespace, extras: dict[str, Any]) -> list[Result]:
+    return run(args.blob_mb or ((8,) if args.quick else (8, 64)), args.s3_dataset_mb or (8 if args.quick else 64),
+               args.s3_rows or (2000 if args.quick else 10_000), args.s3_single or (100 if args.quick else 300),
+               repeats_of(args), args.profile)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--blob-mb", default=None, help="comma-separated blob sizes in MiB (default 8,64)")
-    parser.add_argument("--dataset-mb", type=int, default=None, help="dataset size in MiB (default 64)")
-    parser.add_argument("--n", type=int, default=None, help="log rows (default 10,000; 2,000 with --quick)")
-    parser.add_argument("--n-single", type=int, default=None, help="single log writes (default 300; 100 quick)")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per side; the median is kept (default 5)")
-    parser.add_argument("--quick", action="store_true", help="small sizes and 3 repeats")
-    parser.add_argument("--profile", action="store_true", help="print cProfile of the tensorhub side")
-    parser.add_argument("--json", default=None, help="also write the results and the machine to this JSON file")
-    args = parser.parse_args(argv)
-    blob_mb = tuple(int(x) for x in args.blob_mb.split(",")) if args.blob_mb else ((8,) if args.quick else (8, 64))
-    meta = machine()
-    print(" ".join(f"{k}={v}" for k, v in meta.items()), flush=True)
-    started = time.perf_counter()
-    results = run(blob_mb, args.dataset_mb or (8 if args.quick else 64), args.n or (2000 if args.quick else 10_000),
-                  args.n_single or (100 if args.quick else 300), args.repeats or (3 if args.quick else 5),
-                  args.profile)
-    elapsed = time.perf_counter() - started
-    print("\nratio = tensorhub / baseline (median of each); < 1 means tensorhub is faster\n")
-    print(table(results))
-    load_after = round(os.getloadavg()[0], 2)
-    print(f"\n{len(results)} comparisons in {elapsed:.0f} s; 1-minute load average {meta['load_avg_1m']} before, "
-          f"{load_after} after")
-    if args.json:
-        write_json(results, args.json, elapsed_s=elapsed, load_avg_1m_after=load_after, **meta)
-    return 0
+    return bench_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

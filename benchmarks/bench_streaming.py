@@ -28,11 +28,8 @@ import argparse
 import multiprocessing
 import os
 import resource
-import shutil
 import statistics
 import sys
-import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -41,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Result, compare, machine, profile, table, write_json  # noqa: E402
+from _common import Result, bench_main, for_each_size, compare, parse_ints, profile, repeats_of  # noqa: E402
 
 from tensorhub import TensorHub  # noqa: E402
 
@@ -210,47 +207,28 @@ def run(sizes: tuple[int, ...] = (200,), repeats: int = 5, tmpdir: str | None = 
         memory: list[dict[str, Any]] | None = None) -> list[Result]:
     """Run the streaming benchmarks; peak-memory figures go to ``memory`` (and are printed)."""
     print(f"[streaming] sizes={list(sizes)} MiB, batch_size={BATCH}, repeats={repeats}", flush=True)
-    results: list[Result] = []
-    for size in sizes:
-        tmp = Path(tempfile.mkdtemp(prefix="tensorhub-bench-streaming-", dir=tmpdir))
-        try:
-            results += bench_size(size, repeats, tmp, show_profile, memory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return results
-
-
-def parse_sizes(text: str) -> tuple[int, ...]:
-    return tuple(int(s) for s in text.split(",") if s.strip())
+    return for_each_size("streaming", sizes, tmpdir, lambda size, tmp: bench_size(size, repeats, tmp, show_profile, memory))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stream-mb", type=parse_sizes, default=None,
+    parser.add_argument("--stream-mb", type=parse_ints, default=None,
                         help="comma-separated sizes in MiB of the streamed dataset (default 200; 40 with --quick)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    parser.add_argument("--repeats", type=int, default=None, help="runs per side; the median is kept (default 5)")
-    parser.add_argument("--quick", action="store_true", help="40 MiB and 3 repeats")
-    parser.add_argument("--tmpdir", default=None, help="where the temporary files go (default: the system temp dir)")
-    parser.add_argument("--profile", action="store_true", help="print cProfile of one streamed epoch")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+def from_args(args: argparse.Namespace, extras: dict[str, Any]) -> list[Result]:
     sizes = args.stream_mb or ((40,) if args.quick else (200,))
-    repeats = args.repeats or (3 if args.quick else 5)
-    memory: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    results = run(sizes, repeats, args.tmpdir, args.profile, memory)
-    print()
-    print(table(results))
-    print()
-    print(memory_table(memory))
-    print(f"\n{time.perf_counter() - started:.0f} s")
-    if args.json:
-        write_json(results, args.json, memory=memory, **machine())
-    return 0
+    return run(sizes, repeats_of(args), args.tmpdir, args.profile, extras.setdefault("memory", []))
+
+
+def report(results: list[Result], extras: dict[str, Any]) -> list[str]:
+    if not extras.get("memory"):
+        return []
+    return ["peak extra memory of one streamed epoch, as a fraction of the dataset's size", "",
+            memory_table(extras["memory"])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

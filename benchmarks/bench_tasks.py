@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MongoServers, Result, compare, fmt_seconds, machine, profile, table, write_json  # noqa: E402
+from _common import MongoServers, Result, bench_main, compare, fmt_seconds, parse_ints, profile, repeats_of  # noqa: E402
 
 from tensorhub import TensorHub  # noqa: E402
 from tensorhub import tasks as _tasks  # noqa: E402
@@ -499,38 +499,23 @@ def tasks_per_second(results: list[Result]) -> list[str]:
     return lines
 
 
-def parse_counts(text: str) -> tuple[int, ...]:
-    return tuple(int(s) for s in text.split(",") if s.strip())
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", type=int, default=None, help="no-op tasks per run (default 200, 60 with --quick)")
-    parser.add_argument("--runners", type=parse_counts, default=(1, 4),
+    parser.add_argument("--runners", type=parse_ints, default=(1, 4),
                         help="comma-separated numbers of runner processes (default 1,4)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    parser.add_argument("--backends", default="file,mongodb", help="comma-separated: file,mongodb")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="runs per side; the median is kept (default 5; throughput at most 3, "
-                             "claims at least 30, isolation at least 20)")
-    parser.add_argument("--quick", action="store_true", help="N=60 and 3 repeats")
-    parser.add_argument("--tmpdir", default=None, help="where the temporary stores go (default: the system temp dir)")
-    parser.add_argument("--profile", action="store_true", help="print cProfile of claim_task and run_task")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+def from_args(args: argparse.Namespace, extras: dict[str, Any]) -> list[Result]:
     n = args.tasks or (60 if args.quick else 200)
-    repeats = args.repeats or (3 if args.quick else 5)
-    results = run(n, repeats, args.runners, tuple(args.backends.split(",")), args.tmpdir, args.profile)
-    print()
-    print(table(results))
-    print()
-    print("\n".join(tasks_per_second(results)))
-    if args.json:
-        write_json(results, args.json, **machine())
-    return 0
+    return run(n, repeats_of(args), args.runners, tuple(args.backends.split(",")), args.tmpdir, args.profile)
+
+
+def report(results: list[Result], extras: dict[str, Any]) -> list[str]:
+    return tasks_per_second(results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":
