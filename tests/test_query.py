@@ -7,14 +7,17 @@ reference server of the differential test (SecantusDB) or mongomock answers othe
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 
 import pytest
+from bson import ObjectId
 
 from tensorhub.errors import InvalidQueryError
-from tensorhub.query import apply_update, matches, sort_documents
+from tensorhub.query import apply_update, compare_values, matches, sort_documents
 
 NAN = float("nan")
+UTC = dt.timezone.utc
 
 
 def matching(docs: list[dict], query: dict) -> list[int]:
@@ -199,6 +202,37 @@ def test_a_sort_by_index_takes_that_element_whole() -> None:
     docs = [{"a": [[1, 2], 0]}, {"a": [5]}, {"a": ["s"]}, {"a": []}]
     assert order(docs, [("a.0", 1)]) == [3, 1, 2, 0]
 
+
+
+_COMPARE_KEY = functools.cmp_to_key(compare_values)
+
+
+@pytest.mark.parametrize("values", [
+    ["b", "a", "é", "\U0001f600", "\uffff", "", "B", "a"],  # UTF-8 byte order is code point order
+    [3, 1.5, -0.0, 0, 2**63 - 1, -(2**63), 1e300, 2**53 + 1, float(2**53), 1, 1.0, float("inf")],
+    [True, False, True],
+    [ObjectId("ffffffffffffffffffffffff"), ObjectId("000000000000000000000001"), ObjectId("000000000000000000000001")],
+    [dt.datetime(2020, 1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2))), dt.datetime(2020, 1, 1, tzinfo=UTC),
+     dt.datetime(2019, 12, 31, 23, 30, tzinfo=UTC), dt.datetime(2020, 1, 1, tzinfo=UTC)],
+    [dt.datetime(2020, 1, 2), dt.datetime(2020, 1, 1)],
+    # kinds Python would order otherwise, or not at all: compared in BSON order
+    [1, "a", None, 2.5, True],
+    [2, NAN, 1, NAN, -1.0],
+    [dt.datetime(2020, 1, 2), dt.datetime(2020, 1, 1, tzinfo=UTC)],
+    [[2, 1], 3, [0]],
+])
+@pytest.mark.parametrize("direction", [1, -1])
+def test_a_sort_by_plain_values_is_the_bson_order(values: list, direction: int) -> None:
+    docs = [{"v": v, "n": i} for i, v in enumerate(values)]
+    expected = sorted(range(len(values)), key=lambda i: _COMPARE_KEY(sort_key(values[i], direction)),
+                      reverse=direction < 0)
+    assert [d["n"] for d in sort_documents(docs, [("v", direction)])] == expected
+
+
+def sort_key(value: object, direction: int) -> object:
+    """The key MongoDB sorts a value by: itself, or an array's least (ascending) or greatest element."""
+    keys = value if isinstance(value, list) and value else [value]
+    return (min if direction > 0 else max)(keys, key=_COMPARE_KEY)
 
 # ------------------------------------------------------------------ updates
 

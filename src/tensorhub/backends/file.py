@@ -8,30 +8,37 @@ Layout of a store directory::
 Several processes on one machine share a store safely: SQLite serialises writers, and
 :meth:`SQLiteIndexStore.find_one_and_update` runs inside ``BEGIN IMMEDIATE`` so two
 processes can never claim the same task. With ``synchronous=NORMAL`` in WAL mode a
-committed write survives a crash of the writing process (not a power cut). Queries are
-evaluated by :mod:`tensorhub.query` over the collection's documents.
+committed write survives a crash of the writing process (not a power cut). Beside each
+BSON document a row keeps its top-level scalars as JSON (``fields``); a filter becomes an SQL
+expression over them that rules rows out, or in where the answer is certain, and
+:mod:`tensorhub.query` decides the rest and sorts.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import math
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+import bson
 from bson import ObjectId
+from bson.regex import Regex
 
 from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec
-from tensorhub.documents import decode_document, encode_document
+from tensorhub.documents import CODEC_OPTIONS, encode_document
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, NotFoundError
-from tensorhub.query import apply_update, matches, sort_documents
+from tensorhub.query import apply_update, matches, sort_documents, validate_filter
 from tensorhub.registry import Stores
 
 def path_from_uri(uri: str) -> Path:
@@ -55,62 +62,267 @@ def _ids_in(query: Mapping[str, Any]) -> list[str] | None:
     return None
 
 
-_PUSHABLE = (str, int)  # exact types; bool is excluded (JSON true == 1 in SQLite)
+# ------------------------------------------------------------------ the ``fields`` column
+#
+# Each row keeps, beside the BSON document, a JSON object of its top-level scalars that SQL
+# filters on (``pushdown``). Rows written in the current layout (2) start with the key "\u0000"
+# (no document key can hold a NUL) and list EVERY top-level key `_pushable_key` accepts: a str
+# (up to 200 characters, without NUL: SQLite's JSON functions cut text at a NUL), int, finite
+# float, bool or None as itself, any other value as ``{}`` ("present, not told"). So in a
+# layout-2 row a pushable key that is absent is a missing field. Rows written before (no
+# marker) hold only str and int values, an absent key tells nothing, and their text may be
+# cut at a NUL. A later layout must keep "a JSON scalar is the field's value" or drop the
+# marker, since readers of layout 2 rely on it for any row that starts with it.
+
+_MAX_TEXT = 200
+#: 1 for a row written in the current layout, else 0 (never NULL, even when ``fields`` is NULL)
+_CURRENT = "(substr(fields, 1, 11) IS '{\"\\u0000\":2')"
+_UNSAFE_KEY = re.compile(r'[."\\\x00-\x1f]')
+
+
+def _pushable_key(key: Any) -> bool:
+    """Whether a top-level key goes into ``fields``: one a ``$."key"`` JSON path names exactly.
+
+    Python's JSON encoder (``ensure_ascii=False``) escapes only ``"``, ``\\`` and control
+    characters, and SQLite matches path labels against the raw JSON text, so keys with those
+    are left out; so are dotted keys, which a filter never names (``"a.b"`` is a path).
+    """
+    return type(key) is str and not key.startswith("$") and _UNSAFE_KEY.search(key) is None
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_json(key: str) -> str:
+    """``,"key":`` for a pushable key, else the empty string (cached: records repeat their keys)."""
+    return f",{encode_basestring(key)}:" if _pushable_key(key) else ""
 
 
 def scalar_fields(document: Mapping[str, Any]) -> str:
-    """JSON of a document's top-level str and int fields: what :func:`pushdown` filters on in SQL."""
-    return json.dumps({k: v for k, v in document.items()
-                       if type(v) in _PUSHABLE and not (type(v) is str and len(v) > 200)}, separators=(",", ":"))
+    """The ``fields`` JSON of a document (layout 2, see above): what :func:`pushdown` filters on in SQL.
 
-
-def _equalities(query: Mapping[str, Any]) -> dict[str, set]:
-    """Top-level fields a filter requires to equal one of a few str/int values (a necessary condition)."""
-    required: dict[str, set] = {}
-
-    def need(key: str, values: set) -> None:
-        required[key] = required[key] & values if key in required else values
-
-    for key, condition in query.items():
-        if key == "$and" and isinstance(condition, list):
-            for sub in condition:
-                if isinstance(sub, Mapping):
-                    for k, v in _equalities(sub).items():
-                        need(k, v)
-        elif key == "$or" and isinstance(condition, list) and condition:
-            branches = [_equalities(sub) if isinstance(sub, Mapping) else {} for sub in condition]
-            for k in set.intersection(*(set(b) for b in branches)):
-                need(k, set().union(*(b[k] for b in branches)))
-        elif not key.startswith("$") and "." not in key:
-            if type(condition) in _PUSHABLE:
-                need(key, {condition})
-            elif isinstance(condition, Mapping) and set(condition) == {"$in"} and isinstance(condition["$in"], list) \
-                    and condition["$in"] and all(type(v) in _PUSHABLE for v in condition["$in"]):
-                need(key, set(condition["$in"]))
-    return required
-
-
-def pushdown(query: Mapping[str, Any]) -> tuple[str, list[Any]]:
-    """An SQL condition that keeps every document the filter could match (a superset).
-
-    A document whose field is a str/int outside the required values is dropped in SQL, without
-    decoding it; one whose field is anything else (an array, a float, long text, missing) is kept
-    for :func:`tensorhub.query.matches` to decide. So results never change, only the work.
+    Written by hand as :class:`json.JSONEncoder` would (``ensure_ascii=False``, no spaces),
+    at half its cost: the encoder is rebuilt on every call.
     """
-    clauses, params = [], []
-    for key, values in sorted(_equalities(query).items()):
-        if not values:
-            return " AND 0", []
-        path = '$."' + key.replace('"', '""') + '"'
-        marks = ",".join("?" * len(values))
-        clauses.append(f" AND (json_extract(fields, ?) IN ({marks}) OR json_type(fields, ?) IS NULL"
-                       f" OR json_type(fields, ?) NOT IN ('text', 'integer'))")
-        params += [path, *sorted(values, key=repr), path, path]
-    return "".join(clauses), params
+    parts = ['{"\\u0000":2']
+    for key, value in document.items():
+        name = _key_json(key)
+        if not name:
+            continue
+        kind = type(value)
+        if kind is int:
+            parts.append(name + int.__repr__(value))
+        elif kind is str:
+            parts.append(name + (encode_basestring(value) if len(value) <= _MAX_TEXT and "\x00" not in value else "{}"))
+        elif kind is float:
+            parts.append(name + (float.__repr__(value) if math.isfinite(value) else "{}"))
+        elif kind is bool:
+            parts.append(name + ("true" if value else "false"))
+        elif value is None:
+            parts.append(name + "null")
+        else:
+            parts.append(name + "{}")
+    parts.append("}")
+    return "".join(parts)
+
+
+# ------------------------------------------------------------------ filters as SQL
+#
+# A filter becomes one SQL expression per row with three values: 0 (the row cannot match),
+# 2 (it matches: the fields the filter reads are scalars ``fields`` states exactly) and 1 (it
+# may: the Python matcher decides). Conditions combine in Kleene's three-valued logic: AND
+# is min, OR is max, NOT is 2 - x. Every condition SQL cannot judge is 1, so the rows SQL
+# keeps are always a superset of the matches, and a 2 is given only where MongoDB's answer
+# for that scalar (or missing field) is certain: floats compare only as a filter (SQLite
+# may parse their text a unit in the last place away), as does text in rows of the old layout.
+
+NO, MAYBE, YES = "0", "1", "2"
+_JSON_TYPES = ("integer", "real", "text", "true", "false", "null", "object", "array")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_RANGES = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_MAX_IN = 500
+#: SQLite's default limit on a statement's parameters before 3.32; a filter needing more is not pushed down
+_MAX_PARAMS = 999
+
+
+def _and(parts: list[str]) -> str:
+    parts = [p for p in parts if p != YES]
+    if NO in parts:
+        return NO
+    if not parts:
+        return YES
+    return parts[0] if len(parts) == 1 else f"min({', '.join(parts)})"
+
+
+def _or(parts: list[str]) -> str:
+    parts = [p for p in parts if p != NO]
+    if YES in parts:
+        return YES
+    if not parts:
+        return NO
+    return parts[0] if len(parts) == 1 else f"max({', '.join(parts)})"
+
+
+def _not(part: str) -> str:
+    return {NO: YES, YES: NO, MAYBE: MAYBE}.get(part) or f"(2 - {part})"
+
+
+def _missing(matches: bool) -> str:
+    """The value for a field absent from ``fields``: missing (current layout) or untold (old rows)."""
+    return f"(1 + {_CURRENT})" if matches else f"(1 - {_CURRENT})"
+
+
+def _is_number(value: Any) -> bool:
+    return (type(value) is int and _INT64_MIN <= value <= _INT64_MAX) or (type(value) is float and math.isfinite(value))
+
+
+def _text_ok(value: Any) -> bool:
+    return type(value) is str and "\x00" not in value
+
+
+def _is_operator_doc(value: Any) -> bool:  # as tensorhub.query reads a condition
+    return isinstance(value, Mapping) and bool(value) and all(str(k).startswith("$") for k in value)
+
+
+class _Pushdown:
+    """Builds the three-valued SQL of one filter; ``params`` are its named parameters."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+
+    def param(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return ":" + name
+
+    def query(self, query: Mapping[str, Any]) -> str:
+        parts = []
+        for key, condition in query.items():
+            if key in ("$and", "$or", "$nor"):
+                if not (isinstance(condition, (list, tuple)) and condition
+                        and all(isinstance(q, Mapping) for q in condition)):
+                    parts.append(MAYBE)  # malformed: the matcher raises
+                    continue
+                subs = [self.query(q) for q in condition]
+                parts.append(_and(subs) if key == "$and" else _or(subs) if key == "$or" else _not(_or(subs)))
+            elif key == "$comment":
+                continue
+            elif isinstance(key, str) and _pushable_key(key):
+                parts.append(self.field(key, condition))
+            else:
+                parts.append(MAYBE)
+        return _and(parts)
+
+    def field(self, key: str, condition: Any) -> str:
+        if not _is_operator_doc(condition):
+            return self.equals(key, condition)
+        return _and([self.operator(key, op, arg) for op, arg in condition.items()])
+
+    def operator(self, key: str, op: str, arg: Any) -> str:
+        if op == "$eq":
+            return self.equals(key, arg)
+        if op == "$ne":
+            return _not(self.equals(key, arg)) if not isinstance(arg, (re.Pattern, Regex)) else MAYBE
+        if op in _RANGES:
+            return self.compare(key, op, arg)
+        if op in ("$in", "$nin") and isinstance(arg, (list, tuple)):
+            hit = self.one_of(key, arg)
+            return hit if op == "$in" else _not(hit)
+        if op == "$exists" and (type(arg) in (bool, int) or arg is None):
+            present = YES if arg else NO
+            return self.case(key, {t: present for t in _JSON_TYPES}, _missing(not arg))
+        if op == "$not" and _is_operator_doc(arg):
+            return _not(self.field(key, arg))
+        return MAYBE
+
+    def case(self, key: str, outcome: dict[str, str], missing: str) -> str:
+        """``outcome`` by the JSON type of the key's entry in ``fields`` (``object``: not told)."""
+        outcome = {"object": MAYBE, "array": MAYBE, **outcome}
+        path = self.param(f'$."{key}"')
+        whens = " ".join(f"WHEN '{t}' THEN {outcome.get(t, NO)}" for t in _JSON_TYPES)
+        return f"CASE json_type(fields, {path}) {whens} ELSE {missing} END".replace("$V", f"json_extract(fields, {path})")
+
+    def integer(self, op: str, bound: int) -> str:
+        """An integer entry compared with an integer ``bound``, exactly."""
+        if bound < _INT64_MIN:
+            return YES if op in (">", ">=") else NO
+        if bound > _INT64_MAX:
+            return YES if op in ("<", "<=") else NO
+        return f"2 * ($V {op} {self.param(bound)})"
+
+    def real_between(self, low: float, high: float) -> str:
+        """A float entry in ``[low, high]`` widened by far more than a parse can be off: a filter only."""
+        margin = lambda x: abs(x) * 2.0**-40 + 2.0**-1000  # noqa: E731
+        return f"($V BETWEEN {self.param(low - margin(low))} AND {self.param(high + margin(high))})"
+
+    def equals(self, key: str, target: Any) -> str:
+        """``{key: target}``: equality, or for None a null or missing field."""
+        if target is None:
+            return self.case(key, {"null": YES}, _missing(True))
+        if type(target) is bool:
+            return self.case(key, {"true" if target else "false": YES}, _missing(False))
+        if _text_ok(target):
+            return self.case(key, {"text": f"(CASE WHEN $V = {self.param(target)} THEN 1 + {_CURRENT} ELSE 0 END)"},
+                             _missing(False))
+        if _is_number(target):
+            integral = type(target) is int or target.is_integer()
+            return self.case(key, {"integer": self.integer("=", int(target)) if integral else NO,
+                                   "real": self.real_between(float(target), float(target))}, _missing(False))
+        return MAYBE
+
+    def one_of(self, key: str, targets: list | tuple) -> str:
+        """``$in``: equal to one of ``targets`` (all of simple types, else MAYBE)."""
+        if not targets:
+            return NO
+        if len(targets) > _MAX_IN or not all(t is None or type(t) is bool or _text_ok(t) or _is_number(t)
+                                             for t in targets):
+            return MAYBE
+        numbers = [t for t in targets if _is_number(t)]
+        ints = sorted(i for i in {int(t) for t in numbers if type(t) is int or t.is_integer()}
+                      if _INT64_MIN <= i <= _INT64_MAX)
+        texts = sorted({t for t in targets if type(t) is str})
+        outcome = {
+            "integer": f"2 * ($V IN ({', '.join(self.param(i) for i in ints)}))" if ints else NO,
+            "real": MAYBE if numbers else NO,
+            "text": f"(CASE WHEN $V IN ({', '.join(self.param(t) for t in texts)}) THEN 1 + {_CURRENT} ELSE 0 END)"
+            if texts else NO,
+            "true": YES if any(t is True for t in targets) else NO,
+            "false": YES if any(t is False for t in targets) else NO,
+            "null": YES if any(t is None for t in targets) else NO,
+        }
+        return self.case(key, outcome, _missing(any(t is None for t in targets)))
+
+    def compare(self, key: str, op: str, target: Any) -> str:
+        """``$gt $gte $lt $lte``: only values of the target's type bracket compare."""
+        sql = _RANGES[op]
+        if target is None:  # $gte/$lte null match null and missing; $gt/$lt null match nothing
+            return self.case(key, {"null": YES}, _missing(True)) if "=" in sql else NO
+        if _is_number(target):
+            bound = (math.floor(target) if sql in (">", "<=") else math.ceil(target)) if type(target) is float else target
+            near = float(target)
+            return self.case(key, {"integer": self.integer(sql, bound),
+                                   "real": self.real_between(near, math.inf) if ">" in sql
+                                   else self.real_between(-math.inf, near)}, _missing(False))
+        if _text_ok(target):  # SQLite compares text by bytes: MongoDB's order of UTF-8 strings
+            return self.case(key, {"text": f"(CASE WHEN {_CURRENT} THEN 2 * ($V {sql} {self.param(target)}) ELSE 1 END)"},
+                             _missing(False))
+        return MAYBE
+
+
+def pushdown(query: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The three-valued SQL expression of a filter over a row's ``fields`` and its parameters.
+
+    0: the row cannot match; 2: it matches; 1: :func:`tensorhub.query.matches` must decide.
+    Rows SQL drops (0) never match, so results never change, only the work.
+    """
+    builder = _Pushdown()
+    return builder.query(query), builder.params
 
 
 class SQLiteIndexStore(IndexStore):
-    """Documents in one SQLite table ``(collection, id, doc)``; queries run in Python."""
+    """Documents in one SQLite table ``(collection, id, doc, fields)``.
+
+    A query runs as SQL over ``fields`` first (:func:`pushdown`); :mod:`tensorhub.query`
+    decides the rows SQL could not, and sorts.
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -125,9 +337,20 @@ class SQLiteIndexStore(IndexStore):
                 " collection TEXT NOT NULL, id TEXT NOT NULL, doc BLOB NOT NULL, fields TEXT,"
                 " PRIMARY KEY (collection, id))"
             )
+            self._add_fields_column()
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailableError(f"cannot open the index at {self.path}: {exc}") from exc
         self._lock = threading.RLock()
+
+    def _add_fields_column(self) -> None:
+        """Give a table written before the ``fields`` column existed that column (NULL: SQL keeps every row)."""
+        if any(column[1] == "fields" for column in self._conn.execute("PRAGMA table_info(documents)")):
+            return
+        try:
+            self._conn.execute("ALTER TABLE documents ADD COLUMN fields TEXT")
+        except sqlite3.OperationalError:  # another process added it first
+            if not any(column[1] == "fields" for column in self._conn.execute("PRAGMA table_info(documents)")):
+                raise
 
     @contextmanager
     def _transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
@@ -144,17 +367,28 @@ class SQLiteIndexStore(IndexStore):
                 self._conn.execute("COMMIT")
 
     def _scan(self, conn: sqlite3.Connection, collection: str, query: Mapping[str, Any]) -> list[Document]:
+        """The matching documents in insertion order: SQL drops the rows :func:`pushdown` rules
+        out, the matcher confirms the rows it could not decide."""
+        validate_filter(query)  # a malformed filter fails even when SQL leaves no row to match
+        expression, params = pushdown(query)
+        if expression == NO:
+            return []
         ids = _ids_in(query)
+        if len(params) + len(ids or ()) >= _MAX_PARAMS:
+            expression, params = MAYBE, {}
+        params["collection"] = collection
+        where = "collection = :collection"
         if ids is not None:  # look records up by primary key instead of scanning the collection
-            marks = ",".join("?" * len(ids))
-            rows = conn.execute(f"SELECT doc FROM documents WHERE collection = ? AND id IN ({marks}) ORDER BY rowid",
-                                (collection, *ids))
-        else:
-            where, params = pushdown(query)
-            rows = conn.execute(f"SELECT doc FROM documents WHERE collection = ?{where} ORDER BY rowid",
-                                (collection, *params))
-        docs = (decode_document(row[0]) for row in rows)
-        return [d for d in docs if matches(d, query)]
+            params.update((f"id{i}", v) for i, v in enumerate(ids))
+            where += f" AND id IN ({', '.join(f':id{i}' for i in range(len(ids)))})"
+        if expression in (YES, MAYBE):
+            sql = f"SELECT doc, {expression} FROM documents WHERE {where} ORDER BY rowid"
+        else:  # LIMIT -1 keeps SQLite from copying the expression into the outer WHERE: it runs once a row
+            sql = (f"SELECT doc, m FROM (SELECT rowid AS r, doc, {expression} AS m FROM documents WHERE {where}"
+                   " LIMIT -1) WHERE m ORDER BY r")
+        rows = conn.execute(sql, params).fetchall()
+        docs = bson.decode_all(b"".join([row[0] for row in rows]), CODEC_OPTIONS)
+        return [d for d, (_, sure) in zip(docs, rows) if sure == 2 or matches(d, query)]
 
     def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
         rows = [(collection, str(d["_id"]), encode_document(d), scalar_fields(d)) for d in documents]
