@@ -178,6 +178,11 @@ def _text_ok(value: Any) -> bool:
     return type(value) is str and "\x00" not in value
 
 
+def _margin(bound: float) -> float:
+    """How far SQLite's reading of a float's text could at most be from it, many times over."""
+    return abs(bound) * 2.0**-40 + 2.0**-1000
+
+
 def _is_operator_doc(value: Any) -> bool:  # as tensorhub.query reads a condition
     return isinstance(value, Mapping) and bool(value) and all(str(k).startswith("$") for k in value)
 
@@ -234,7 +239,8 @@ class _Pushdown:
         return MAYBE
 
     def case(self, key: str, outcome: dict[str, str], missing: str) -> str:
-        """``outcome`` by the JSON type of the key's entry in ``fields`` (``object``: not told)."""
+        """``outcome`` by the JSON type of the key's entry in ``fields`` (default 0; ``object``, a
+        value not told, 1); ``missing`` when the key is absent. ``$V`` in an outcome is the entry."""
         outcome = {"object": MAYBE, "array": MAYBE, **outcome}
         path = self.param(f'$."{key}"')
         whens = " ".join(f"WHEN '{t}' THEN {outcome.get(t, NO)}" for t in _JSON_TYPES)
@@ -250,8 +256,7 @@ class _Pushdown:
 
     def real_between(self, low: float, high: float) -> str:
         """A float entry in ``[low, high]`` widened by far more than a parse can be off: a filter only."""
-        margin = lambda x: abs(x) * 2.0**-40 + 2.0**-1000  # noqa: E731
-        return f"($V BETWEEN {self.param(low - margin(low))} AND {self.param(high + margin(high))})"
+        return f"($V BETWEEN {self.param(low - _margin(low))} AND {self.param(high + _margin(high))})"
 
     def equals(self, key: str, target: Any) -> str:
         """``{key: target}``: equality, or for None a null or missing field."""
