@@ -1,0 +1,91 @@
+"""The objects of the S3 index: immutable segments, the mutable state over each, resolved entries.
+
+A segment (``index/<collection>/seg/<sid>.bson``) is the BSON documents of one ``insert_many``
+concatenated, as in a ``mongodump`` file. Its state (``index/<collection>/state/<sid>.bson``)
+is a header document (``v``, ``rev``, ``dead``, ``deleted`` ids) followed by the current
+version of every updated document. How they are written and read is in
+:mod:`tensorhub.backends.s3._index`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from bson import ObjectId
+
+from tensorhub.backends.base import Document
+from tensorhub.documents import decode_document, encode_document
+from tensorhub.errors import CorruptDataError
+
+
+def split_bson(data: bytes, where: str) -> list[bytes]:
+    """Cut concatenated BSON documents apart (each starts with its int32 length)."""
+    out, pos, view = [], 0, memoryview(data)
+    while pos < len(data):
+        size = int.from_bytes(view[pos:pos + 4], "little")
+        if size < 5 or pos + size > len(data):
+            raise CorruptDataError(f"{where} is not a sequence of BSON documents (truncated or altered)")
+        out.append(bytes(view[pos:pos + size]))
+        pos += size
+    return out
+
+
+def idkey(value: Any) -> Any:
+    """A hashable key for an ``_id`` (ObjectIds and other BSON scalars)."""
+    return ("oid", value.binary) if isinstance(value, ObjectId) else (type(value).__name__, repr(value))
+
+
+class Entry(NamedTuple):
+    sid: str
+    key: Any
+    raw: bytes
+    doc: Document  # shared with the cache: never mutated, never returned
+
+
+class Segment:
+    """An immutable segment: its documents in insertion order (decoded on first use)."""
+
+    def __init__(self, raws: list[bytes]) -> None:
+        self.raws = raws
+        self._docs: list[Document] | None = None
+
+    @property
+    def docs(self) -> list[Document]:
+        if self._docs is None:  # two threads may both decode: harmless, one result wins
+            self._docs = [decode_document(r) for r in self.raws]
+        return self._docs
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> Segment:
+        return cls(split_bson(data, where))
+
+
+@dataclass
+class State:
+    """The mutable overlay of one segment (absent object: ``etag=None``, no changes)."""
+
+    etag: str | None = None
+    rev: Any = None
+    docs: dict[Any, tuple[bytes, Document]] = field(default_factory=dict)  # key -> current version
+    deleted: dict[Any, Any] = field(default_factory=dict)  # key -> _id
+    dead: bool = False
+    checked: float = field(default_factory=time.monotonic)  # when this version was known current
+
+    @classmethod
+    def parse(cls, data: bytes, etag: str, where: str) -> State:
+        raws = split_bson(data, where)
+        if not raws:
+            raise CorruptDataError(f"{where} is empty")
+        header = decode_document(raws[0])
+        docs = {}
+        for raw in raws[1:]:
+            doc = decode_document(raw)
+            docs[idkey(doc["_id"])] = (raw, doc)
+        return cls(etag=etag, rev=header.get("rev"), docs=docs,
+                   deleted={idkey(i): i for i in header.get("deleted", [])}, dead=bool(header.get("dead")))
+
+    def encode(self, rev: ObjectId) -> bytes:
+        header = encode_document({"v": 1, "rev": rev, "dead": self.dead, "deleted": list(self.deleted.values())})
+        return header + b"".join(raw for raw, _ in self.docs.values())
