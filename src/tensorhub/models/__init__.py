@@ -1,0 +1,58 @@
+"""Models: a registry of adapters that turn a network into safe arrays and back.
+
+An adapter says which objects it handles, how to take one apart (record fields, named arrays,
+rarely named blobs) and how to rebuild it. The record keeps the adapter's name and format, so
+loading never guesses. Arrays go through the content-addressed chunk engine
+(:mod:`tensorhub.chunks`): a checkpoint whose tensors did not change since the last save
+reuses their chunks, the architecture of an exported program is one chunk shared by every
+save of that architecture, and a delete frees only the chunks no other record uses.
+
+Built in:
+
+* ``params``: (nested) lists, tuples and dicts of numpy arrays;
+* ``torch``: ``torch.nn.Module``; the state dict as arrays (bfloat16 and other dtypes numpy
+  lacks as same-width integer views, with the torch dtype recorded); the architecture as a
+  ``torch.export`` program when ``example_inputs=`` is given (loadable without the class), else
+  the class's dotted path and ``tensorhub_init_kwargs``;
+* ``sklearn``: scikit-learn estimators through skops (no pickle), when skops is installed.
+
+Nothing unpickles unless the caller passes ``allow_pickle=True`` on save and on load.
+torch, scikit-learn and skops are imported only when such a model is saved or loaded.
+One module per job:
+
+* ``_repository``: the model records: :func:`save_model`, :func:`load_model`, lineage
+  (``dataset_id``/``task_id``) and :func:`compare_models`.
+* ``_base``: what an adapter is: :class:`ModelAdapter` and the :class:`SavedModel` it returns.
+* ``_arrays``: named arrays as chunks: :func:`write_arrays` and the verifying :class:`ModelReader`.
+* ``_registry``: :func:`register_model_adapter`, and which adapter saves or loads what.
+* ``_params``, ``_torch``, ``_sklearn``: the built-in adapters (``_torch`` also holds the
+  ``torch.export`` graph serialisation without pickle).
+"""
+
+from __future__ import annotations
+
+from tensorhub.models._arrays import ModelReader, write_arrays
+from tensorhub.models._base import CHUNKS_FORMAT, ModelAdapter, SavedModel
+from tensorhub.models._params import ParamsAdapter, ParamsDict, ParamsList, ParamsTuple
+from tensorhub.models._registry import adapter_for, adapter_named, register_model_adapter
+from tensorhub.models._repository import (
+    COLLECTION,
+    INTERNAL_FIELDS,
+    LINEAGE,
+    attach_record,
+    compare_models,
+    lineage,
+    lineage_query,
+    load_model,
+    metric_fields,
+    save_model,
+)
+from tensorhub.models._sklearn import SklearnAdapter
+from tensorhub.models._torch import TorchAdapter, numpy_to_tensor, tensor_to_numpy
+
+__all__ = [
+    "CHUNKS_FORMAT", "COLLECTION", "INTERNAL_FIELDS", "LINEAGE", "ModelAdapter", "ModelReader", "ParamsAdapter",
+    "ParamsDict", "ParamsList", "ParamsTuple", "SavedModel", "SklearnAdapter", "TorchAdapter", "adapter_for",
+    "adapter_named", "attach_record", "compare_models", "lineage", "lineage_query", "load_model", "metric_fields",
+    "numpy_to_tensor", "register_model_adapter", "save_model", "tensor_to_numpy", "write_arrays",
+]

@@ -1,0 +1,184 @@
+"""The model records: save, load, lineage and comparison (the repository layer of the ``models`` kind)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tensorhub.arrays import checksum
+from tensorhub.chunks import ChunkWriter
+from tensorhub.context import ENV_TASK_ID
+from tensorhub.errors import ConfigurationError, InvalidArgumentError, NotFoundError
+from tensorhub.models._arrays import ModelReader, write_arrays
+from tensorhub.models._registry import adapter_for, adapter_named
+from tensorhub.records import as_object_id
+
+log = logging.getLogger("tensorhub.models")  # the package's logger, as before the split into modules
+
+COLLECTION = "models"
+#: lineage fields: the dataset a model was trained on and the task that trained it
+LINEAGE = {"dataset": ("dataset_id", "datasets"), "task": ("task_id", "tasks")}
+#: fields save_model writes itself; every other field is the user's (tags and metrics)
+INTERNAL_FIELDS = frozenset({
+    "_id", "project_name", "time", "model_name", "adapter", "format", "spec", "parameters", "parameter_count",
+    "arrays", "blob_refs", "blob_prefix", "blob_sha256", "class_path", "init_kwargs", "torch_architecture",
+    "torch_program", "torch_version", "sklearn_version", "estimator_class", "pickled", "dataset_id", "task_id",
+})
+
+
+def attach_record(model: Any, record: dict) -> Any:
+    """Expose ``record`` on ``model`` as ``tensorhub_record`` and as ``_<field>`` attributes.
+
+    A field whose ``_<field>`` name the object already uses (e.g. torch's ``_parameters``)
+    is left out, so the model keeps working; it is still in ``tensorhub_record``.
+    """
+    try:
+        model.tensorhub_record = record
+    except AttributeError:
+        return model
+    for key, value in record.items():
+        attr = f"_{key}"
+        if not hasattr(model, attr):
+            setattr(model, attr, value)
+    return model
+
+
+def lineage(records: Any, dataset: Any = None, task: Any = None) -> dict[str, Any]:
+    """``dataset_id``/``task_id`` fields from records or ids; inside a task, its id by default.
+
+    An explicit reference must name an existing record (of any project), so a typo fails at
+    save time instead of leaving a model whose lineage leads nowhere.
+    """
+    fields: dict[str, Any] = {}
+    for kind, value in (("dataset", dataset), ("task", task)):
+        if value is None:
+            continue
+        key, collection = LINEAGE[kind]
+        try:
+            oid = as_object_id(value)
+        except InvalidArgumentError:
+            raise InvalidArgumentError(
+                f"{kind}= must be a {kind} record or its id (ObjectId or 24-hex string), got {value!r}; to tag "
+                f"a model with a name, use another field, e.g. {kind}_name=...") from None
+        if not records.index.find(collection, {"_id": oid}, limit=1):
+            raise NotFoundError(f"no {kind} has the id {oid}; pass the record returned by find_{kind}_records/"
+                                f"find_tasks, or the id save_{kind}/create_{kind} returned")
+        fields[key] = oid
+    task_env = os.environ.get(ENV_TASK_ID)
+    if "task_id" not in fields and task_env:
+        try:
+            fields["task_id"] = as_object_id(task_env)
+        except InvalidArgumentError:
+            log.warning("ignoring %s=%r: not a task id", ENV_TASK_ID, task_env)
+    return fields
+
+
+def lineage_query(query: dict[str, Any]) -> dict[str, Any]:
+    """A model query where ``dataset=``/``task=`` mean ``dataset_id``/``task_id`` and ids may be records or hex."""
+    for kind, (key, _) in LINEAGE.items():
+        if kind in query:
+            if key in query:
+                raise InvalidArgumentError(f"pass {kind}= or {key}=, not both")
+            query[key] = query.pop(kind)
+        value = query.get(key)
+        if isinstance(value, str) or (isinstance(value, Mapping) and "_id" in value):
+            query[key] = as_object_id(value)
+    return query
+
+
+def save_model(records: Any, network: Any, model_name: str, allow_pickle: bool = False,
+               example_inputs: Any = None, dynamic_shapes: Any = None, dataset: Any = None, task: Any = None,
+               **fields: Any) -> Any:
+    """Store ``network`` through its adapter; return the record id.
+
+    The record holds the user's ``fields``, ``model_name``, the adapter and its format, the
+    adapter's fields, lineage (``dataset_id``/``task_id``) and the manifests of its arrays;
+    the arrays' chunks are written first and listed in ``blob_refs``.
+    """
+    if not isinstance(model_name, str) or not model_name:
+        raise InvalidArgumentError(f"model_name must be a non-empty string, got {model_name!r}")
+    dataset = fields.pop("dataset_id", None) if dataset is None else dataset
+    task = fields.pop("task_id", None) if task is None else task
+    clash = sorted(INTERNAL_FIELDS & set(fields))
+    if clash:
+        raise InvalidArgumentError(f"field(s) {clash} are written by tensorhub itself; rename them")
+    adapter = adapter_for(network)
+    options = {"allow_pickle": allow_pickle}
+    if example_inputs is not None:
+        options["example_inputs"] = example_inputs
+    if dynamic_shapes is not None:
+        options["dynamic_shapes"] = dynamic_shapes
+    saved = adapter.save(network, **options)
+    record = records.new_record({  # validates every field before anything is written
+        **fields,
+        **saved.fields,
+        **lineage(records, dataset, task),
+        "model_name": model_name,
+        "adapter": adapter.name,
+        "blob_sha256": {name.replace(".", "_"): checksum(data) for name, data in saved.blobs},
+    })
+    writer = ChunkWriter(records.blobs, desc=f"saving {model_name}")
+    try:
+        record["arrays"] = write_arrays(writer, saved.arrays)
+    except BaseException:
+        records.release_chunks(writer.refs)
+        raise
+    return records.save(COLLECTION, record, saved.blobs, refs=writer.refs)
+
+
+def load_model(records: Any, record: dict, **options: Any) -> Any:
+    """Rebuild the model of ``record`` with the adapter that saved it, and attach the record."""
+    model = adapter_named(record["adapter"]).load(record, ModelReader(records.blobs, record), **options)
+    return attach_record(model, record)
+
+
+def _get(record: Mapping[str, Any], key: str) -> Any:
+    value: Any = record
+    for part in key.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def metric_fields(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The user's numeric fields across ``records`` (first seen first): what a comparison shows."""
+    keys: dict[str, None] = {}
+    for record in records:
+        for key, value in record.items():
+            if key not in INTERNAL_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                keys.setdefault(key)
+    return list(keys)
+
+
+def compare_models(records: Any, model_name: str | None = None, keys: Sequence[str] | str | None = None,
+                   sort: Any = None, as_frame: bool = False, limit: int | None = None, **query: Any) -> Any:
+    """One row per matching model: ``model_name``, ``time``, ``id``, ``adapter`` and its metrics.
+
+    ``keys`` picks the columns (dotted paths reach into sub-documents); by default every numeric
+    field the user saved. Sorted by ``sort``, else by the first of ``keys`` descending (models
+    without it last), else newest first. Reads records only, never parameters.
+    """
+    if isinstance(keys, str):
+        keys = [keys]
+    if keys is not None and (not all(isinstance(k, str) and k for k in keys)):
+        raise InvalidArgumentError(f"keys must be field names, got {keys!r}")
+    query = lineage_query(query)
+    if model_name is not None:
+        query["model_name"] = model_name
+    if sort is None and keys:
+        sort = [(keys[0], -1)]
+    found = records.find(COLLECTION, query, sort=sort, limit=limit)
+    columns = list(keys) if keys is not None else metric_fields(found)
+    rows = [{"model_name": r.get("model_name"), "time": r.get("time"), "id": r["_id"], "adapter": r.get("adapter"),
+             **{k: _get(r, k) for k in columns}} for r in found]
+    if not as_frame:
+        return rows
+    try:
+        import pandas
+    except ImportError as exc:
+        raise ConfigurationError("as_frame=True needs pandas (pip install pandas); without it, compare_models "
+                                 "returns a list of dicts") from exc
+    return pandas.DataFrame(rows, columns=["model_name", "time", "id", "adapter", *columns])

@@ -1,0 +1,54 @@
+"""The ``sklearn`` adapter: scikit-learn estimators through skops (no pickle)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from tensorhub.errors import ConfigurationError, SerializationError
+from tensorhub.models._arrays import ModelReader
+from tensorhub.models._base import ModelAdapter, SavedModel
+
+
+class SklearnAdapter(ModelAdapter):
+    """scikit-learn estimators through skops (a zip of JSON and arrays; no pickle).
+
+    skops rebuilds only the types it trusts (scikit-learn's, numpy's, ...); others are
+    refused unless listed in ``find_model(..., trusted=[...])``. Needs ``pip install skops``.
+    """
+
+    name = "sklearn"
+
+    def can_save(self, network: Any) -> bool:
+        sklearn_base = sys.modules.get("sklearn.base")
+        return sklearn_base is not None and isinstance(network, sklearn_base.BaseEstimator)
+
+    def save(self, network: Any, **options: Any) -> SavedModel:
+        import sklearn
+
+        skops_io = _import_skops()
+        data = skops_io.dumps(network)
+        cls = type(network)
+        return SavedModel({"format": "skops", "estimator_class": f"{cls.__module__}:{cls.__qualname__}",
+                           "sklearn_version": sklearn.__version__}, arrays=[("skops", np.frombuffer(data, np.uint8))])
+
+    def load(self, record: dict, reader: ModelReader, **options: Any) -> Any:
+        skops_io = _import_skops()
+        data = reader.array("skops").tobytes()
+        untrusted = skops_io.get_untrusted_types(data=data)
+        trusted = list(options.get("trusted") or [])
+        missing = [t for t in untrusted if t not in trusted]
+        if missing:
+            raise SerializationError(f"{reader.describe()} holds types skops does not trust by default: {missing}; "
+                                     "pass trusted=[...those names...] to find_model if you trust whoever saved it")
+        return skops_io.loads(data, trusted=trusted or None)
+
+
+def _import_skops() -> Any:
+    try:
+        import skops.io
+    except ImportError as exc:
+        raise ConfigurationError("scikit-learn models are stored with skops (no pickle): pip install skops") from exc
+    return skops.io
