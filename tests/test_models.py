@@ -172,7 +172,8 @@ def test_checkpoints_over_epochs_store_only_what_changed(tmp_path: Path) -> None
         assert torch.equal(hub.find_model(model_name="run")(x), net(x))
 
 
-def test_a_task_records_itself_on_the_models_it_saves(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_process", [False, True], ids=["child-process", "in-process"])
+def test_a_task_records_itself_on_the_models_it_saves(tmp_path: Path, in_process: bool) -> None:
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent("""
         import numpy as np
@@ -184,8 +185,8 @@ def test_a_task_records_itself_on_the_models_it_saves(tmp_path: Path) -> None:
     with TensorHub(f"file://{tmp_path / 'store'}", project_name="p") as hub:
         dataset_id = hub.save_dataset([np.ones((4, 2))], "digits")
         ids = [hub.create_task("train", script, {"lr": lr}) for lr in (0.1, 0.2)]
-        while hub.run_task("train"):
-            pass
+        for _ in range(2):
+            assert hub.run_task("train", in_process=in_process)
         assert [t["status"] for t in hub.find_tasks("train")] == ["finished", "finished"]
         for task_id, lr in zip(ids, (0.1, 0.2)):
             (model,) = hub.find_all_models(task_id=task_id)

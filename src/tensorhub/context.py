@@ -39,21 +39,28 @@ class Connection:
 
 
 _current: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("tensorhub_task", default=None)
+_task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("tensorhub_task_id", default=None)
 
 
 @contextlib.contextmanager
-def task_connection(connection: Connection) -> Iterator[None]:
-    """Make ``TensorHub()`` inside this block connect where ``connection`` says."""
-    token = _current.set(connection)
+def task_connection(connection: Connection, task_id: str | None = None) -> Iterator[None]:
+    """Make ``TensorHub()`` inside this block connect where ``connection`` says (running task ``task_id``)."""
+    token, id_token = _current.set(connection), _task_id.set(task_id)
     try:
         yield
     finally:
+        _task_id.reset(id_token)
         _current.reset(token)
 
 
 def inside_task() -> bool:
     """Whether this code runs as a task (in-process or in a task's child process)."""
     return _current.get() is not None or ENV_TASK_ID in os.environ
+
+
+def current_task_id() -> str | None:
+    """The id of the task this code runs as (in-process or in its child process), else None."""
+    return _task_id.get() or os.environ.get(ENV_TASK_ID) or None
 
 
 def default_connection() -> tuple[str, str | None, str | None]:

@@ -74,7 +74,7 @@ def execute_script(claimed: dict, connection: Connection) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__name__": "__main__", "__file__": path}
     namespace.update(claimed.get("hyper_parameters") or {})
     code = compile(claimed["script"], path, "exec")
-    with task_connection(connection):
+    with task_connection(connection, str(claimed["_id"])):
         exec(code, namespace)  # noqa: S102 - running the user's task is the point
     return collect_results(namespace, claimed.get("saved_result_keys") or [])
 

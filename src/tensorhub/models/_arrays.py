@@ -7,7 +7,6 @@ the same bytes, so a checkpoint whose tensors did not change reuses them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,11 +43,8 @@ def write_arrays(writer: ChunkWriter, arrays: Sequence[tuple[str, np.ndarray]]) 
     digests = iter(writer.write_blocks(blocks(), total=sum(p[3] for p in plans)))
     entries = []
     for name, array, step, count in plans:
-        manifest = Manifest(array.dtype.str, list(array.shape), step, [next(digests) for _ in range(count)])
-        entry = {"name": name, "nbytes": int(array.nbytes), **manifest.to_doc()}
-        if array.dtype.fields is not None:
-            entry["descr"] = json.dumps(np.lib.format.dtype_to_descr(array.dtype))
-        entries.append(entry)
+        manifest = Manifest.of(array, step, [next(digests) for _ in range(count)])  # keeps structured fields
+        entries.append({"name": name, "nbytes": int(array.nbytes), **manifest.to_doc()})
     return entries
 
 
@@ -102,7 +98,7 @@ class ModelReader:
             manifest = Manifest.from_doc(entry)
             target = out.get(name)
             if target is None:
-                target = np.empty(manifest.shape, dtype=_entry_dtype(entry))
+                target = np.empty(manifest.shape, dtype=manifest.numpy_dtype)
             elif target.dtype.str != np.dtype(manifest.dtype).str or list(target.shape) != manifest.shape \
                     or not target.flags.c_contiguous or not target.flags.writeable:
                 raise InvalidArgumentError(f"{name}: destination {target.dtype}{target.shape} is not a writeable "
@@ -132,17 +128,3 @@ class ModelReader:
                     fill(job)
                     bar.update()
         return result
-
-
-def _entry_dtype(entry: Mapping[str, Any]) -> np.dtype:
-    """An array entry's dtype; structured dtypes keep their fields (``descr``), which ``dtype.str`` loses."""
-    if "descr" in entry:
-        return np.lib.format.descr_to_dtype(_tuples(json.loads(entry["descr"])))
-    return np.dtype(entry["dtype"])
-
-
-def _tuples(descr: Any) -> Any:
-    """JSON turned the descr's tuples into lists; numpy wants them back as tuples."""
-    if isinstance(descr, list) and descr and isinstance(descr[0], list):
-        return [tuple(_tuples(part) for part in field) for field in descr]
-    return descr

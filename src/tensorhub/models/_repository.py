@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tensorhub.arrays import checksum
 from tensorhub.chunks import ChunkWriter
-from tensorhub.context import ENV_TASK_ID
+from tensorhub.context import ENV_TASK_ID, current_task_id
 from tensorhub.errors import ConfigurationError, InvalidArgumentError, NotFoundError
 from tensorhub.models._arrays import ModelReader, write_arrays
 from tensorhub.models._registry import adapter_for, adapter_named
@@ -66,12 +65,12 @@ def lineage(records: Any, dataset: Any = None, task: Any = None) -> dict[str, An
             raise NotFoundError(f"no {kind} has the id {oid}; pass the record returned by find_{kind}_records/"
                                 f"find_tasks, or the id save_{kind}/create_{kind} returned")
         fields[key] = oid
-    task_env = os.environ.get(ENV_TASK_ID)
-    if "task_id" not in fields and task_env:
+    running = current_task_id()  # inside a task (in-process or its child process): its id
+    if "task_id" not in fields and running:
         try:
-            fields["task_id"] = as_object_id(task_env)
+            fields["task_id"] = as_object_id(running)
         except InvalidArgumentError:
-            log.warning("ignoring %s=%r: not a task id", ENV_TASK_ID, task_env)
+            log.warning("ignoring %s=%r: not a task id", ENV_TASK_ID, running)
     return fields
 
 
