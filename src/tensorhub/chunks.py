@@ -160,7 +160,8 @@ class ChunkWriter:
     def _store(self, block: np.ndarray) -> str:
         name, data = encode(block)
         key = chunk_key(name)
-        if not self.blobs.exists(key):  # content-addressed: same bytes, same key, stored once
+        if not self.blobs.freshen(key):  # content-addressed: same bytes, same key, stored once (a reused
+            # chunk is freshened so that a garbage collection running meanwhile keeps it)
             self.blobs.put(key, data)
         return name
 

@@ -1,4 +1,4 @@
-"""The ``tensorhub`` command: ``demo``, ``ls`` and ``worker``."""
+"""The ``tensorhub`` command: ``demo``, ``ls``, ``worker`` and ``gc``."""
 
 from __future__ import annotations
 
@@ -137,6 +137,20 @@ def worker_command(uri: str | None, task_name: str | None, project: str | None, 
         worker.install_signal_handlers()
         ran = worker.run()
     logging.getLogger("tensorhub.worker").info("worker ran %d task(s)", ran)
+
+
+@main.command("gc")
+@click.option("--uri", default=None, help=f"Store URI (default: ${ENV_URI} or {DEFAULT_URI}).")
+@click.option("--older-than", default=24.0, show_default=True, type=click.FloatRange(min=0),
+              help="Only blobs last written more than this many hours ago (a save running now keeps its own).")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+def gc_command(uri: str | None, older_than: float, dry_run: bool) -> None:
+    """Delete blobs no record refers to (left by crashed saves), in every project of the store."""
+    with _hub(uri, None) as hub:
+        counts = hub.collect_garbage(older_than=older_than * 3600, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {counts['chunks']} chunk(s) and {counts['record_blobs']} record blob(s) no record refers "
+               f"to; kept {counts['kept_young']} blob(s) younger than {older_than:g} h")
 
 
 @main.command("demo")

@@ -5,6 +5,7 @@ kind to its module (:mod:`~tensorhub.datasets`, :mod:`~tensorhub.models`, :mod:`
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sys
 import time
@@ -108,6 +109,19 @@ class TensorHub:
     def blobs(self) -> Any:
         """The :class:`~tensorhub.backends.base.BlobStore` behind this hub."""
         return self._records.blobs
+
+    def collect_garbage(self, older_than: float = 24 * 3600, dry_run: bool = False) -> dict[str, int]:
+        """Delete blobs no record refers to (what crashed saves leave), if older than ``older_than`` seconds.
+
+        Store-wide, every project: chunks no dataset or model lists, and record blobs whose
+        record is gone. Younger blobs are kept because a save running meanwhile has written its
+        chunks but not yet its record; keep the default (a day) unless no one is saving. With
+        ``dry_run`` nothing is deleted. Returns ``{"chunks", "record_blobs", "kept_young"}``.
+        Also ``tensorhub gc`` on the command line.
+        """
+        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or older_than < 0:
+            raise InvalidArgumentError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
+        return self._records.collect_garbage(dt.timedelta(seconds=older_than), dry_run=dry_run)
 
     def close(self) -> None:
         """Release connections and files."""

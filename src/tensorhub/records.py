@@ -134,6 +134,53 @@ class Records:
         self._remove_blobs(chunk_key(d) for d in candidates)
         return len(candidates)
 
+    def collect_garbage(self, older_than: dt.timedelta, dry_run: bool = False) -> dict[str, int]:
+        """Delete blobs no record refers to, written (or reused) more than ``older_than`` ago.
+
+        What a crashed save leaves behind: chunks no record lists in ``blob_refs`` (of any
+        project: chunks are shared store-wide), and ``<collection>/<id>/`` blobs whose record
+        does not exist. Younger blobs are kept, since a save still running has written its
+        chunks but not yet its record; a save that reuses a stored chunk freshens it
+        (:meth:`BlobStore.freshen`), so ``older_than`` must exceed :data:`FRESH_FOR` plus the
+        longest save. Blobs whose age the backend cannot tell are kept unless ``older_than``
+        is zero. Returns counts: ``chunks`` and ``record_blobs`` deleted (or that would be,
+        with ``dry_run``), and ``kept_young``.
+        """
+        from tensorhub.chunks import CHUNK_PREFIX
+
+        cutoff = dt.datetime.now(dt.timezone.utc) - older_than  # not utcnow(): no truncation to the ms
+        listing = list(self.blobs.list_modified(""))  # before reading records: one saved meanwhile is seen
+        referenced: set[str] = set()
+        for collection in REF_COLLECTIONS:
+            for record in self.index.find(collection, {REFS_FIELD: {"$exists": True}}):
+                referenced.update(record.get(REFS_FIELD, ()))
+        doomed, young = [], 0
+        by_record: dict[tuple[str, str], list[str]] = {}
+        for key, modified in listing:
+            if modified is None and older_than > dt.timedelta(0) or modified is not None and modified > cutoff:
+                young += 1
+            elif key.startswith(CHUNK_PREFIX):
+                if key[len(CHUNK_PREFIX):] not in referenced:
+                    doomed.append(key)
+            else:
+                parts = key.split("/", 2)
+                if len(parts) == 3 and ObjectId.is_valid(parts[1]):  # only our own <collection>/<id>/ layout
+                    by_record.setdefault((parts[0], parts[1]), []).append(key)
+        chunks, record_blobs = len(doomed), 0
+        for collection in {c for c, _ in by_record}:
+            ids = [ObjectId(i) for c, i in by_record if c == collection]
+            alive = {str(r["_id"]) for r in self.index.find(collection, {"_id": {"$in": ids}})}
+            for (c, i), keys in by_record.items():
+                if c == collection and i not in alive:
+                    doomed += keys
+                    record_blobs += len(keys)
+        if not dry_run:
+            for key in doomed:
+                self.blobs.delete(key)
+        log.info("garbage collection of %s: %d chunks and %d record blobs %s, %d younger than %s kept",
+                 self.blobs.uri, chunks, record_blobs, "found" if dry_run else "deleted", young, older_than)
+        return {"chunks": chunks, "record_blobs": record_blobs, "kept_young": young}
+
     def _remove_blobs(self, keys: Iterable[str]) -> None:
         for key in keys:
             try:

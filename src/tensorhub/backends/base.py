@@ -12,6 +12,7 @@ be instantiated.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,6 +20,10 @@ from typing import Any, BinaryIO
 
 Document = dict[str, Any]
 SortSpec = Sequence[tuple[str, int]]
+
+#: :meth:`BlobStore.freshen` rewrites the modified time of blobs older than this; garbage
+#: collection must therefore keep unreferenced blobs for longer than this (plus a save's length)
+FRESH_FOR = dt.timedelta(hours=1)
 
 
 class IndexStore(ABC):
@@ -132,6 +137,27 @@ class BlobStore(ABC):
         except NotFoundError:
             return False
         return True
+
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, dt.datetime | None]]:
+        """Yield ``(key, modified)`` for every key under ``prefix``: when the blob was last written
+        or :meth:`freshen`-ed (timezone-aware UTC), or None where the backend cannot tell.
+
+        Garbage collection deletes only unreferenced blobs older than its grace period, so a
+        save still writing its chunks (its record not stored yet) keeps them. The default
+        knows no times; backends override it.
+        """
+        for key in self.list(prefix):
+            yield key, None
+
+    def freshen(self, key: str) -> bool:
+        """Whether ``key`` exists; if it does and was last written more than :data:`FRESH_FOR`
+        ago, mark it as written now (as git freshens the objects it reuses).
+
+        A save that reuses a stored chunk calls this instead of :meth:`exists`, so that a
+        garbage collection running meanwhile sees the chunk as young and keeps it. The
+        default only checks existence; backends override it.
+        """
+        return self.exists(key)
 
     def get_range(self, key: str, start: int, length: int | None = None) -> bytes:
         """Return ``length`` bytes from offset ``start`` (to the end when ``length`` is None).

@@ -16,6 +16,7 @@ expression over them that rules rows out, or in where the answer is certain, and
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import math
 import os
@@ -499,8 +500,25 @@ class FileBlobStore(BlobStore):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def freshen(self, key: str) -> bool:
+        try:
+            os.utime(self._path(key))  # as cheap as the stat of exists(): always freshen
+            return True
+        except FileNotFoundError:
+            return False
+        except PermissionError:  # another user's file: it exists, only its age stays
+            return self.exists(key)
+
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, dt.datetime | None]]:
+        for key in self.list(prefix):
+            try:
+                mtime = self._path(key).stat().st_mtime
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            yield key, dt.datetime.fromtimestamp(mtime, dt.timezone.utc)
 
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root

@@ -9,6 +9,7 @@ Every driver error is translated in :func:`translate_errors`, and nowhere else.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ import pymongo
 import pymongo.errors
 from bson.errors import InvalidDocument
 
-from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec
+from tensorhub.backends.base import FRESH_FOR, BlobStore, Document, IndexStore, SortSpec
 from tensorhub.errors import (
     BackendUnavailableError,
     InvalidArgumentError,
@@ -182,11 +183,34 @@ class GridFSBlobStore(BlobStore):
                     pass  # deleted concurrently: the goal is reached
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        import re
-
         with translate_errors(self.uri):
-            names = self.files.distinct("filename", {"filename": {"$regex": "^" + re.escape(prefix)}})
+            names = self.files.distinct("filename", _starting_with(prefix))
         yield from names
+
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, dt.datetime | None]]:
+        newest: dict[str, dt.datetime] = {}
+        with translate_errors(self.uri):
+            for f in self.files.find(_starting_with(prefix), {"filename": 1, "uploadDate": 1}):
+                when = f["uploadDate"].replace(tzinfo=dt.timezone.utc) if f["uploadDate"].tzinfo is None \
+                    else f["uploadDate"]
+                newest[f["filename"]] = max(when, newest.get(f["filename"], when))
+        yield from newest.items()
+
+    def freshen(self, key: str) -> bool:
+        now = dt.datetime.now(dt.timezone.utc)
+        with translate_errors(self.uri):
+            if self.files.count_documents({"filename": key}, limit=1) == 0:
+                return False
+            self.files.update_many({"filename": key, "uploadDate": {"$lt": now - FRESH_FOR}},
+                                   {"$set": {"uploadDate": now}})
+        return True
+
+
+def _starting_with(prefix: str) -> dict[str, Any]:
+    """A GridFS files filter for names starting with ``prefix``."""
+    import re
+
+    return {"filename": {"$regex": "^" + re.escape(prefix)}}
 
 
 def database_name(uri: str) -> str:

@@ -14,6 +14,7 @@ GridFS is not used: mongomock's GridFS breaks with pymongo 4.20.
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
@@ -37,7 +38,7 @@ def reset() -> None:
         _servers.clear()
 
 
-def _server(name: str) -> tuple[Any, dict[str, bytes], threading.RLock]:
+def _server(name: str) -> tuple[Any, dict[str, tuple[bytes, dt.datetime]], threading.RLock]:
     with _servers_lock:
         if name not in _servers:
             _servers[name] = (mongomock.store.ServerStore(), {}, threading.RLock())
@@ -95,11 +96,14 @@ class MongomockIndexStore(MongoIndexStore):
 
 
 class MemoryBlobStore(BlobStore):
-    """Blobs in a dict shared by every store opened on the same ``mongomock://`` name."""
+    """Blobs in a dict shared by every store opened on the same ``mongomock://`` name.
+
+    Each value is ``(bytes, modified time)``, so garbage collection sees ages as on disk.
+    """
 
     shared_across_processes = False
 
-    def __init__(self, blobs: dict[str, bytes], lock: threading.RLock, where: str) -> None:
+    def __init__(self, blobs: dict[str, tuple[bytes, dt.datetime]], lock: threading.RLock, where: str) -> None:
         self._blobs = blobs
         self._lock = lock
         self.uri = where
@@ -107,18 +111,25 @@ class MemoryBlobStore(BlobStore):
     def put(self, key: str, data: bytes | BinaryIO) -> None:
         value = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else data.read()
         with self._lock:
-            self._blobs[key] = value
+            self._blobs[key] = (value, dt.datetime.now(dt.timezone.utc))
 
     def get(self, key: str) -> bytes:
         with self._lock:
             try:
-                return self._blobs[key]
+                return self._blobs[key][0]
             except KeyError as exc:
                 raise NotFoundError(f"blob {key!r} is missing from {self.uri}") from exc
 
     def exists(self, key: str) -> bool:
         with self._lock:
             return key in self._blobs
+
+    def freshen(self, key: str) -> bool:
+        with self._lock:
+            if key not in self._blobs:
+                return False
+            self._blobs[key] = (self._blobs[key][0], dt.datetime.now(dt.timezone.utc))
+            return True
 
     def delete(self, key: str) -> None:
         with self._lock:
@@ -128,6 +139,11 @@ class MemoryBlobStore(BlobStore):
         with self._lock:
             keys = [k for k in self._blobs if k.startswith(prefix)]
         yield from keys
+
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, dt.datetime | None]]:
+        with self._lock:
+            items = [(k, v[1]) for k, v in self._blobs.items() if k.startswith(prefix)]
+        yield from items
 
 
 def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:

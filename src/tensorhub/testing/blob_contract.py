@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import os
 
@@ -69,3 +70,20 @@ class BlobStoreContract:
             blob_store.put(key, b"x")
         assert blob_store.delete_prefix("p/") == 2
         assert sorted(blob_store.list("")) == ["q/1"]
+
+    def test_list_modified_gives_each_key_its_write_time(self, blob_store: BlobStore) -> None:
+        before = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)  # clock skew of a server
+        for key in ("p/1", "p/sub/2", "q/1"):
+            blob_store.put(key, b"x")
+        listed = dict(blob_store.list_modified("p/"))
+        assert sorted(listed) == ["p/1", "p/sub/2"]
+        for when in listed.values():
+            if when is not None:  # None: the backend cannot tell (garbage collection then keeps the blob)
+                assert when.tzinfo is not None and before <= when <= before + dt.timedelta(minutes=5)
+
+    def test_freshen_says_whether_the_key_exists_and_keeps_its_value(self, blob_store: BlobStore) -> None:
+        assert blob_store.freshen("absent/key") is False
+        assert list(blob_store.list("absent")) == []
+        blob_store.put("kept", b"value")
+        assert blob_store.freshen("kept") is True
+        assert blob_store.get("kept") == b"value"

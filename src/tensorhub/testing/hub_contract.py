@@ -184,6 +184,34 @@ class HubContract:
         hub.delete_datasets()
         assert _all_blobs(hub) == []  # replaced tail chunks are freed with the dataset
 
+    def test_collect_garbage_deletes_only_old_unreferenced_blobs(self, hub: TensorHub) -> None:
+        from bson import ObjectId
+
+        x = np.arange(3000, dtype=np.float64).reshape(300, 10)
+        hub.save_dataset([x], "kept", chunk_bytes=8000)
+        other = TensorHub(hub.uri, project_name="another-project", blobs=hub.blobs_uri)
+        try:
+            other.save_model([x[:5] + 1], "theirs")
+            owned = set(_all_blobs(hub))
+            # what crashed saves leave: a chunk no record lists, blobs of a record never stored
+            hub.blobs.put("chunks/" + "ab" * 32, b"orphan chunk")
+            hub.blobs.put(f"datasets/{ObjectId()}/pickle-0.bin", b"orphan blob")
+            hub.blobs.put("notes/readme.txt", b"not ours: never collected")
+            assert hub.collect_garbage() == {"chunks": 0, "record_blobs": 0, "kept_young": len(owned) + 3}
+            dry = hub.collect_garbage(older_than=0, dry_run=True)
+            assert (dry["chunks"], dry["record_blobs"]) == (1, 1), dry
+            assert len(_all_blobs(hub)) == len(owned) + 3  # a dry run deletes nothing
+            counts = hub.collect_garbage(older_than=0)
+            assert (counts["chunks"], counts["record_blobs"]) == (1, 1)
+            assert set(_all_blobs(hub)) == owned | {"notes/readme.txt"}
+            np.testing.assert_array_equal(hub.find_dataset("kept")[0], x)
+            np.testing.assert_array_equal(other.find_model(model_name="theirs")[0], x[:5] + 1)
+            assert hub.collect_garbage(older_than=0) == {"chunks": 0, "record_blobs": 0, "kept_young": 0}
+            with pytest.raises(InvalidArgumentError):
+                hub.collect_garbage(older_than=-1)
+        finally:
+            other.close()
+
     def test_structured_dtypes_keep_their_fields(self, hub: TensorHub) -> None:
         packed = np.dtype([("label", "<i2"), ("box", "<f4", (4,)), ("name", "S5")])
         aligned = np.dtype([("flag", "u1"), ("score", "<f8")], align=True)  # 7 padding bytes between fields

@@ -9,6 +9,7 @@ first chunk's ETag (``IfMatch``), so a concurrent replace cannot mix two version
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -16,9 +17,9 @@ from typing import BinaryIO
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 
-from tensorhub.backends.base import BlobStore
+from tensorhub.backends.base import FRESH_FOR, BlobStore
 from tensorhub.backends.s3._connection import S3Connection
-from tensorhub.backends.s3._errors import error_code, is_conflict, translate_errors
+from tensorhub.backends.s3._errors import error_code, is_conflict, is_missing, translate_errors
 from tensorhub.errors import InvalidArgumentError, NotFoundError
 
 #: blobs above this size are uploaded and downloaded in parallel parts of this size
@@ -127,6 +128,32 @@ class S3BlobStore(BlobStore):
     def list(self, prefix: str = "") -> Iterator[str]:
         for obj in self._conn.list(self._root + prefix):
             yield obj["Key"][len(self._root):]
+
+    def list_modified(self, prefix: str = "") -> Iterator[tuple[str, dt.datetime | None]]:
+        for obj in self._conn.list(self._root + prefix):
+            yield obj["Key"][len(self._root):], obj["LastModified"]
+
+    def freshen(self, key: str) -> bool:
+        """One HEAD; an object older than ``FRESH_FOR`` is also copied onto itself (S3's only "touch")."""
+        s3key = self._key(key)
+        client, bucket = self._conn.client, self._conn.bucket
+        with translate_errors(self.uri, key):
+            try:
+                head = client.head_object(Bucket=bucket, Key=s3key)
+            except botocore.exceptions.ClientError as exc:
+                if is_missing(exc):
+                    return False
+                raise
+            if head["LastModified"] < dt.datetime.now(dt.timezone.utc) - FRESH_FOR:
+                try:
+                    client.copy_object(Bucket=bucket, Key=s3key, CopySource={"Bucket": bucket, "Key": s3key},
+                                       MetadataDirective="REPLACE")
+                except botocore.exceptions.ClientError as exc:
+                    if is_missing(exc):
+                        return False
+                    if head["ContentLength"] <= 5 << 30:  # larger objects cannot be copied in one call
+                        raise
+        return True
 
     def delete_prefix(self, prefix: str) -> int:
         return self._conn.delete_keys(self._root + key for key in list(self.list(prefix)))
