@@ -199,10 +199,12 @@ class GridFSBlobStore(BlobStore):
     def freshen(self, key: str) -> bool:
         now = dt.datetime.now(dt.timezone.utc)
         with translate_errors(self.uri):
-            if self.files.count_documents({"filename": key}, limit=1) == 0:
+            found = self.files.find_one({"filename": key}, {"uploadDate": 1})  # one round trip, as exists()
+            if found is None:
                 return False
-            self.files.update_many({"filename": key, "uploadDate": {"$lt": now - FRESH_FOR}},
-                                   {"$set": {"uploadDate": now}})
+            written = found["uploadDate"]
+            if (written if written.tzinfo else written.replace(tzinfo=dt.timezone.utc)) < now - FRESH_FOR:
+                self.files.update_many({"filename": key}, {"$set": {"uploadDate": now}})
         return True
 
 
