@@ -21,6 +21,8 @@ from tensorhub.structure import array_paths, dumps_spec, flatten, loads_spec, un
 
 COLLECTION = "datasets"
 APPEND_RETRIES = 20
+#: fields a dataset record writes itself: a user tag of the same name would be replaced
+INTERNAL_FIELDS = frozenset({"spec", "schema", "nbytes", "rows", "pickled", "revision", REFS_FIELD, "blob_prefix"})
 
 
 def _pickle_blob(i: int) -> str:
@@ -47,6 +49,7 @@ def save_dataset(records: Records, dataset: Any, dataset_name: str, allow_pickle
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, **fields: Any) -> Any:
     """Store ``dataset`` under ``dataset_name`` with ``fields`` as queryable tags; return the id."""
     check_name(dataset_name)
+    records.refuse_internal(fields, INTERNAL_FIELDS, "dataset")
     flat = flatten(dataset, allow_pickle=allow_pickle)
     paths = {node["i"]: path for path, node in array_paths(flat.spec)}
     record = records.new_record({**fields, "dataset_name": dataset_name})  # validates fields before any write

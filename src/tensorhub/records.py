@@ -85,9 +85,22 @@ class Records:
         for key in fields:
             if not isinstance(key, str) or key.startswith("$") or key == "_id":
                 raise InvalidArgumentError(f"record field names must be plain strings not starting with '$', got {key!r}")
+        if "time" in fields or fields.get("project_name", self.project_name) != self.project_name:
+            clash = "time" if "time" in fields else "project_name"
+            raise InvalidArgumentError(
+                f"field {clash!r} is stamped by tensorhub on every record (the hub's project_name, the UTC save "
+                f"time); store your value under another name, e.g. {clash}_tag, or open a TensorHub on that project")
         record = {"_id": ObjectId(), "project_name": self.project_name, "time": utcnow()}
         record.update(fields)
         return normalize_document(record)
+
+    @staticmethod
+    def refuse_internal(fields: Mapping[str, Any], internal: Iterable[str], kind: str) -> None:
+        """Refuse user fields that a record kind writes itself (they would be silently replaced)."""
+        clash = sorted(set(internal) & set(fields))
+        if clash:
+            raise InvalidArgumentError(f"field(s) {clash} are written by tensorhub itself in a {kind} record; "
+                                       "rename them (e.g. with a prefix such as user_)")
 
     def blob_prefix(self, collection: str, record_id: ObjectId) -> str:
         return f"{collection}/{record_id}/"

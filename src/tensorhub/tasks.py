@@ -37,6 +37,13 @@ UNFINISHED = [PENDING, RUNNING]
 QUEUE_ORDER = [("priority", -1), ("time", 1), ("_id", 1)]
 DEFAULT_LEASE = 60.0
 DEFAULT_MAX_ATTEMPTS = 3
+#: fields a task record gets from create_task, the runner and cancel_tasks: a user tag of the same name
+#: would be replaced (or would change how the task runs)
+INTERNAL_FIELDS = frozenset({
+    "script", "script_path", "hyper_parameters", "saved_result_keys", "status", "attempts_left", "attempts",
+    "errors", "owner", "claim_id", "started_at", "lease_expires_at", "finished_at", "cancel_requested", "result",
+    "error", "traceback", "exit_code", "stdout_tail", "stderr_tail",
+})
 
 
 def read_script(script: str | os.PathLike[str]) -> tuple[str, str]:
@@ -72,6 +79,7 @@ def create_tasks(records: Records, task_name: str, script: str | os.PathLike[str
     """Queue one task per hyper-parameter dict in ``points``, all in one write (all or none)."""
     if not isinstance(task_name, str) or not task_name:
         raise InvalidArgumentError(f"task_name must be a non-empty string, got {task_name!r}")
+    records.refuse_internal(fields, INTERNAL_FIELDS, "task")
     if saved_result_keys is None:
         saved_result_keys = []
     if isinstance(saved_result_keys, str) or not all(isinstance(k, str) for k in saved_result_keys):

@@ -619,3 +619,30 @@ class HubContract:
     def test_str_never_shows_a_password(self, hub: TensorHub) -> None:
         assert "password" not in str(hub).lower() or "***" in str(hub)
         assert hub.project_name in str(hub)
+
+    # ------------------------------------------------------------------ review: API.md conformance
+    def test_stamped_and_internal_fields_cannot_be_overridden(self, hub: TensorHub, tmp_path: Path) -> None:
+        # every record is stamped with the hub's project and a UTC time (API.md, Records and queries):
+        # a user field of the same name would move the record to another project or break the
+        # newest-first order, and a kind's own fields (a dataset's schema, a task's status) would
+        # be silently replaced; both are refused before anything is written
+        script = _script(tmp_path, "x = 1\n")
+        for field in ("project_name", "time"):
+            with pytest.raises(InvalidArgumentError, match=field):
+                hub.save_training_log(loss=1.0, **{field: "other"})
+            with pytest.raises(InvalidArgumentError, match=field):
+                hub.save_validation_logs([{"loss": 1.0, field: "other"}])
+            with pytest.raises(InvalidArgumentError, match=field):
+                hub.save_dataset(np.ones(2), "d", **{field: "other"})
+            with pytest.raises(InvalidArgumentError, match=field):
+                hub.create_task("t", script, **{field: "other"})
+        for field in ("schema", "rows", "revision", "blob_refs"):
+            with pytest.raises(InvalidArgumentError, match=field):
+                hub.save_dataset(np.ones(2), "d", **{field: 1})
+        for field in ("status", "result", "attempts_left", "owner"):
+            with pytest.raises(InvalidArgumentError, match=field):
+                hub.create_task("t", script, **{field: "done"})
+        assert hub.find_training_logs() == hub.find_validation_logs() == []
+        assert hub.find_dataset_records() == [] and _all_blobs(hub) == [] and hub.find_tasks() == []
+        hub.save_training_log(loss=1.0, project_name=hub.project_name)  # the hub's own project is no clash
+        assert [r["loss"] for r in hub.find_training_logs()] == [1.0]
