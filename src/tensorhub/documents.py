@@ -7,11 +7,14 @@ millisecond precision, ObjectIds, ints kept apart from floats.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
 import bson
+from bson import Int64, ObjectId
 from bson.codec_options import CodecOptions
+from bson.tz_util import utc
 
 from tensorhub.errors import SerializationError
 
@@ -23,7 +26,8 @@ def encode_document(document: Mapping[str, Any]) -> bytes:
     """BSON-encode a record, turning bson's errors into a clear :class:`SerializationError`."""
     try:
         return bson.encode(document)
-    except (bson.errors.InvalidDocument, bson.errors.InvalidStringData, OverflowError, TypeError) as exc:
+    except (bson.errors.InvalidDocument, bson.errors.InvalidStringData, OverflowError, TypeError,
+            UnicodeEncodeError) as exc:
         raise SerializationError(
             f"cannot store this value in a record: {exc}. Record fields must be JSON-like "
             "(str, int, float, bool, None, datetime, lists, dicts with str keys); "
@@ -41,5 +45,38 @@ def normalize_document(document: Mapping[str, Any]) -> Document:
 
     The repository stores this normalised form so the caller's view of a record and the
     stored one agree on every backend, and a value BSON cannot hold fails before any write.
+    Flat records of plain values (a log row: str, int, float, bool, None, ObjectId, UTC
+    datetimes at ms precision) are already in that form and skip the round trip.
     """
-    return decode_document(encode_document(document))
+    plain = _plain_copy(document)
+    return plain if plain is not None else decode_document(encode_document(document))
+
+
+_INT32 = range(-(1 << 31), 1 << 31)
+_INT64 = range(-(1 << 63), 1 << 63)
+_SAME_AFTER_ROUND_TRIP = frozenset({float, bool, type(None), ObjectId})
+
+
+def _plain_copy(document: Mapping[str, Any]) -> Document | None:
+    """``document`` as its BSON round trip would return it, or None if that needs the round trip."""
+    copy: Document = {}
+    for key, value in document.items():
+        if type(key) is not str or not key.isascii() or "\x00" in key:
+            return None
+        kind = type(value)
+        if kind is str:
+            if not value.isascii():  # non-ASCII text may not be valid UTF-8 (lone surrogates)
+                return None
+        elif kind is int:
+            if value not in _INT32:
+                if value not in _INT64:
+                    return None
+                value = Int64(value)  # as BSON decodes a 64-bit int
+        elif kind is dt.datetime:
+            if value.tzinfo is None or value.utcoffset() or value.microsecond % 1000:
+                return None
+            value = value.replace(tzinfo=utc)
+        elif kind not in _SAME_AFTER_ROUND_TRIP:
+            return None
+        copy[key] = value
+    return copy
