@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import sys
 import time
 import warnings
@@ -40,6 +41,14 @@ def _default_project_name() -> str:
 def _tensorlayer_uri(ip: str, port: int, dbname: str, username: str | None, password: str | None) -> str:
     auth = f"{quote(username, safe='')}:{quote(password or '', safe='')}@" if username else ""
     return f"mongodb://{auth}{ip}:{int(port)}/{dbname}"
+
+
+def _check_seconds(name: str, value: Any, zero: bool) -> None:
+    """Refuse a duration that is not a finite number of seconds (> 0, or >= 0 when ``zero``)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < 0 or (value == 0 and not zero)):
+        bound = ">= 0" if zero else "> 0"
+        raise InvalidArgumentError(f"{name} must be a number of seconds {bound}, got {value!r}")
 
 
 class TensorHub:
@@ -214,8 +223,9 @@ class TensorHub:
         by itself); ``allow_pickle=True`` for what only pickle can store. Unchanged tensors
         of an earlier save are not stored again. Returns the record id.
         """
-        kwargs.pop("sess", None) and warnings.warn("sess= is ignored (TensorFlow 1 leftover)", DeprecationWarning,
-                                                    stacklevel=2)
+        if "sess" in kwargs:  # whatever its value, None included
+            kwargs.pop("sess")
+            warnings.warn("sess= is ignored (TensorFlow 1 leftover)", DeprecationWarning, stacklevel=2)
         allow_pickle = bool(kwargs.pop("allow_pickle", False))
         return _models.save_model(self._records, network, model_name, allow_pickle=allow_pickle, **kwargs)
 
@@ -351,6 +361,7 @@ class TensorHub:
         Returns False when no task was available; the task ends ``finished``, ``failed`` or
         ``cancelled``.
         """
+        _check_seconds("lease", lease, zero=False)
         claimed = _tasks.claim_task(self._records, self._task_query(task_name, kwargs), sort=sort, lease=lease)
         if claimed is None:
             return False
@@ -376,6 +387,9 @@ class TensorHub:
 
         Raises :class:`~tensorhub.errors.TaskTimeoutError` after ``timeout`` seconds.
         """
+        if timeout is not None:
+            _check_seconds("timeout", timeout, zero=True)
+        _check_seconds("poll", poll, zero=False)
         query = self._task_query(task_name, kwargs)
         deadline = None if timeout is None else time.monotonic() + timeout
         total = len(self._records.find(_tasks.COLLECTION, query))

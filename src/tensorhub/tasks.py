@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +82,14 @@ def create_tasks(records: Records, task_name: str, script: str | os.PathLike[str
     records.refuse_internal(fields, INTERNAL_FIELDS, "task")
     if saved_result_keys is None:
         saved_result_keys = []
-    if isinstance(saved_result_keys, str) or not all(isinstance(k, str) for k in saved_result_keys):
-        raise InvalidArgumentError("saved_result_keys must be a list of variable names, e.g. ['test_accuracy']")
+    if (isinstance(saved_result_keys, (str, bytes, Mapping)) or not isinstance(saved_result_keys, Iterable)
+            or not all(isinstance(k, str) for k in saved_result_keys)):
+        raise InvalidArgumentError("saved_result_keys must be a list of variable names, e.g. ['test_accuracy'], "
+                                   f"got {saved_result_keys!r}")
+    for point in points:
+        if point is not None and not isinstance(point, Mapping):
+            raise InvalidArgumentError("hyper_parameters must be a dict of global names to values, e.g. "
+                                       f"{{'n_units': 800}}, got {point!r}")
     if not isinstance(max_attempts, int) or max_attempts < 1:
         raise InvalidArgumentError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):

@@ -646,3 +646,33 @@ class HubContract:
         assert hub.find_dataset_records() == [] and _all_blobs(hub) == [] and hub.find_tasks() == []
         hub.save_training_log(loss=1.0, project_name=hub.project_name)  # the hub's own project is no clash
         assert [r["loss"] for r in hub.find_training_logs()] == [1.0]
+
+    def test_sess_is_ignored_with_a_deprecation_warning_whatever_its_value(self, hub: TensorHub) -> None:
+        # API.md: sess= is accepted and ignored with a DeprecationWarning (TensorLayer passed sess=sess,
+        # and sess may well be None in a script ported from TensorFlow 1)
+        for sess in (object(), None):
+            with pytest.warns(DeprecationWarning, match="sess"):
+                hub.save_model([np.ones(2)], "m", sess=sess)
+            with pytest.warns(DeprecationWarning, match="sess"):
+                assert hub.find_model(sess=sess, model_name="m") is not None
+        assert "sess" not in hub.find_model(model_name="m").tensorhub_record
+
+    def test_bad_task_queue_arguments_are_clear_errors(self, hub: TensorHub, tmp_path: Path) -> None:
+        script = _script(tmp_path, "x = 1\n")
+        for bad in ("n_units=800", [1, 2], 5):
+            with pytest.raises(InvalidArgumentError, match="hyper_parameters"):
+                hub.create_task("t", script, hyper_parameters=bad)
+        for bad in (5, [1], {"a": 1}):
+            with pytest.raises(InvalidArgumentError, match="saved_result_keys"):
+                hub.create_task("t", script, saved_result_keys=bad)
+        assert hub.find_tasks() == []
+        hub.create_task("t", script)
+        for bad in (-1, "10", float("nan")):
+            with pytest.raises(InvalidArgumentError, match="timeout"):
+                hub.wait_for_tasks("t", timeout=bad)
+        with pytest.raises(InvalidArgumentError, match="poll"):
+            hub.wait_for_tasks("t", timeout=1, poll=0)
+        for bad in (0, -5, "60"):
+            with pytest.raises(InvalidArgumentError, match="lease"):
+                hub.run_task("t", lease=bad)
+        assert [t["status"] for t in hub.find_tasks("t")] == ["pending"]  # a refused run claims nothing
