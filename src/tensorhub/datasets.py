@@ -119,7 +119,18 @@ def _append_one(writer: ChunkWriter, records: Records, entry: dict, rows: np.nda
     if tuple(rows.shape[1:]) != tuple(manifest.shape[1:]):
         raise InvalidArgumentError(f"{entry['path']}: rows of shape {tuple(rows.shape[1:])} do not fit an array "
                                    f"of shape {tuple(manifest.shape)}; each row must be {tuple(manifest.shape[1:])}")
-    rows = rows.astype(dtype, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, as an error
+        converted = rows.astype(dtype, copy=False)
+    if converted is not rows and not structured and not np.can_cast(rows.dtype, dtype, "safe"):
+        if dtype.kind in "fc":  # rounding to the stored precision is expected; overflow to inf is not
+            lossy = bool(np.any(np.isinf(converted) & ~np.isinf(rows)))
+        else:
+            lossy = dtype.kind in "iubUS" and not np.array_equal(converted, rows)
+        if lossy:
+            raise InvalidArgumentError(f"{entry['path']}: a {dtype} array cannot hold some of the appended {rows.dtype} "
+                                       "values (they would overflow or be truncated); append values that fit, or save "
+                                       "the dataset again with a wider dtype")
+    rows = converted
     step, n = manifest.chunk_rows, manifest.shape[0]
     full = n // step
     tail = read_rows(records.blobs, manifest, full * step, n) if n % step else rows[:0]
@@ -147,6 +158,10 @@ def append_dataset(records: Records, dataset_name: str, rows: Any, sort: Any = N
         if dumps_spec(_shape_free(flat.spec)) != dumps_spec(_shape_free(loads_spec(record["spec"]))):
             raise InvalidArgumentError(f"the rows' structure does not match dataset {dataset_name!r}: append the "
                                        "same containers and keys, with arrays in the same places")
+        lengths = [int(a.shape[0]) if a.ndim else None for a in flat.arrays]
+        if record.get("rows") is not None and len(set(lengths)) > 1:
+            raise InvalidArgumentError(f"the arrays of dataset {dataset_name!r} share their {record['rows']} rows, so "
+                                       f"each must grow by the same number of rows; got {lengths} new rows")
         writer = ChunkWriter(records.blobs, desc=f"appending to {dataset_name}")
         try:
             schema = [_append_one(writer, records, entry, a) for entry, a in zip(record["schema"], flat.arrays)]

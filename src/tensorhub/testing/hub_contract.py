@@ -676,3 +676,24 @@ class HubContract:
             with pytest.raises(InvalidArgumentError, match="lease"):
                 hub.run_task("t", lease=bad)
         assert [t["status"] for t in hub.find_tasks("t")] == ["pending"]  # a refused run claims nothing
+
+    def test_append_refuses_rows_that_would_misalign_or_overflow(self, hub: TensorHub) -> None:
+        # API.md: append_dataset grows the dataset along axis 0; arrays that shared their rows keep
+        # sharing them (stream_dataset needs it), and a value the stored dtype cannot hold is an error,
+        # never a silent wrap-around (300 stored as 44 in an int8 array)
+        x, y = np.arange(20, dtype=np.float32).reshape(10, 2), np.arange(10, dtype=np.int8)
+        hub.save_dataset({"x": x, "y": y}, "aligned")
+        with pytest.raises(InvalidArgumentError, match="rows"):
+            hub.append_dataset("aligned", {"x": x[:3], "y": y[:5]})
+        with pytest.raises(InvalidArgumentError, match="int8"):
+            hub.append_dataset("aligned", {"x": x[:2], "y": np.array([300, 1])})
+        with pytest.raises(InvalidArgumentError, match="float32"):
+            hub.append_dataset("aligned", {"x": np.full((1, 2), 1e300), "y": y[:1]})
+        (record,) = hub.find_dataset_records("aligned")
+        assert record["rows"] == 10 and record["revision"] == 1  # refused appends changed nothing
+        assert hub.append_dataset("aligned", {"x": x[:2].astype(np.float64), "y": np.array([100, -100])}) == 12
+        got = hub.find_dataset("aligned")
+        assert got["y"].dtype == np.int8 and list(got["y"][-2:]) == [100, -100]
+        assert len(list(hub.stream_dataset("aligned", batch_size=5))) == 3
+        hub.save_dataset([np.ones((4, 2)), np.ones(3)], "ragged")  # no shared rows to keep
+        assert hub.append_dataset("ragged", [np.ones((1, 2)), np.ones(2)]) == 5
