@@ -141,9 +141,15 @@ def worker_identity(worker_id: str | None = None) -> dict[str, Any]:
 
 
 def expire_exhausted(records: Records, query: Mapping[str, Any]) -> int:
-    """Mark running tasks whose lease ran out with no attempts left as ``failed`` for good."""
+    """Mark running tasks whose lease ran out with no attempts left as ``failed`` for good, and tasks
+    cancelled while running whose runner died (lease run out) or handed them back as ``cancelled``."""
     now = utcnow()
-    return records.index.update_many(COLLECTION, records.scope({
+    ended = 0
+    for abandoned in ({"status": RUNNING, "lease_expires_at": {"$lt": now}}, {"status": PENDING}):
+        ended += records.index.update_many(COLLECTION, records.scope({**query, **abandoned, "cancel_requested": True}),
+                                           {"$set": {"status": CANCELLED, "finished_at": now,
+                                                     "error": "cancelled while running; the runner stopped"}})
+    return ended + records.index.update_many(COLLECTION, records.scope({
         **query, "status": RUNNING, "lease_expires_at": {"$lt": now}, "attempts_left": {"$lte": 0},
     }), {"$set": {"status": FAILED, "finished_at": now,
                   "error": "the runner stopped renewing its lease and no attempts are left"}})

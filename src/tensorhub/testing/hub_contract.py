@@ -697,3 +697,29 @@ class HubContract:
         assert len(list(hub.stream_dataset("aligned", batch_size=5))) == 3
         hub.save_dataset([np.ones((4, 2)), np.ones(3)], "ragged")  # no shared rows to keep
         assert hub.append_dataset("ragged", [np.ones((1, 2)), np.ones(2)]) == 5
+
+    def test_a_cancelled_task_whose_runner_died_ends_cancelled(self, hub: TensorHub, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+        # API.md: cancel_tasks: running ones stop. A runner that dies (or hands the task back) before
+        # it sees the cancel must not leave the task unfinished for ever: check_unfinished_task and
+        # wait_for_tasks would never return
+        import time
+
+        from tensorhub import tasks as task_queue
+
+        hub.create_task("c", _script(tmp_path, "x = 1\n"))
+        claimed = task_queue.claim_task(hub._records, {"task_name": "c"}, lease=0.2)  # a runner that then dies
+        assert claimed is not None
+        assert hub.cancel_tasks(task_name="c") == 1
+        time.sleep(0.3)  # its lease runs out
+        monkeypatch.setattr(task_queue, "_last_expiry", {})
+        assert hub.run_task("c") is False  # nobody runs a cancelled task ...
+        assert [t["status"] for t in hub.find_tasks("c")] == ["cancelled"]  # ... and it is over
+        assert not hub.check_unfinished_task("c") and hub.wait_for_tasks("c", timeout=1)
+        hub.create_task("r", _script(tmp_path, "x = 1\n"))
+        claimed = task_queue.claim_task(hub._records, {"task_name": "r"})
+        hub.cancel_tasks(task_name="r")
+        task_queue.release(hub._records, claimed)  # a runner shutting down hands it back unseen
+        monkeypatch.setattr(task_queue, "_last_expiry", {})
+        assert hub.run_task("r") is False
+        assert [t["status"] for t in hub.find_tasks("r")] == ["cancelled"]
