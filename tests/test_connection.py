@@ -124,6 +124,23 @@ def test_default_uri_is_the_embedded_store(monkeypatch: pytest.MonkeyPatch, tmp_
     assert (tmp_path / "tensorhub-data" / "index.sqlite").exists()
 
 
+def test_project_name_defaults_to_the_scripts_file_stem(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    # API.md: project_name defaults to the running script's file stem (as TensorLayer did)
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("TENSORHUB_PROJECT", raising=False)
+    script = tmp_path / "mnist_experiment.py"
+    script.write_text(f"from tensorhub import TensorHub\n"
+                      f"with TensorHub('file://{tmp_path}/store') as hub:\n"
+                      "    hub.save_training_log(loss=1.0)\n"
+                      "    print(hub.project_name, hub.find_training_logs()[0]['project_name'])\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["mnist_experiment", "mnist_experiment"]
+    with TensorHub(f"file://{tmp_path}/store", project_name="mnist_experiment") as hub:
+        assert len(hub.find_training_logs()) == 1
+
+
 def test_file_uri_on_a_regular_file_is_refused(tmp_path) -> None:
     target = tmp_path / "not-a-dir"
     target.write_text("x")
