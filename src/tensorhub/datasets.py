@@ -49,6 +49,9 @@ def save_dataset(records: Records, dataset: Any, dataset_name: str, allow_pickle
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, **fields: Any) -> Any:
     """Store ``dataset`` under ``dataset_name`` with ``fields`` as queryable tags; return the id."""
     check_name(dataset_name)
+    if dataset is None:  # find_dataset's "no such dataset": a saved None could not be told apart from it
+        raise InvalidArgumentError(f"dataset {dataset_name!r} is None; pass a numpy array or a list/tuple/dict of "
+                                   "arrays and JSON values")
     records.refuse_internal(fields, INTERNAL_FIELDS, "dataset")
     flat = flatten(dataset, allow_pickle=allow_pickle)
     paths = {node["i"]: path for path, node in array_paths(flat.spec)}

@@ -16,6 +16,7 @@ with several workers, each worker reads its own share of the blocks.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,10 +49,14 @@ class DatasetStream:
     def __init__(self, connection: Connection, record: dict, batch_size: int, shuffle: bool = True,
                  seed: int | None = None, epochs: int = 1, buffer_chunks: int = 2, prefetch: int = 2,
                  drop_last: bool = False, blobs: BlobStore | None = None) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not _is_int(batch_size) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(epochs, int) or epochs < 1:
+        if not _is_int(epochs) or epochs < 1:
             raise InvalidArgumentError(f"epochs must be a positive int, got {epochs!r}")
+        if seed is not None and (not _is_int(seed) or seed < 0):
+            raise InvalidArgumentError(f"seed must be None or an int >= 0, got {seed!r}")
+        batch_size, epochs = int(batch_size), int(epochs)
+        seed = None if seed is None else int(seed)
         if record.get("pickled"):
             raise InvalidArgumentError("datasets with pickled leaves cannot be streamed")
         self.rows = require_rows(record)
@@ -66,11 +71,23 @@ class DatasetStream:
         self.block_rows = min([m.chunk_rows for m in self.manifests if m.shape] or [1])
         self.cache_bytes = 2 * sum(m.chunk_rows * _row_bytes(m) for m in self.manifests)
         self._blobs = blobs
+        self._iterator: Iterator[Any] | None = None  # what next() reads; iter() starts afresh
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_blobs"] = None  # connections do not cross processes: reopened from the URI
+        state["_iterator"] = None  # a generator does not either
         return state
+
+    def __next__(self) -> Any:
+        """The next batch, so that the stream is an iterator (``next(stream)``) as API.md says.
+
+        ``for batch in stream`` (and a ``DataLoader``) calls ``iter()``, which starts a pass of
+        its own; ``next()`` continues one pass kept here.
+        """
+        if self._iterator is None:
+            self._iterator = iter(self)
+        return next(self._iterator)
 
     @property
     def blobs(self) -> BlobStore:
@@ -145,6 +162,11 @@ class DatasetStream:
         with ThreadPoolExecutor(self.prefetch) as pool:
             for epoch in range(self.epochs):
                 yield from self._epoch(epoch, pool, cache)
+
+
+def _is_int(value: Any) -> bool:
+    """An int, numpy's included (``np.int64(256)``), but not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 _torch_stream_class: type | None = None

@@ -723,3 +723,30 @@ class HubContract:
         monkeypatch.setattr(task_queue, "_last_expiry", {})
         assert hub.run_task("r") is False
         assert [t["status"] for t in hub.find_tasks("r")] == ["cancelled"]
+
+    def test_stream_is_an_iterator_and_takes_numpy_ints(self, hub: TensorHub) -> None:
+        # API.md: stream_dataset(...) -> iterator: next() works on it, as on a generator (TensorLayer's
+        # stream design); for-loops and DataLoader still start from the beginning with iter()
+        from collections.abc import Iterator
+
+        hub.save_dataset([np.arange(10), np.arange(10) * 2], "s")
+        stream = hub.stream_dataset("s", np.int64(4), shuffle=False, epochs=np.int32(1))  # numpy sizes are ints
+        assert isinstance(stream, Iterator)
+        x, y = next(stream)
+        np.testing.assert_array_equal(x, [0, 1, 2, 3])
+        np.testing.assert_array_equal(next(stream)[0], [4, 5, 6, 7])
+        np.testing.assert_array_equal(next(stream)[1], [16, 18])
+        with pytest.raises(StopIteration):
+            next(stream)
+        assert [len(b[0]) for b in stream] == [4, 4, 2]  # a for-loop reads a whole pass
+        for bad in ("a", 1.5, [1, 2]):
+            with pytest.raises(InvalidArgumentError, match="seed"):
+                hub.stream_dataset("s", 4, seed=bad)
+        with pytest.raises(InvalidArgumentError, match="batch_size"):
+            hub.stream_dataset("s", True)
+
+    def test_saving_none_as_a_dataset_is_refused(self, hub: TensorHub) -> None:
+        # find_dataset returns None for "no such dataset": a saved None could not be told apart
+        with pytest.raises(InvalidArgumentError, match="dataset"):
+            hub.save_dataset(None, "nothing")
+        assert hub.find_dataset_records() == []
