@@ -59,6 +59,22 @@ def test_worker_runs_tasks_then_exits_when_idle(tmp_path: Path) -> None:
         assert sorted(t["result"]["y"] for t in hub.find_tasks("w")) == [1, 2, 3]
 
 
+def test_worker_refuses_durations_that_would_busy_loop_or_lose_claims(tmp_path: Path) -> None:
+    # a zero/negative --lease expires every claim at once (the task runs twice), a zero --poll hammers
+    # the store: both are refused by name before anything runs
+    uri = _store(tmp_path)
+    script = tmp_path / "t.py"
+    script.write_text("pass\n")
+    with TensorHub(uri, project_name="p") as hub:
+        hub.create_task("b", script)
+        for option, value in (("--lease", "0"), ("--lease", "-5"), ("--poll", "0"), ("--idle-exit", "-1"),
+                              ("--max-tasks", "0")):
+            result = CliRunner().invoke(main, ["worker", uri, "--task-name", "b", "-p", "p", "--idle-exit", "0.2",
+                                               option, value])
+            assert result.exit_code == 2 and option in result.output, (option, value, result.output)
+        assert [t["status"] for t in hub.find_tasks("b")] == ["pending"]
+
+
 def test_worker_max_tasks(tmp_path: Path) -> None:
     uri = _store(tmp_path)
     script = tmp_path / "t.py"

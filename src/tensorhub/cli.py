@@ -119,10 +119,13 @@ def ls_command(kind: str, uri: str | None, project: str | None, limit: int, quer
 @click.argument("uri", required=False)
 @click.option("--task-name", default=None, help="Only run tasks with this task_name.")
 @click.option("--project", "-p", default=None, help="Project whose tasks to run.")
-@click.option("--lease", default=60.0, show_default=True, help="Seconds a claim lasts without a heartbeat.")
-@click.option("--poll", default=2.0, show_default=True, help="Longest wait between polls of an empty queue.")
-@click.option("--idle-exit", default=None, type=float, help="Exit after this many seconds with no task.")
-@click.option("--max-tasks", default=None, type=int, help="Exit after running this many tasks.")
+@click.option("--lease", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a claim lasts without a heartbeat.")
+@click.option("--poll", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Longest wait between polls of an empty queue.")
+@click.option("--idle-exit", default=None, type=click.FloatRange(min=0),
+              help="Exit after this many seconds with no task.")
+@click.option("--max-tasks", default=None, type=click.IntRange(min=1), help="Exit after running this many tasks.")
 @click.option("--in-process", is_flag=True, help="Run scripts in this process (TensorLayer's way), not in a child.")
 def worker_command(uri: str | None, task_name: str | None, project: str | None, lease: float, poll: float,
                    idle_exit: float | None, max_tasks: int | None, in_process: bool) -> None:
