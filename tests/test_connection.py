@@ -141,6 +141,16 @@ def test_project_name_defaults_to_the_scripts_file_stem(monkeypatch: pytest.Monk
         assert len(hub.find_training_logs()) == 1
 
 
+def test_bad_connection_arguments_are_clear_errors(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="path"):
+        TensorHub("file://", project_name="p")  # not the current directory, silently
+    assert list(tmp_path.iterdir()) == []
+    for port in ("abc", -1, 70000, 1.5):
+        with pytest.raises(InvalidArgumentError, match="port"):
+            TensorHub(ip="localhost", port=port, dbname="temp", project_name="p")
+
+
 def test_file_uri_on_a_regular_file_is_refused(tmp_path) -> None:
     target = tmp_path / "not-a-dir"
     target.write_text("x")

@@ -39,6 +39,12 @@ def _default_project_name() -> str:
 
 
 def _tensorlayer_uri(ip: str, port: int, dbname: str, username: str | None, password: str | None) -> str:
+    try:
+        valid = not isinstance(port, (bool, float)) and 0 < int(port) < 65536
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise InvalidArgumentError(f"port must be a TCP port number (1-65535, MongoDB's is 27017), got {port!r}")
     auth = f"{quote(username, safe='')}:{quote(password or '', safe='')}@" if username else ""
     return f"mongodb://{auth}{ip}:{int(port)}/{dbname}"
 

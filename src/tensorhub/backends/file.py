@@ -38,7 +38,7 @@ from bson.regex import Regex
 
 from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec
 from tensorhub.documents import CODEC_OPTIONS, encode_document
-from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, NotFoundError
+from tensorhub.errors import BackendUnavailableError, ConfigurationError, InvalidArgumentError, NotFoundError
 from tensorhub.query import apply_update, matches, sort_documents, validate_filter
 from tensorhub.registry import Stores
 
@@ -47,6 +47,9 @@ def path_from_uri(uri: str) -> Path:
     if "://" not in uri:
         return Path(uri).expanduser()
     parts = urlsplit(uri)
+    if not parts.netloc + parts.path:
+        raise ConfigurationError(f"{uri!r} names no directory; give the store's path, e.g. file://./tensorhub-data "
+                                 "or file:///data/hub")
     return Path(parts.netloc + parts.path).expanduser()
 
 
