@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import textwrap
@@ -125,3 +126,24 @@ def test_concurrent_appends_both_land(tmp_path: Path) -> None:
     with TensorHub(uri, project_name="p") as hub:
         (x,) = hub.find_dataset("c")
         assert len(x) == 40 and (x == 1.0).sum() == 15 and (x == 2.0).sum() == 15
+
+
+def test_progress_is_shown_only_to_a_person(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the default (no TENSORHUB_PROGRESS): a terminal or a notebook shows progress, a pipe, a log file or a
+    # batch job does not
+    import types
+
+    from tensorhub import progress
+
+    monkeypatch.delenv("TENSORHUB_PROGRESS", raising=False)
+    monkeypatch.setitem(sys.modules, "IPython", None)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+    assert progress.interactive() is False and progress.progress_bar(total=3).disable
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert progress.interactive() is True
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    kernel = types.SimpleNamespace(get_ipython=lambda: types.SimpleNamespace(kernel=object()))
+    monkeypatch.setitem(sys.modules, "IPython", kernel)  # a Jupyter notebook: stderr is no terminal there
+    assert progress.interactive() is True
+    monkeypatch.setenv("TENSORHUB_PROGRESS", "0")
+    assert progress.interactive() is False

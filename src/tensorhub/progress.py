@@ -10,11 +10,22 @@ from tqdm.auto import tqdm
 
 
 def interactive() -> bool:
-    """True when stderr is a terminal and ``TENSORHUB_PROGRESS`` is not ``0``."""
+    """True when a person is watching: stderr is a terminal, or this is a Jupyter kernel (its stderr is
+    no terminal, and tqdm.auto draws a widget there). ``TENSORHUB_PROGRESS=0``/``1`` decides instead."""
     setting = os.environ.get("TENSORHUB_PROGRESS")
     if setting is not None:
         return setting not in ("0", "false", "no")
-    return sys.stderr.isatty()
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty()) or _in_notebook()
+
+
+def _in_notebook() -> bool:
+    ipython = sys.modules.get("IPython")  # only if already imported: never import IPython for this
+    try:
+        shell = ipython.get_ipython() if ipython is not None else None
+    except Exception:  # noqa: BLE001 - a half-initialised IPython is no notebook
+        return False
+    return getattr(shell, "kernel", None) is not None
 
 
 def progress_bar(**kwargs: Any) -> tqdm:
