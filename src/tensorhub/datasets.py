@@ -130,9 +130,9 @@ def _append_one(writer: ChunkWriter, records: Records, entry: dict, rows: np.nda
         else:
             lossy = dtype.kind in "iubUS" and not np.array_equal(converted, rows)
         if lossy:
-            raise InvalidArgumentError(f"{entry['path']}: a {dtype} array cannot hold some of the appended {rows.dtype} "
-                                       "values (they would overflow or be truncated); append values that fit, or save "
-                                       "the dataset again with a wider dtype")
+            raise InvalidArgumentError(f"{entry['path']}: a {dtype} array cannot hold some of the appended "
+                                       f"{rows.dtype} values (they would overflow or be truncated); append values "
+                                       "that fit, or save the dataset again with a wider dtype")
     rows = converted
     step, n = manifest.chunk_rows, manifest.shape[0]
     full = n // step

@@ -421,7 +421,8 @@ class TensorHub:
             _tasks.COLLECTION, self._records.scope({**kwargs, "status": _tasks.PENDING}),
             {"$set": {"status": _tasks.CANCELLED, "finished_at": _tasks.utcnow()}})
         running = self._records.index.update_many(
-            _tasks.COLLECTION, self._records.scope({**kwargs, "status": _tasks.RUNNING}),
+            _tasks.COLLECTION,  # a task already asked to stop is not counted again
+            self._records.scope({**kwargs, "status": _tasks.RUNNING, "cancel_requested": {"$ne": True}}),
             {"$set": {"cancel_requested": True}})
         return pending + running
 

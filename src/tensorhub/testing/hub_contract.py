@@ -750,3 +750,18 @@ class HubContract:
         with pytest.raises(InvalidArgumentError, match="dataset"):
             hub.save_dataset(None, "nothing")
         assert hub.find_dataset_records() == []
+
+    def test_cancel_counts_each_task_once(self, hub: TensorHub, tmp_path: Path) -> None:
+        # cancel_tasks returns how many tasks it affected: a running task already asked to stop is not
+        # affected again, nor is a finished one
+        from tensorhub import tasks as task_queue
+
+        script = _script(tmp_path, "x = 1\n")
+        hub.create_task("c", script)
+        hub.create_task("c", script)
+        hub.create_task("done", script)
+        assert hub.run_task("done", in_process=True) is True
+        assert task_queue.claim_task(hub._records, {"task_name": "c"}) is not None  # one is running
+        assert hub.cancel_tasks() == 2
+        assert hub.cancel_tasks() == 0
+        assert sorted(t["status"] for t in hub.find_tasks()) == ["cancelled", "finished", "running"]
