@@ -47,6 +47,13 @@ def flatten(value: Any, allow_pickle: bool = False) -> Flattened:
     out = Flattened(spec=None)
 
     def walk(node: Any, path: str) -> Any:
+        if isinstance(node, np.ma.MaskedArray):  # np.asarray would keep the data and drop the mask
+            if allow_pickle:
+                return pickle_leaf(node)
+            raise SerializationError(
+                f"{path}: a masked array would lose its mask; store the data and the mask as two arrays "
+                "(np.ma.getdata(a), np.ma.getmaskarray(a)), or pass allow_pickle=True (loading will need it too)"
+            )
         if isinstance(node, np.ndarray) or isinstance(node, np.generic):
             array = np.asarray(node)
             if array.dtype.hasobject and allow_pickle:
@@ -60,7 +67,8 @@ def flatten(value: Any, allow_pickle: bool = False) -> Flattened:
         if isinstance(node, float):
             return {"t": "value", "v": node} if math.isfinite(node) else {"t": "float", "v": repr(node)}
         if isinstance(node, (list, tuple)):
-            return {"t": type(node).__name__ if type(node) in (list, tuple) else "list",
+            # a tuple subclass (namedtuple) comes back as a plain tuple: its class would need pickle
+            return {"t": "tuple" if isinstance(node, tuple) else "list",
                     "v": [walk(item, f"{path}[{i}]") for i, item in enumerate(node)]}
         if isinstance(node, dict):
             bad = [k for k in node if not isinstance(k, str)]

@@ -765,3 +765,22 @@ class HubContract:
         assert hub.cancel_tasks() == 2
         assert hub.cancel_tasks() == 0
         assert sorted(t["status"] for t in hub.find_tasks()) == ["cancelled", "finished", "running"]
+
+    def test_dataset_containers_and_masks_are_not_silently_changed(self, hub: TensorHub) -> None:
+        # API.md: find_dataset returns the same structure with equal values. A namedtuple comes back as
+        # a tuple (its class would need pickle), never as a list; a masked array's mask would be dropped
+        # by storing its data alone, so it is refused unless allow_pickle=True
+        import collections
+
+        Split = collections.namedtuple("Split", "x y")
+        hub.save_dataset(Split(np.ones(2), np.zeros(2)), "split")
+        got = hub.find_dataset("split")
+        assert type(got) is tuple and len(got) == 2
+        np.testing.assert_array_equal(got[1], np.zeros(2))
+        masked = np.ma.masked_array([1.0, 2.0, 3.0], mask=[False, True, False])
+        with pytest.raises(SerializationError, match="mask"):
+            hub.save_dataset([np.ones(2), masked], "masked")
+        assert hub.find_dataset_records(dataset_name="masked") == []
+        hub.save_dataset([np.ones(2), masked], "masked", allow_pickle=True)
+        back = hub.find_dataset("masked", allow_pickle=True)[1]
+        assert list(np.ma.getmaskarray(back)) == [False, True, False] and back[2] == 3.0
