@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import bson
+import numpy as np
 from bson import Int64, ObjectId
-from bson.codec_options import CodecOptions
+from bson.codec_options import CodecOptions, TypeRegistry
 from bson.tz_util import utc
 
 from tensorhub.errors import SerializationError
@@ -22,10 +23,21 @@ Document = dict[str, Any]
 CODEC_OPTIONS = CodecOptions(tz_aware=True)
 
 
+def _plain_number(value: Any) -> Any:
+    """numpy's bool, int and float scalars as Python's (a metric is often an ``np.float32``)."""
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    return value  # anything else stays unencodable: bson raises InvalidDocument
+
+
+#: how records are encoded: as BSON, with numpy's number scalars taken as plain numbers
+ENCODE_OPTIONS = CodecOptions(type_registry=TypeRegistry(fallback_encoder=_plain_number))
+
+
 def encode_document(document: Mapping[str, Any]) -> bytes:
     """BSON-encode a record, turning bson's errors into a clear :class:`SerializationError`."""
     try:
-        return bson.encode(document)
+        return bson.encode(document, codec_options=ENCODE_OPTIONS)
     except (bson.errors.InvalidDocument, bson.errors.InvalidStringData, OverflowError, TypeError,
             UnicodeEncodeError) as exc:
         raise SerializationError(

@@ -784,3 +784,19 @@ class HubContract:
         hub.save_dataset([np.ones(2), masked], "masked", allow_pickle=True)
         back = hub.find_dataset("masked", allow_pickle=True)[1]
         assert list(np.ma.getmaskarray(back)) == [False, True, False] and back[2] == 3.0
+
+    def test_numpy_scalars_are_stored_as_plain_numbers(self, hub: TensorHub) -> None:
+        # logged metrics and tags are often numpy scalars (a float32 mean, an int64 epoch): they are
+        # stored as the numbers they are (as MLflow's log_metric takes them), arrays still are not
+        hub.save_training_log(loss=np.float32(0.5), epoch=np.int64(3), step=np.uint8(7), ok=np.bool_(True),
+                              nested={"acc": [np.float64(0.25), np.int32(1)]})
+        (row,) = hub.find_training_logs(epoch=3)
+        assert (row["loss"], row["epoch"], row["step"], row["ok"]) == (0.5, 3, 7, True)
+        assert type(row["loss"]) is float and type(row["ok"]) is bool and row["nested"] == {"acc": [0.25, 1]}
+        hub.save_dataset(np.ones(2), "tagged", version=np.int64(2))
+        assert hub.find_dataset("tagged", version=2) is not None
+        with pytest.raises(SerializationError):
+            hub.save_training_log(weights=np.ones(3))
+        with pytest.raises(SerializationError):
+            hub.save_training_log(when=np.datetime64("2020-01-01"))
+        assert len(hub.find_training_logs()) == 1
