@@ -30,6 +30,16 @@ def _plain_number(value: Any) -> Any:
     return value  # anything else stays unencodable: bson raises InvalidDocument
 
 
+def plain_numbers(value: Any) -> Any:
+    """``value`` (a query: dicts, lists, tuples) with numpy's number scalars as Python's, so a query
+    means the same on every backend (pymongo cannot encode them, the matcher cannot compare them)."""
+    if isinstance(value, Mapping):
+        return {k: plain_numbers(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_numbers(v) for v in value]
+    return _plain_number(value)
+
+
 #: how records are encoded: as BSON, with numpy's number scalars taken as plain numbers
 ENCODE_OPTIONS = CodecOptions(type_registry=TypeRegistry(fallback_encoder=_plain_number))
 

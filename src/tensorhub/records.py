@@ -24,7 +24,7 @@ from typing import Any
 from bson import ObjectId
 
 from tensorhub.backends.base import BlobStore, Document, IndexStore
-from tensorhub.documents import normalize_document
+from tensorhub.documents import normalize_document, plain_numbers
 from tensorhub.errors import InvalidArgumentError, InvalidQueryError
 from tensorhub.query import normalize_sort, validate_filter
 
@@ -70,6 +70,7 @@ class Records:
         for key in query:
             if not isinstance(key, str):
                 raise InvalidQueryError(f"query keys must be strings, got {key!r}")
+        query = plain_numbers(query)  # np.int64(3) means 3 on every backend
         validate_filter(query)
         if "project_name" in query and query["project_name"] != self.project_name:
             return {"$and": [query, {"project_name": self.project_name}]}

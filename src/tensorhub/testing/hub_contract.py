@@ -800,3 +800,11 @@ class HubContract:
         with pytest.raises(SerializationError):
             hub.save_training_log(when=np.datetime64("2020-01-01"))
         assert len(hub.find_training_logs()) == 1
+
+    def test_numpy_scalars_in_queries_mean_the_same_everywhere(self, hub: TensorHub) -> None:
+        # API.md: queries mean the same on every backend, numpy scalars in them too
+        hub.save_training_logs([{"epoch": e, "loss": 1 / (e + 1)} for e in range(5)])
+        assert [r["epoch"] for r in hub.find_training_logs(epoch=np.int64(3))] == [3]
+        assert sorted(r["epoch"] for r in hub.find_training_logs(epoch={"$in": [np.int32(1), np.int64(2)]})) == [1, 2]
+        assert len(hub.find_training_logs(loss={"$lt": np.float32(0.3)})) == 2
+        assert hub.delete_training_log(epoch={"$gte": np.uint8(3)}) == 2
