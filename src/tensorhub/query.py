@@ -715,6 +715,8 @@ def validate_filter(query: Mapping[str, Any]) -> None:
                 raise InvalidQueryError(f"{key} needs a non-empty list of queries")
             for sub in condition:
                 validate_filter(sub)
+        elif key.startswith("$") and key != "$comment":  # as matches() says, before any document is tested
+            raise InvalidQueryError(f"unsupported top-level operator {key!r}; use $and, $or or $nor")
         elif _is_operator_doc(condition):
             for op, arg in condition.items():
                 if op == "$not" and isinstance(arg, Mapping):

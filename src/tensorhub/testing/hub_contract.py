@@ -808,3 +808,16 @@ class HubContract:
         assert sorted(r["epoch"] for r in hub.find_training_logs(epoch={"$in": [np.int32(1), np.int64(2)]})) == [1, 2]
         assert len(hub.find_training_logs(loss={"$lt": np.float32(0.3)})) == 2
         assert hub.delete_training_log(epoch={"$gte": np.uint8(3)}) == 2
+
+    def test_unsupported_top_level_operators_fail_on_every_backend(self, hub: TensorHub) -> None:
+        # API.md: queries mean the same on every backend. $expr/$where/$text would run natively on
+        # MongoDB only (and $expr slipped through the check on an empty file:// or s3:// collection)
+        for query in ({"$expr": {"$gt": ["$n", 1]}}, {"$where": "true"}, {"$text": {"$search": "x"}}):
+            with pytest.raises(InvalidQueryError, match="top-level"):
+                hub.find_training_logs(**query)
+            hub.save_training_log(n=5)
+            with pytest.raises(InvalidQueryError, match="top-level"):
+                hub.find_training_logs(**query)
+            with pytest.raises(InvalidQueryError, match="top-level"):
+                hub.delete_training_log(**query)
+        assert len(hub.find_training_logs(**{"$comment": "why", "n": 5})) == 3
