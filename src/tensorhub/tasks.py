@@ -92,6 +92,8 @@ def create_tasks(records: Records, task_name: str, script: str | os.PathLike[str
                                        f"{{'n_units': 800}}, got {point!r}")
     if not isinstance(max_attempts, int) or max_attempts < 1:
         raise InvalidArgumentError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+    if isinstance(priority, bool) or not isinstance(priority, (int, float)) or priority != priority:
+        raise InvalidArgumentError(f"priority must be a number (higher runs first, default 0), got {priority!r}")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
     path, text = read_script(script)

@@ -821,3 +821,14 @@ class HubContract:
             with pytest.raises(InvalidQueryError, match="top-level"):
                 hub.delete_training_log(**query)
         assert len(hub.find_training_logs(**{"$comment": "why", "n": 5})) == 3
+
+    def test_task_priority_must_be_a_number(self, hub: TensorHub, tmp_path: Path) -> None:
+        # priority orders claims (higher first): a string or NaN would sort apart from every number, silently
+        script = _script(tmp_path, "x = 1\n")
+        for bad in ("high", None, float("nan"), True):
+            with pytest.raises(InvalidArgumentError, match="priority"):
+                hub.create_task("p", script, priority=bad)
+        assert hub.find_tasks() == []
+        hub.create_task("p", script, priority=-1, description="low")
+        hub.create_task("p", script, priority=2.5, description="high")
+        assert [t["description"] for t in hub.find_tasks("p", sort=[("priority", -1)])] == ["high", "low"]
