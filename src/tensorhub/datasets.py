@@ -159,6 +159,13 @@ def append_dataset(records: Records, dataset_name: str, rows: Any, sort: Any = N
             raise NotFoundError(f"no dataset {dataset_name!r} matches {query or 'the query'}; save it first")
         record = found[0]
         if dumps_spec(_shape_free(flat.spec)) != dumps_spec(_shape_free(loads_spec(record["spec"]))):
+            stored = [s["dtype"] for s in record["schema"]]
+            given = [a.dtype.str for a in flat.arrays]
+            if dumps_spec(_shape_free(flat.spec, kinds=False)) == dumps_spec(
+                    _shape_free(loads_spec(record["spec"]), kinds=False)):  # e.g. int64 rows for a uint8 array
+                raise InvalidArgumentError(f"the rows' arrays ({', '.join(map(_dtype_name, given))}) are not of "
+                                           f"the kinds of dataset {dataset_name!r} "
+                                           f"({', '.join(map(_dtype_name, stored))}); convert them with .astype()")
             raise InvalidArgumentError(f"the rows' structure does not match dataset {dataset_name!r}: append the "
                                        "same containers and keys, with arrays in the same places")
         lengths = [int(a.shape[0]) if a.ndim else None for a in flat.arrays]
@@ -185,15 +192,20 @@ def append_dataset(records: Records, dataset_name: str, rows: Any, sort: Any = N
     raise TensorHubError(f"could not append to {dataset_name!r}: {APPEND_RETRIES} concurrent updates in a row")
 
 
-def _shape_free(spec: Any) -> Any:
-    """A spec without array shapes' first axis and JSON values: what must match for an append."""
+def _dtype_name(dtype: str) -> str:
+    return str(np.dtype(dtype))
+
+
+def _shape_free(spec: Any, kinds: bool = True) -> Any:
+    """A spec without array shapes' first axis and JSON values: what must match for an append
+    (without the arrays' dtype kinds too, unless ``kinds``)."""
     kind = spec["t"]
     if kind in ("array", "scalar"):
-        return {"t": kind, "dtype": np.dtype(spec["dtype"]).kind, "shape": spec["shape"][1:]}
+        return {"t": kind, "dtype": np.dtype(spec["dtype"]).kind if kinds else None, "shape": spec["shape"][1:]}
     if kind in ("list", "tuple"):
-        return {"t": kind, "v": [_shape_free(n) for n in spec["v"]]}
+        return {"t": kind, "v": [_shape_free(n, kinds) for n in spec["v"]]}
     if kind == "dict":
-        return {"t": "dict", "k": spec["k"], "v": [_shape_free(n) for n in spec["v"]]}
+        return {"t": "dict", "k": spec["k"], "v": [_shape_free(n, kinds) for n in spec["v"]]}
     return {"t": "value"}
 
 

@@ -832,3 +832,10 @@ class HubContract:
         hub.create_task("p", script, priority=-1, description="low")
         hub.create_task("p", script, priority=2.5, description="high")
         assert [t["description"] for t in hub.find_tasks("p", sort=[("priority", -1)])] == ["high", "low"]
+
+    def test_append_of_another_kind_of_number_says_so(self, hub: TensorHub) -> None:
+        # the refusal names the dtypes, not only "the structure", when the containers do match
+        hub.save_dataset([np.arange(4, dtype=np.uint8)], "u")
+        with pytest.raises(InvalidArgumentError, match="uint8"):
+            hub.append_dataset("u", [np.array([1, 2])])
+        assert hub.append_dataset("u", [np.array([1, 2], dtype=np.uint8)]) == 6
