@@ -248,7 +248,7 @@ class TensorHub:
         options = {k: kwargs.pop(k) for k in ("allow_pickle", "into", "trusted") if k in kwargs}
         limit = kwargs.pop("limit", None)
         if model_name is not None:
-            kwargs["model_name"] = model_name
+            kwargs["model_name"] = _datasets.check_name(model_name, "model_name")
         found = self._records.find(_models.COLLECTION, _models.lineage_query(kwargs), sort=sort, limit=limit)
         return [_models.load_model(self._records, record, **options) for record in found]
 

@@ -42,8 +42,11 @@ def _check_array(array: np.ndarray, path: str) -> None:
         raise SerializationError(f"{path}: raw void arrays cannot be stored; use a numeric or structured dtype")
 
 
-def flatten(value: Any, allow_pickle: bool = False) -> Flattened:
-    """Take a nested structure apart into a spec and its arrays (see the module docstring)."""
+def flatten(value: Any, allow_pickle: bool = False, root: str = "dataset") -> Flattened:
+    """Take a nested structure apart into a spec and its arrays (see the module docstring).
+
+    Errors name the offending leaf by its path from ``root`` (``dataset[1]['x']``).
+    """
     out = Flattened(spec=None)
 
     def walk(node: Any, path: str) -> Any:
@@ -90,7 +93,7 @@ def flatten(value: Any, allow_pickle: bool = False) -> Flattened:
         out.pickles.append(pickle.dumps(node, protocol=pickle.HIGHEST_PROTOCOL))
         return {"t": "pickle", "i": len(out.pickles) - 1}
 
-    out.spec = walk(value, "dataset")
+    out.spec = walk(value, root)
     return out
 
 

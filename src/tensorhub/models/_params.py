@@ -34,7 +34,7 @@ class ParamsAdapter(ModelAdapter):
         return isinstance(network, (list, tuple, dict))
 
     def save(self, network: Any, **options: Any) -> SavedModel:
-        flat = flatten(network, allow_pickle=bool(options.get("allow_pickle")))
+        flat = flatten(network, allow_pickle=bool(options.get("allow_pickle")), root="model")
         paths = {node["i"]: path for path, node in array_paths(flat.spec)}
         params = [{"path": paths.get(i, f"[{i}]"), "dtype": a.dtype.str, "shape": list(a.shape)}
                   for i, a in enumerate(flat.arrays)]

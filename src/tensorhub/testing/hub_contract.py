@@ -315,6 +315,15 @@ class HubContract:
             hub.save_model(_Opaque(1), "weird")
         assert hub.find_model() is None and _all_blobs(hub) == []
 
+    def test_bad_model_arguments_name_the_model(self, hub: TensorHub) -> None:
+        with pytest.raises(SerializationError, match=r"^model\[1\]"):
+            hub.save_model([np.ones(2), _Opaque(1)], "params")
+        with pytest.raises(InvalidArgumentError, match="model_name"):
+            hub.find_model(model_name=3)  # never silently "not found"
+        with pytest.raises(InvalidArgumentError, match="model_name"):
+            hub.find_all_models(model_name="")
+        assert hub.find_model() is None and _all_blobs(hub) == []
+
     def test_torch_module_round_trip(self, hub: TensorHub) -> None:
         torch = pytest.importorskip("torch")
         from tensorhub.testing.torch_models import TinyMLP
