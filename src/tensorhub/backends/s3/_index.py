@@ -63,6 +63,7 @@ Conditional writes need an S3 that implements them (AWS since 2024, MinIO, R2, m
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import threading
@@ -77,7 +78,7 @@ from bson import ObjectId
 
 from tensorhub.backends.base import Document, IndexStore, SortSpec
 from tensorhub.backends.s3._connection import S3Connection
-from tensorhub.backends.s3._segments import Entry, Segment, State, idkey
+from tensorhub.backends.s3._segments import MERGED_SUFFIX, Entry, Segment, State, idkey, is_merged
 from tensorhub.documents import decode_document, encode_document
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError
 from tensorhub.query import apply_update, matches, sort_documents
@@ -92,6 +93,24 @@ DEAD_STATE_GRACE = timedelta(hours=1)
 MAX_VIEW_AGE = 600.0
 #: an ``_id`` filter re-reads the states of at most this many segments instead of LISTing the collection
 ID_LOOKUP_SEGMENTS = 8
+#: LISTs of one refresh before giving up when segments keep vanishing under it (merged away)
+REFRESH_ATTEMPTS = 8
+#: times an update looks its documents up again after their segment was merged away
+RELOCATE_ROUNDS = 8
+#: a query that sees this many small live segments starts a background compaction
+#: ($TENSORHUB_S3_COMPACT_TRIGGER overrides; 0 turns automatic compaction off)
+COMPACT_TRIGGER = int(os.environ.get("TENSORHUB_S3_COMPACT_TRIGGER", "64"))
+#: segments up to this size (their documents' BSON) are merged
+COMPACT_SMALL_BYTES = 1 << 20
+#: one merge takes at most this many segments and about this many bytes
+COMPACT_MAX_SOURCES = 2000
+COMPACT_TARGET_BYTES = 16 << 20
+#: merges per compact() call
+COMPACT_ROUNDS = 16
+#: a compactor commits only if it got there this many seconds after it started (<< DEAD_STATE_GRACE)
+COMPACT_COMMIT_WINDOW = 120.0
+#: a merge left uncommitted this long (seconds, by its LastModified) was abandoned and is aborted
+COMPACT_ABANDONED_AFTER = 600.0
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -128,7 +147,9 @@ class _View:
     states: dict[str, State] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # live segment ids, in listing order
     orphans: dict[str, datetime] = field(default_factory=dict)  # state without segment -> LastModified
-    undeleted: list[str] = field(default_factory=list)  # dead segments whose object is still there
+    undeleted: list[str] = field(default_factory=list)  # dead/merged-away segments whose object is still there
+    pending: dict[str, datetime] = field(default_factory=dict)  # merged segment not committed -> LastModified
+    compactor: threading.Thread | None = None  # the background compaction of this collection, if any
     seen: dict[str, float] = field(default_factory=dict)  # sid -> when a listing (or our insert) showed it
     entries: list[Entry] = field(default_factory=list)
     key_index: dict[Any, str] = field(default_factory=dict)  # _id key -> sid of the live documents
@@ -152,8 +173,13 @@ class S3IndexStore(IndexStore):
         self.uri = connection.uri
 
     def close(self) -> None:
+        """Release the connection, after letting a background compaction finish its current merge."""
         if not self._closed:
             self._closed = True
+            with self._views_lock:
+                compactors = [v.compactor for v in self._views.values() if v.compactor is not None]
+            for thread in compactors:
+                thread.join(timeout=60)
             self._conn.release()
 
     # -------------------------------------------------------------- keys and cache
@@ -195,49 +221,96 @@ class S3IndexStore(IndexStore):
 
         ``view.lock`` is only held for short in-memory steps, never while waiting on the thread
         pool (whose threads may be CAS workers needing it); ``refresh_lock`` serialises refreshes.
+        A segment that vanishes between the LIST and its GET (merged away or dead) makes the
+        refresh start over, a bounded number of times.
         """
         prefix = self._prefix(collection)
         view = self._view(collection)
         with view.refresh_lock:
-            # A segment is deleted only after its state is dead, and a dead state is swept only
-            # DEAD_STATE_GRACE later, so a listing never shows a live segment without its state.
-            segments, states = self._listing(prefix)
-            now = time.monotonic()
+            for attempt in range(REFRESH_ATTEMPTS):
+                if self._refresh_once(collection, prefix, view):
+                    return view
+                log.debug("s3 index %s/%s: a segment vanished during a refresh (attempt %d)", self.uri,
+                          collection, attempt)
+        raise BackendUnavailableError(f"{collection} at {self.uri} kept changing while it was read "
+                                      f"({REFRESH_ATTEMPTS} attempts); try again")
+
+    def _refresh_once(self, collection: str, prefix: str, view: _View) -> bool:
+        # The LIST returns seg/ keys before state/ keys and each in key order, page after page, so
+        # a document is always seen in at least one of its segments: a merged segment's id sorts
+        # after its sources', it exists before they are removed, and the state that commits it is
+        # listed after all of them (see the module doc).
+        segments, states = self._listing(prefix)
+        now = time.monotonic()
+
+        def stale(sids: Any) -> list[str]:
             with view.lock:
-                stale = [sid for sid, obj in states.items()
-                         if sid in segments and (sid not in view.states or view.states[sid].etag != obj["ETag"])]
-            fetched = self._conn.map(lambda sid: (sid, self._fetch_state(collection, sid)), stale)
+                return [sid for sid in sids if sid in states
+                        and (sid not in view.states or view.states[sid].etag != states[sid]["ETag"])]
+
+        def install(fetched: list[tuple[str, State]]) -> None:
             with view.lock:
                 for sid, state in fetched:
                     view.states[sid] = state
-                fetched_ids = {sid for sid, _ in fetched}
-                for sid in segments:
-                    cached = view.states.get(sid)
-                    if sid not in states and (cached is None or cached.etag is None):
-                        view.states[sid] = State(checked=now)  # no state object: fresh
-                    elif cached is not None and sid not in fetched_ids:
-                        cached.checked = now
-                live = [sid for sid in sorted(segments) if sid in view.states and not view.states[sid].dead]
-                missing = [sid for sid in live if sid not in view.segments]
 
-            def load(sid: str) -> tuple[str, Segment | None]:
-                key = self._seg_key(collection, sid)
-                got = self._conn.get(key)
-                return sid, None if got is None else Segment.parse(got[0], key)
+        fetched = self._conn.map(lambda sid: (sid, self._fetch_state(collection, sid)), stale(segments))
+        install(fetched)
+        with view.lock:
+            fetched_ids = {sid for sid, _ in fetched}
+            for sid in segments:
+                cached = view.states.get(sid)
+                if sid not in states and (cached is None or cached.etag is None):
+                    view.states[sid] = State(checked=now)  # no state object: fresh (or a merge not committed)
+                elif cached is not None and sid not in fetched_ids:
+                    cached.checked = now
+            targets = {view.states[sid].merged_into for sid in segments
+                       if sid in view.states and view.states[sid].merged_into}
+        # the states of merges that segments point at but whose merged segment is gone (dead, aborted)
+        install(self._conn.map(lambda sid: (sid, self._fetch_state(collection, sid)),
+                               stale(t for t in targets if t not in segments)))
+        with view.lock:
+            def committed(sid: str | None) -> bool:
+                state = view.states.get(sid) if sid in states else None
+                return state is not None and state.etag is not None and not state.aborted
 
-            loaded = self._conn.map(load, missing)
-            with view.lock:
-                gone = {sid for sid, segment in loaded if segment is None}  # swept between LIST and GET: dead
-                view.segments.update((sid, segment) for sid, segment in loaded if segment is not None)
-                view.order = [sid for sid in live if sid not in gone]
-                keep = set(view.order)
-                view.segments = {sid: seg for sid, seg in view.segments.items() if sid in keep}
-                view.states = {sid: st for sid, st in view.states.items() if sid in segments}
-                view.orphans = {sid: obj["LastModified"] for sid, obj in states.items() if sid not in segments}
-                view.undeleted = [sid for sid in segments if sid in view.states and view.states[sid].dead]
-                view.seen = {sid: now for sid in view.order}
-                self._rebuild(view)
-        return view
+            superseded = {sid for sid in segments if committed(view.states[sid].merged_into)}
+            candidates = [sid for sid in segments
+                          if sid not in superseded and not view.states[sid].dead and not view.states[sid].aborted
+                          and (not is_merged(sid) or committed(sid))]
+            missing = [sid for sid in candidates if sid not in view.segments]
+
+        def load(sid: str) -> tuple[str, Segment | None]:
+            key = self._seg_key(collection, sid)
+            got = self._conn.get(key)
+            return sid, None if got is None else Segment.parse(got[0], key, merged=is_merged(sid))
+
+        loaded = self._conn.map(load, missing)
+        if any(segment is None for _, segment in loaded):
+            return False  # merged away or dead since the LIST: read again
+        with view.lock:
+            view.segments.update(loaded)
+            for sid in candidates:  # a committed merge replaces its sources even if we read them unmarked
+                superseded.update(view.segments[sid].sources)
+            live = [sid for sid in candidates if sid not in superseded]
+            view.order = sorted(live, key=lambda sid: (self._first(view, sid), sid))
+            keep = set(view.order)
+            view.segments = {sid: seg for sid, seg in view.segments.items() if sid in keep}
+            view.states = {sid: st for sid, st in view.states.items() if sid in segments or sid in targets}
+            view.orphans = {sid: obj["LastModified"] for sid, obj in states.items()
+                            if sid not in segments and sid not in targets}
+            view.undeleted = [sid for sid in segments
+                              if view.states[sid].dead or view.states[sid].aborted or sid in superseded]
+            view.pending = {sid: obj["LastModified"] for sid, obj in segments.items()
+                            if is_merged(sid) and sid not in states}
+            view.seen = {sid: now for sid in view.order}
+            self._rebuild(view)
+        return True
+
+    @staticmethod
+    def _first(view: _View, sid: str) -> str:
+        """A segment's place in the collection's order: a merged one takes its oldest source's."""
+        segment = view.segments.get(sid)
+        return segment.first if segment is not None and segment.first else sid
 
     def _rebuild(self, view: _View) -> None:
         """Recompute the resolved documents if any segment or state changed (caller holds the lock)."""
@@ -326,37 +399,100 @@ class S3IndexStore(IndexStore):
         self._install(collection, sid, new)
         return True
 
-    def _change_segment(self, collection: str, sid: str, filter: Mapping[str, Any],
-                        change: Any, first_only: bool = False, sort: SortSpec | None = None) -> list[bytes]:
+    def _change_segment(self, collection: str, sid: str, filter: Mapping[str, Any], change: Any,
+                        keys: set[Any] | None = None, first_only: bool = False,
+                        sort: SortSpec | None = None) -> list[bytes] | None:
         """CAS-apply ``change(state, entries) -> new state`` to the matches of one segment.
 
-        Retries on conflicts (re-reading the state); returns the raw BSON of the changed documents.
+        Retries on conflicts (re-reading the state); returns the raw BSON of the changed
+        documents, or ``None`` if the segment was merged away or swept: its documents (``keys``,
+        when given, limits the change to them) must then be looked up where they are now.
         """
         view = self._view(collection)
         for attempt in range(CAS_ATTEMPTS):
             try:
                 state = self._current(collection, sid)
             except _Gone:
-                return []
+                return None
+            if state.aborted or (is_merged(sid) and state.etag is None):
+                return None  # a merge that never committed: the documents are in its sources
+            if state.merged_into and self._merge_committed(collection, state.merged_into):
+                return None
             with view.lock:
                 hits = self._select(self._segment_entries(view, sid), filter, sort)
+            if keys is not None:
+                hits = [e for e in hits if e.key in keys]
             if first_only:
                 hits = hits[:1]
             if not hits:
                 return []
-            new, raws = change(state, hits)
+            new, raws = change(state, hits)  # a new state has no merged_into: an aborted merge's mark goes
             try:
                 if self._cas(collection, sid, state, new):
                     if new.dead:
                         self._drop_segment(collection, sid)
                     return raws
             except _Gone:
-                return []
+                return None
             log.debug("s3 index %s/%s: CAS conflict on segment %s (attempt %d)", self.uri, collection, sid, attempt)
             time.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
         raise BackendUnavailableError(
             f"gave up updating {collection} at {self.uri} after {CAS_ATTEMPTS} conflicting concurrent writes; "
             "too many writers on the same records, try again")
+
+    def _change_keys(self, collection: str, groups: Mapping[str, set[Any]], filter: Mapping[str, Any],
+                     make_change: Any) -> list[bytes]:
+        """Apply ``make_change(sid)`` to the matches among ``groups`` (sid -> document keys), in parallel.
+
+        The documents of a segment merged away meanwhile are looked up again (a LIST) in the
+        segment that holds them now, so an update or delete racing a compaction is never lost.
+        """
+        out: list[bytes] = []
+        for _ in range(RELOCATE_ROUNDS):
+            done = self._conn.map(
+                lambda item: (item[0], self._change_segment(collection, item[0], filter, make_change(item[0]),
+                                                            keys=item[1])), list(groups.items()))
+            moved: set[Any] = set()
+            for sid, raws in done:
+                if raws is None:
+                    moved |= groups[sid]
+                else:
+                    out.extend(raws)
+            if not moved:
+                return out
+            view = self._refresh(collection)
+            with view.lock:
+                regrouped: dict[str, set[Any]] = {}
+                for key in moved:
+                    if key in view.key_index:
+                        regrouped.setdefault(view.key_index[key], set()).add(key)
+            groups = regrouped
+        raise BackendUnavailableError(f"gave up updating {collection} at {self.uri}: its segments kept being "
+                                      "merged under the update; try again")
+
+    def _merge_committed(self, collection: str, xid: str) -> bool:
+        """Whether the merge into ``xid`` committed; one still pending is aborted (writers do not wait)."""
+        state = self._fetch_state(collection, xid)
+        if state.etag is not None:
+            return not state.aborted
+        return not self._abort_merge(collection, xid)
+
+    def _abort_merge(self, collection: str, xid: str) -> bool:
+        """Abort the merge into ``xid`` unless it committed first; ``True`` if it is (now) aborted.
+
+        Commit and abort both create the merged segment's state with ``IfNoneMatch``: exactly one wins.
+        """
+        rev = ObjectId()
+        if self._conn.put_if(self._state_key(collection, xid), State(aborted=True).encode(rev), None) is None:
+            state = self._fetch_state(collection, xid)
+            if state.etag is None:
+                raise BackendUnavailableError(f"the merge state of {xid} in {collection} at {self.uri} "
+                                              "was neither created nor readable; try again")
+            if not state.aborted and state.rev != rev:
+                return False
+        with suppress(BackendUnavailableError):
+            self._conn.delete_keys([self._seg_key(collection, xid)])
+        return True
 
     def _drop_segment(self, collection: str, sid: str) -> None:
         """Remove a dead segment's object (its state stays as a tombstone until swept)."""
@@ -464,7 +600,8 @@ class S3IndexStore(IndexStore):
 
         A filter on ``_id`` whose documents this instance already knows, in a few segments (the
         repository's finish, heartbeat and delete paths) costs one GET of each of those segments'
-        states instead of a LIST of the whole collection; anything else refreshes the whole view.
+        states instead of a LIST of the whole collection; anything else refreshes the whole view,
+        and so does a segment found merged into another (or gone) meanwhile.
         """
         keys, _ = _split_id_condition(filter)
         view = self._view(collection)
@@ -472,29 +609,35 @@ class S3IndexStore(IndexStore):
             with view.lock:
                 sids = {view.key_index.get(k) for k in keys}
             if None not in sids and len(sids) <= ID_LOOKUP_SEGMENTS:
-                def reload(sid: str) -> None:
-                    with suppress(_Gone):
-                        self._reload(collection, sid)
+                def reload(sid: str) -> bool:
+                    try:
+                        return self._reload(collection, sid).merged_into is None
+                    except _Gone:
+                        return False
 
-                self._conn.map(reload, sorted(sids))
-                return view, sorted(sids)
+                if all(self._conn.map(reload, sorted(sids))):
+                    return view, sorted(sids)
         view = self._refresh(collection)
+        self._maybe_compact(collection)
         with view.lock:
             return view, list(view.order)
 
-    def _by_segment(self, collection: str, filter: Mapping[str, Any]) -> list[str]:
+    def _by_segment(self, collection: str, filter: Mapping[str, Any]) -> dict[str, set[Any]]:
+        """The keys of the documents matching ``filter``, grouped by the segment holding them."""
         view, _ = self._targets(collection, filter)
         with view.lock:
             entries = view.entries
-        return list(dict.fromkeys(e.sid for e in self._select(entries, filter)))
+        groups: dict[str, set[Any]] = {}
+        for e in self._select(entries, filter):
+            groups.setdefault(e.sid, set()).add(e.key)
+        return groups
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
         self._validate_update(update)
-        sids = self._by_segment(collection, filter)
-        done = self._conn.map(
-            lambda sid: self._change_segment(collection, sid, filter,
-                                             lambda state, hits: self._updated(state, hits, update)), sids)
-        return sum(len(raws) for raws in done)
+        groups = self._by_segment(collection, filter)
+        done = self._change_keys(collection, groups, filter,
+                                 lambda sid: lambda state, hits: self._updated(state, hits, update))
+        return len(done)
 
     def find_one_and_update(
         self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any], sort: SortSpec | None = None
@@ -509,7 +652,10 @@ class S3IndexStore(IndexStore):
             first = hits[0]
             raws = self._change_segment(
                 collection, first.sid, {"_id": first.doc["_id"], "$and": [filter]},
-                lambda state, found: self._updated(state, found, update), first_only=True)
+                lambda state, found: self._updated(state, found, update), keys={first.key}, first_only=True)
+            if raws is None:  # merged away: find it (and the other candidates) where they are now
+                view = self._refresh(collection)
+                continue
             if raws:
                 return decode_document(raws[0])
             # the first match stopped matching under us (taken by another writer): next candidate
@@ -517,30 +663,181 @@ class S3IndexStore(IndexStore):
                                       "every candidate was taken by concurrent writers; try again")
 
     def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
-        sids = self._by_segment(collection, filter)
+        groups = self._by_segment(collection, filter)
         view = self._view(collection)
-        done = self._conn.map(
-            lambda sid: self._change_segment(collection, sid, filter,
-                                             lambda state, hits: self._deleted(view, sid, state, hits)), sids)
+        done = self._change_keys(collection, groups, filter,
+                                 lambda sid: lambda state, hits: self._deleted(view, sid, state, hits))
         self._sweep(collection)
-        return sum(len(raws) for raws in done)
+        return len(done)
 
     def _sweep(self, collection: str) -> None:
-        """Best effort: remove dead segments left behind, and tombstones older than the grace period."""
+        """Best effort: remove dead and merged-away segments left behind, then tombstones older than the grace.
+
+        Segment objects go first: a tombstone is only removed once no listed segment can point at it.
+        """
         view = self._view(collection)
         cutoff = datetime.now(timezone.utc) - DEAD_STATE_GRACE
         with view.lock:
             old = [sid for sid, modified in view.orphans.items() if modified < cutoff]
-            keys = [self._seg_key(collection, sid) for sid in view.undeleted]
-            keys += [self._state_key(collection, sid) for sid in old]
-        if not keys:
-            return
+            segment_keys = [self._seg_key(collection, sid) for sid in view.undeleted]
+            state_keys = [self._state_key(collection, sid) for sid in old]
         try:
-            self._conn.delete_keys(keys)
+            if segment_keys:
+                self._conn.delete_keys(segment_keys)
+                with view.lock:
+                    view.undeleted = []
+            if state_keys:
+                self._conn.delete_keys(state_keys)
+                with view.lock:
+                    for sid in old:
+                        view.orphans.pop(sid, None)
         except BackendUnavailableError:
-            log.warning("could not sweep %d dead objects of %s", len(keys), collection, exc_info=True)
-            return
+            log.warning("could not sweep %d dead objects of %s", len(segment_keys) + len(state_keys), collection,
+                        exc_info=True)
+
+    # -------------------------------------------------------------- compaction
+    def compact(self, collection: str) -> int:
+        """Merge the collection's small segments into few large ones; return how many were merged away.
+
+        Safe while other processes insert, update, delete, query and compact the same collection
+        (see "Compaction" in the module doc); a compaction that fails or is killed midway leaves
+        the index correct and is cleaned up by a later one. Runs at most :data:`COMPACT_ROUNDS`
+        merges of up to :data:`COMPACT_MAX_SOURCES` segments each.
+
+        Example::
+
+            hub.index.compact("training_logs")   # 10,000 one-row segments -> a few merged ones
+        """
+        self._prefix(collection)
+        merged = 0
+        for _ in range(COMPACT_ROUNDS):
+            if self._closed:
+                break
+            done = self._compact_once(collection)
+            if done == 0:
+                break
+            merged += done
+        return merged
+
+    def _small(self, view: _View) -> list[str]:
+        """The live segments worth merging, oldest first (caller holds the lock)."""
+        out = []
+        for sid in view.order:
+            state = view.states.get(sid) or State()
+            if view.segments[sid].nbytes > COMPACT_SMALL_BYTES:
+                continue
+            if state.merged_into and state.merged_into in view.pending:
+                continue  # another compaction is merging it right now
+            out.append(sid)
+        return out
+
+    def _compact_once(self, collection: str) -> int:
+        """One merge: write the merged segment, mark its sources (CAS), commit, remove the sources."""
+        started = time.monotonic()
+        view = self._refresh(collection)
+        self._abandon(collection, view)
+        self._sweep(collection)
         with view.lock:
-            for sid in old:
-                view.orphans.pop(sid, None)
-            view.undeleted = []
+            picked: list[tuple[str, State, list[Entry]]] = []
+            size = 0
+            for sid in self._small(view):
+                segment = view.segments[sid]
+                if len(picked) >= COMPACT_MAX_SOURCES or (picked and size + segment.nbytes > COMPACT_TARGET_BYTES):
+                    break
+                state = view.states.get(sid) or State()
+                picked.append((sid, state, self._segment_entries(view, sid)))
+                size += segment.nbytes
+            first = min((self._first(view, sid) for sid, _, _ in picked), default="")
+        if len(picked) < 2:
+            return 0
+        sources = [sid for sid, _, _ in picked]
+        xid = _merged_id(sources)
+        body = Segment.encode_merged([e.raw for _, _, entries in picked for e in entries], sources, first)
+        xkey = self._seg_key(collection, xid)
+        _compaction_step("write")
+        if self._conn.put_if(xkey, body, None) is None:
+            return 0  # an id collision: try again another time
+        try:
+            _compaction_step("mark")
+
+            def mark(item: tuple[str, State, list[Entry]]) -> bool:
+                sid, state, _ = item
+                new = State(etag=state.etag, rev=state.rev, docs=dict(state.docs), deleted=dict(state.deleted),
+                            merged_into=xid)
+                try:
+                    return self._cas(collection, sid, state, new)
+                except _Gone:
+                    return False
+
+            marked = self._conn.map(mark, picked)
+            _compaction_step("commit")
+            if not all(marked) or time.monotonic() - started > COMPACT_COMMIT_WINDOW:
+                self._abort_merge(collection, xid)  # a writer changed a source first: try again later
+                return 0
+            rev = ObjectId()
+            if self._conn.put_if(self._state_key(collection, xid), State().encode(rev), None) is None:
+                state = self._fetch_state(collection, xid)
+                if state.aborted or state.rev != rev:  # a writer aborted the merge before we committed
+                    with suppress(BackendUnavailableError):
+                        self._conn.delete_keys([xkey])
+                    return 0
+        except BaseException:
+            with suppress(Exception):
+                self._abort_merge(collection, xid)
+            raise
+        _compaction_step("cleanup")
+        try:  # committed: the sources are no longer read; their states stay as tombstones
+            self._conn.delete_keys([self._seg_key(collection, sid) for sid in sources])
+        except BackendUnavailableError:
+            log.warning("compaction of %s: could not remove %d merged segments; a later sweep will", collection,
+                        len(sources), exc_info=True)
+        log.debug("s3 index %s/%s: merged %d segments into %s", self.uri, collection, len(sources), xid)
+        return len(sources)
+
+    def _abandon(self, collection: str, view: _View) -> None:
+        """Abort merges left uncommitted for longer than :data:`COMPACT_ABANDONED_AFTER` (a compactor died)."""
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=COMPACT_ABANDONED_AFTER)
+        with view.lock:
+            stale = [xid for xid, modified in view.pending.items() if modified < cutoff]
+        for xid in stale:
+            try:
+                self._abort_merge(collection, xid)
+            except BackendUnavailableError:
+                log.warning("could not abort the abandoned merge %s of %s", xid, collection, exc_info=True)
+                continue
+            with view.lock:
+                view.pending.pop(xid, None)
+
+    def _maybe_compact(self, collection: str) -> None:
+        """Start a background compaction if the view holds :data:`COMPACT_TRIGGER` small segments or more."""
+        if COMPACT_TRIGGER <= 0 or self._closed:
+            return
+        view = self._view(collection)
+        with view.lock:
+            if view.compactor is not None and view.compactor.is_alive():
+                return
+            if len(view.order) < COMPACT_TRIGGER or len(self._small(view)) < COMPACT_TRIGGER:
+                return
+            view.compactor = threading.Thread(target=self._compact_quietly, args=(collection,), daemon=True,
+                                              name=f"tensorhub-s3-compact-{collection}")
+            view.compactor.start()
+
+    def _compact_quietly(self, collection: str) -> None:
+        try:
+            self.compact(collection)
+        except Exception:  # noqa: BLE001 - a background job: the next trigger tries again
+            log.warning("background compaction of %s at %s failed", collection, self.uri, exc_info=True)
+
+
+def _merged_id(sources: Sequence[str]) -> str:
+    """A fresh merged-segment id that sorts after all of its sources' (even across skewed clocks)."""
+    oid = ObjectId()
+    top = max(sid[:24] for sid in sources)
+    if str(oid) <= top:
+        seconds = int.from_bytes(bytes.fromhex(top[:8]), "big") + 1
+        oid = ObjectId(seconds.to_bytes(4, "big") + ObjectId().binary[4:])
+    return f"{oid}{MERGED_SUFFIX}"
+
+
+def _compaction_step(step: str) -> None:
+    """A no-op between a compaction's writes; tests replace it to kill a compactor at each step."""
