@@ -2,8 +2,9 @@
 
 Key layout under the store's prefix::
 
-    <prefix>/index/<collection>/seg/<sid>.bson    immutable segment: the documents of one insert_many
-    <prefix>/index/<collection>/state/<sid>.bson  mutable state of that segment's documents
+    <prefix>/index/<collection>/seg/<sid>.bson         immutable segment: the documents of one insert_many
+    <prefix>/index/<collection>/seg/<oid>.merged.bson  immutable merged segment, written by compaction
+    <prefix>/index/<collection>/state/<sid>.bson       mutable state of a segment's documents
 
 (the objects' formats are in :mod:`tensorhub.backends.s3._segments`).
 
@@ -47,10 +48,50 @@ machines with nothing but the bucket.
   so a failed insert is not left visible (and a save whose blobs are cleaned up after the
   error does not leave a record pointing at them).
 
+Compaction
+----------
+Single-row inserts (``save_training_log`` per step) make one small segment each, which a fresh
+process would GET one by one. :meth:`S3IndexStore.compact` merges up to
+:data:`COMPACT_MAX_SOURCES` small live segments (plain or merged, updated or not) into one, and
+a query that sees :data:`COMPACT_TRIGGER` small segments starts it in a background thread.
+Readers, writers and compactors agree through the same conditional writes:
+
+1. The compactor reads the sources and their states, and writes the merged segment ``X``
+   (``IfNoneMatch``): a header listing the sources, then their current documents. Its id sorts
+   after every source's.
+2. It *marks* each source: a CAS of the source's state to the same content plus
+   ``merged_into=X``, against the ETag it read; so ``X`` holds exactly what each source held
+   when it was marked. A lost CAS (a writer got there first) aborts the merge.
+3. It *commits* by creating ``X``'s state (``IfNoneMatch``). Aborting also creates that state,
+   with ``aborted``; exactly one of the two wins. Only then are the sources' objects deleted;
+   their states stay as tombstones and are swept like dead ones.
+
+``X`` is authoritative exactly when its state exists and is not aborted; its sources are
+then ignored (by its header, and by their marks if ``X`` itself is gone). Before that ``X`` is
+ignored and the sources, marked or not, are read as usual. A writer that meets a source
+marked into ``X`` reads ``X``'s state: committed, it looks the documents up again (a LIST) and
+writes where they are now (``X``'s state); pending, it aborts the merge and writes the source
+(clearing the mark). Marked states are frozen while ``X`` is pending, so no update made
+through a source can be lost by the commit. A query never sees a document twice (one of
+``X`` or its sources is used, per merge) nor misses one: a LIST returns ``seg/`` keys before
+``state/`` keys and each in key order, page after page, ``X`` exists before its sources are
+deleted and sorts after them, and the commit precedes the deletion; a segment that vanishes
+between the LIST and its GET makes the refresh start over (at most :data:`REFRESH_ATTEMPTS`
+times). A compactor that dies at any point leaves a merge that is either committed (leftover
+source objects are removed by a later sweep) or pending (ignored by readers, aborted by the
+first writer that meets it, or by a compactor once it is :data:`COMPACT_ABANDONED_AFTER` old);
+a compactor commits only within :data:`COMPACT_COMMIT_WINDOW` of its start, far inside the
+grace period that keeps an aborted merge's tombstone.
+
 Costs and limits: a find is O(collection size) in memory and CPU (no server-side index) and
-LISTs the whole collection prefix; single-row inserts (``save_training_log`` per step) make
-one small segment each, and a fresh process downloads each once (no compaction yet);
-deleting documents spread over many segments costs one PUT per segment; ``insert_many``
+LISTs the whole collection prefix; single-row inserts make one small segment each until a
+compaction merges them: 2,000 one-row segments cost a cold query 2,000 GETs before and 2
+after (the merged segment and its state), while merging costs one PUT per source (its mark),
+one ``DeleteObjects`` per 1,000 sources, and the sources' tombstone states are LISTed (not
+downloaded) until they are swept an hour later; a merge aborts when a writer updates one of
+its sources meanwhile, so a collection whose documents are all updated continuously (task
+heartbeats) may compact rarely; a store written by a version with compaction must not be
+read by an older one (which cannot parse merged segments); deleting documents spread over many segments costs one PUT per segment; ``insert_many``
 does not check ``_id`` uniqueness against stored documents (the repository always uses
 fresh ObjectIds); a find reads each document at some moment during the call (as MongoDB
 does without a snapshot), not the whole collection at one instant; ``find_one_and_update``
@@ -265,6 +306,10 @@ class S3IndexStore(IndexStore):
                     cached.checked = now
             targets = {view.states[sid].merged_into for sid in segments
                        if sid in view.states and view.states[sid].merged_into}
+
+        def state_of(sid: str) -> State:  # (a concurrent writer may have dropped one it found swept)
+            return view.states.get(sid) or State()
+
         # the states of merges that segments point at but whose merged segment is gone (dead, aborted)
         install(self._conn.map(lambda sid: (sid, self._fetch_state(collection, sid)),
                                stale(t for t in targets if t not in segments)))
@@ -273,9 +318,9 @@ class S3IndexStore(IndexStore):
                 state = view.states.get(sid) if sid in states else None
                 return state is not None and state.etag is not None and not state.aborted
 
-            superseded = {sid for sid in segments if committed(view.states[sid].merged_into)}
+            superseded = {sid for sid in segments if committed(state_of(sid).merged_into)}
             candidates = [sid for sid in segments
-                          if sid not in superseded and not view.states[sid].dead and not view.states[sid].aborted
+                          if sid not in superseded and not state_of(sid).dead and not state_of(sid).aborted
                           and (not is_merged(sid) or committed(sid))]
             missing = [sid for sid in candidates if sid not in view.segments]
 
@@ -299,7 +344,7 @@ class S3IndexStore(IndexStore):
             view.orphans = {sid: obj["LastModified"] for sid, obj in states.items()
                             if sid not in segments and sid not in targets}
             view.undeleted = [sid for sid in segments
-                              if view.states[sid].dead or view.states[sid].aborted or sid in superseded]
+                              if state_of(sid).dead or state_of(sid).aborted or sid in superseded]
             view.pending = {sid: obj["LastModified"] for sid, obj in segments.items()
                             if is_merged(sid) and sid not in states}
             view.seen = {sid: now for sid in view.order}
@@ -385,8 +430,8 @@ class S3IndexStore(IndexStore):
             state = self._reload(collection, sid)
         return state
 
-    def _cas(self, collection: str, sid: str, old: State, new: State) -> bool:
-        """Write ``new`` over ``old`` if nobody changed it meanwhile; install it in the cache."""
+    def _cas(self, collection: str, sid: str, old: State, new: State, install: bool = True) -> bool:
+        """Write ``new`` over ``old`` if nobody changed it meanwhile; install it in the cache (if ``install``)."""
         rev = ObjectId()
         key = self._state_key(collection, sid)
         etag = self._conn.put_if(key, new.encode(rev), old.etag)
@@ -396,7 +441,8 @@ class S3IndexStore(IndexStore):
                 return False
             etag = current.etag  # our write landed; only its reply was lost
         new.etag, new.rev, new.checked = etag, rev, time.monotonic()
-        self._install(collection, sid, new)
+        if install:
+            self._install(collection, sid, new)
         return True
 
     def _change_segment(self, collection: str, sid: str, filter: Mapping[str, Any], change: Any,
@@ -460,6 +506,8 @@ class S3IndexStore(IndexStore):
                     out.extend(raws)
             if not moved:
                 return out
+            log.debug("s3 index %s/%s: %d documents were merged away under an update; looking them up again",
+                      self.uri, collection, len(moved))
             view = self._refresh(collection)
             with view.lock:
                 regrouped: dict[str, set[Any]] = {}
@@ -490,6 +538,7 @@ class S3IndexStore(IndexStore):
                                               "was neither created nor readable; try again")
             if not state.aborted and state.rev != rev:
                 return False
+        log.debug("s3 index %s/%s: merge %s aborted", self.uri, collection, xid)
         with suppress(BackendUnavailableError):
             self._conn.delete_keys([self._seg_key(collection, xid)])
         return True
@@ -654,6 +703,7 @@ class S3IndexStore(IndexStore):
                 collection, first.sid, {"_id": first.doc["_id"], "$and": [filter]},
                 lambda state, found: self._updated(state, found, update), keys={first.key}, first_only=True)
             if raws is None:  # merged away: find it (and the other candidates) where they are now
+                log.debug("s3 index %s/%s: a candidate was merged away; looking it up again", self.uri, collection)
                 view = self._refresh(collection)
                 continue
             if raws:
@@ -760,19 +810,28 @@ class S3IndexStore(IndexStore):
         try:
             _compaction_step("mark")
 
-            def mark(item: tuple[str, State, list[Entry]]) -> bool:
+            def mark(item: tuple[str, State, list[Entry]]) -> State | None:
                 sid, state, _ = item
                 new = State(etag=state.etag, rev=state.rev, docs=dict(state.docs), deleted=dict(state.deleted),
                             merged_into=xid)
-                try:
-                    return self._cas(collection, sid, state, new)
+                try:  # installed below all at once: the view is rebuilt once, not once per source
+                    return new if self._cas(collection, sid, state, new, install=False) else None
                 except _Gone:
-                    return False
+                    return None
 
-            marked = self._conn.map(mark, picked)
+            marks = self._conn.map(mark, picked)
+            with view.lock:
+                for (sid, old, _), new in zip(picked, marks):
+                    current = view.states.get(sid)
+                    if new is not None and current is not None and (current.etag, current.rev) == (old.etag, old.rev):
+                        view.states[sid] = new  # unless a writer of this instance installed a newer one meanwhile
+                self._rebuild(view)
+            marked = [new is not None for new in marks]
             _compaction_step("commit")
             if not all(marked) or time.monotonic() - started > COMPACT_COMMIT_WINDOW:
-                self._abort_merge(collection, xid)  # a writer changed a source first: try again later
+                # a writer changed a source first: give up, try again later
+                if self._abort_merge(collection, xid):
+                    self._unmark(collection, [sid for (sid, _, _), ok in zip(picked, marked) if ok], xid)
                 return 0
             rev = ObjectId()
             if self._conn.put_if(self._state_key(collection, xid), State().encode(rev), None) is None:
@@ -793,6 +852,21 @@ class S3IndexStore(IndexStore):
                         len(sources), exc_info=True)
         log.debug("s3 index %s/%s: merged %d segments into %s", self.uri, collection, len(sources), xid)
         return len(sources)
+
+    def _unmark(self, collection: str, sids: list[str], xid: str) -> None:
+        """Best effort: clear the marks of an aborted merge (harmless, but they cost ``_id`` lookups a LIST)."""
+        view = self._view(collection)
+
+        def unmark(sid: str) -> None:
+            with view.lock:
+                state = view.states.get(sid)
+            if state is None or state.merged_into != xid:
+                return
+            with suppress(_Gone, BackendUnavailableError):
+                self._cas(collection, sid, state, State(etag=state.etag, rev=state.rev, docs=dict(state.docs),
+                                                        deleted=dict(state.deleted)))
+
+        self._conn.map(unmark, sids)
 
     def _abandon(self, collection: str, view: _View) -> None:
         """Abort merges left uncommitted for longer than :data:`COMPACT_ABANDONED_AFTER` (a compactor died)."""
