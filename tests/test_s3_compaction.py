@@ -382,21 +382,35 @@ def test_a_compactor_dying_at_any_step_leaves_a_correct_index(uri: str, raw_s3: 
         expected = {d["_id"]: d["n"] for d in before[0]}
         for reader in (_index(uri), index):
             assert _answers(reader) == before
-        # writers get through: a merge left pending is aborted by the writer that meets it
+        if step == "commit" and how == "killed":  # every source is marked into a merge that never committed
+            assert len(_keys(raw_s3, prefix, "seg")) == 13
+            # a writer that meets the pending merge aborts it (it does not wait) and goes through
+            assert _index(uri).update_many(C, {"_id": ids[5]}, {"$inc": {"n": 1}}) == 1
+            expected[ids[5]] += 1
+            assert not any(".merged" in k for k in _keys(raw_s3, prefix, "seg"))
+            assert any(k.endswith(".merged.bson") for k in _keys(raw_s3, prefix, "state"))  # its tombstone
+            _check(_index(uri), expected)
+            before = _answers(_index(uri))
+        # a compaction that does not yet think a pending merge abandoned leaves its sources alone
+        other = _index(uri)
+        other.compact(C)
+        assert _answers(_index(uri)) == before
+        # one that does aborts it, and completes
+        monkeypatch.setattr(s3_index, "COMPACT_ABANDONED_AFTER", -60.0)
+        other.compact(C)
+        other.close()
+        segs = _keys(raw_s3, prefix, "seg")
+        assert len(segs) == 1 and segs[0].endswith(".merged.bson"), segs
+        assert _answers(_index(uri)) == before
+        assert _answers(index) == before
+        # writers get through, also from an instance that read the index before all this
         assert index.update_many(C, {}, {"$inc": {"n": 1}}) == 12
         expected = {k: v + 1 for k, v in expected.items()}
         _check(_index(uri), expected)
         assert _index(uri).delete_many(C, {"_id": ids[0]}) == 1
         del expected[ids[0]]
         _check(_index(uri), expected)
-        # a later compaction completes (an abandoned merge is aborted once it is old enough)
-        monkeypatch.setattr(s3_index, "COMPACT_ABANDONED_AFTER", -60.0)
-        later = _index(uri)
-        later.compact(C)
-        later.close()
-        segs = _keys(raw_s3, prefix, "seg")
-        assert len(segs) == 1 and segs[0].endswith(".merged.bson"), segs
-        _check(_index(uri), expected)
+        _check(index, expected)
         victim.close()
     finally:
         index.close()
