@@ -262,8 +262,35 @@ def test_threads_update_delete_insert_while_others_compact(uri: str, monkeypatch
         finally:
             index.close()
 
+    stable = set(ids) - doomed
+    reads = Counter()
+
+    def reader(cold: bool) -> None:
+        """Every read sees each document once, and every document that is never deleted."""
+        index = _index(uri)
+        try:
+            for _ in range(60):
+                if writers_done.is_set() or time.monotonic() > deadline:
+                    break
+                if cold:
+                    index.close()
+                    index = _index(uri)
+                found = [d["_id"] for d in index.find(C, {})]
+                assert len(found) == len(set(found)), "a document was read twice"
+                assert stable <= set(found), f"{len(stable - set(found))} documents were missed"
+                for oid in rng_ids.sample(sorted(stable), 3):  # the _id lookup path
+                    assert index.find_one(C, {"_id": oid}) is not None
+                with lock:
+                    reads[cold] += 1
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            index.close()
+
+    rng_ids = random.Random(7)
     writers = [threading.Thread(target=incrementer, args=(s,)) for s in range(4)] + [threading.Thread(target=deleter)]
     compactors = [threading.Thread(target=compactor) for _ in range(2)]
+    compactors += [threading.Thread(target=reader, args=(cold,)) for cold in (False, True)]
     for t in writers + compactors:
         t.start()
     for t in writers:
@@ -273,6 +300,7 @@ def test_threads_update_delete_insert_while_others_compact(uri: str, monkeypatch
         t.join(timeout=180)
     assert not any(t.is_alive() for t in writers + compactors)
     assert not errors, errors
+    assert reads[False] > 3 and reads[True] > 3, reads
     expected = {oid: applied[oid] for oid in ids if oid not in doomed}
     expected.update((oid, 0) for oid in inserted)
     assert len(inserted) == len(doomed)
