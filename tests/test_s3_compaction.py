@@ -184,6 +184,22 @@ def test_merged_segments_are_merged_again_and_deleted_in_full(uri: str, raw_s3: 
         index.close()
 
 
+def test_an_update_whose_segment_another_thread_saw_merged_away_is_not_lost(uri: str) -> None:
+    a, b = _index(uri), _index(uri)
+    try:
+        ids = _fill(a, 3)
+        groups = a._by_segment(C, {"i": 1})  # what update_many targets: the one-document segment of i=1
+        assert b.compact(C) == 3
+        a.find(C, {})  # meanwhile another thread of `a` refreshes the shared view: that segment leaves it
+        inc = {"$inc": {"n": 1}}
+        done = a._change_keys(C, groups, {"i": 1}, lambda sid: lambda state, hits: a._updated(state, hits, inc))
+        assert len(done) == 1
+        _check(_index(uri), {ids[0]: 0, ids[1]: 1, ids[2]: 0})
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_query_starts_a_background_compaction(uri: str, raw_s3: Any, prefix: str,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(s3_index, "COMPACT_TRIGGER", 20)
@@ -215,8 +231,10 @@ def test_threads_update_delete_insert_while_others_compact(uri: str, monkeypatch
     writers_done = threading.Event()
     deadline = time.monotonic() + 150
 
+    shared = _index(uri)  # two incrementers and a compactor share one instance (and its cached view)
+
     def incrementer(seed: int) -> None:
-        rng, index = random.Random(seed), _index(uri)
+        rng, index = random.Random(seed), shared if seed < 2 else _index(uri)
         try:
             for k in range(25):
                 if time.monotonic() > deadline:
@@ -232,7 +250,8 @@ def test_threads_update_delete_insert_while_others_compact(uri: str, monkeypatch
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
-            index.close()
+            if index is not shared:
+                index.close()
 
     def deleter() -> None:
         index = _index(uri)
@@ -250,8 +269,7 @@ def test_threads_update_delete_insert_while_others_compact(uri: str, monkeypatch
         finally:
             index.close()
 
-    def compactor() -> None:
-        index = _index(uri)
+    def compactor(index: Any) -> None:
         try:
             for _ in range(40):
                 if writers_done.is_set() or time.monotonic() > deadline:
@@ -259,8 +277,6 @@ def test_threads_update_delete_insert_while_others_compact(uri: str, monkeypatch
                 index.compact(C)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
-        finally:
-            index.close()
 
     stable = set(ids) - doomed
     reads = Counter()
@@ -289,7 +305,8 @@ def test_threads_update_delete_insert_while_others_compact(uri: str, monkeypatch
 
     rng_ids = random.Random(7)
     writers = [threading.Thread(target=incrementer, args=(s,)) for s in range(4)] + [threading.Thread(target=deleter)]
-    compactors = [threading.Thread(target=compactor) for _ in range(2)]
+    own = _index(uri)
+    compactors = [threading.Thread(target=compactor, args=(index,)) for index in (shared, own)]
     compactors += [threading.Thread(target=reader, args=(cold,)) for cold in (False, True)]
     for t in writers + compactors:
         t.start()
@@ -299,6 +316,8 @@ def test_threads_update_delete_insert_while_others_compact(uri: str, monkeypatch
     for t in compactors:
         t.join(timeout=180)
     assert not any(t.is_alive() for t in writers + compactors)
+    shared.close()
+    own.close()
     assert not errors, errors
     assert reads[False] > 3 and reads[True] > 3, reads
     expected = {oid: applied[oid] for oid in ids if oid not in doomed}

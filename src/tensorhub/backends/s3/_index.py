@@ -465,6 +465,8 @@ class S3IndexStore(IndexStore):
             if state.merged_into and self._merge_committed(collection, state.merged_into):
                 return None
             with view.lock:
+                if sid not in view.segments:  # dropped by a refresh of another thread: merged away or dead
+                    return None
                 hits = self._select(self._segment_entries(view, sid), filter, sort)
             if keys is not None:
                 hits = [e for e in hits if e.key in keys]
