@@ -450,6 +450,17 @@ def test_a_compactor_dying_at_any_step_leaves_a_correct_index(uri: str, raw_s3: 
         expected = {d["_id"]: d["n"] for d in before[0]}
         for reader in (_index(uri), index):
             assert _answers(reader) == before
+        if step == "cleanup":  # committed, but the sources' objects are still there: a query sweeps them
+            monkeypatch.setattr(s3_index, "COMPACT_TRIGGER", 1000)
+            assert len(_keys(raw_s3, prefix, "seg")) == 13
+            reader = _index(uri)
+            assert _answers(reader) == before
+            thread = reader._view(C).compactor
+            assert thread is not None
+            thread.join(timeout=60)
+            assert len(_keys(raw_s3, prefix, "seg")) == 1
+            reader.close()
+            monkeypatch.setattr(s3_index, "COMPACT_TRIGGER", 0)
         if step == "commit" and how == "killed":  # every source is marked into a merge that never committed
             assert len(_keys(raw_s3, prefix, "seg")) == 13
             # a writer that meets the pending merge aborts it (it does not wait) and goes through

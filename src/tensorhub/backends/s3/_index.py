@@ -148,6 +148,8 @@ COMPACT_SMALL_BYTES = 1 << 20
 #: one merge takes at most this many segments and about this many bytes
 COMPACT_MAX_SOURCES = 2000
 COMPACT_TARGET_BYTES = 16 << 20
+#: a query starts a background sweep of leftovers at most this often (seconds)
+CLEANUP_INTERVAL = 60.0
 #: merges per compact() call
 COMPACT_ROUNDS = 16
 #: a compactor commits only if it got there this many seconds after it started (<< DEAD_STATE_GRACE)
@@ -193,6 +195,7 @@ class _View:
     undeleted: list[str] = field(default_factory=list)  # dead/merged-away segments whose object is still there
     pending: dict[str, datetime] = field(default_factory=dict)  # merged segment not committed -> LastModified
     compactor: threading.Thread | None = None  # the background compaction of this collection, if any
+    cleaned: float = float("-inf")  # when a background job last started
     seen: dict[str, float] = field(default_factory=dict)  # sid -> when a listing (or our insert) showed it
     entries: list[Entry] = field(default_factory=list)
     key_index: dict[Any, str] = field(default_factory=dict)  # _id key -> sid of the live documents
@@ -902,15 +905,22 @@ class S3IndexStore(IndexStore):
                 view.pending.pop(xid, None)
 
     def _maybe_compact(self, collection: str) -> None:
-        """Start a background compaction if the view holds :data:`COMPACT_TRIGGER` small segments or more."""
+        """Start a background compaction if the view holds :data:`COMPACT_TRIGGER` small segments or more,
+        or leftovers to sweep (at most once per :data:`CLEANUP_INTERVAL`): segments merged away or dead
+        whose objects remain (a compactor died after its commit), tombstones past the grace period."""
         if COMPACT_TRIGGER <= 0 or self._closed:
             return
         view = self._view(collection)
+        cutoff = datetime.now(timezone.utc) - DEAD_STATE_GRACE
         with view.lock:
             if view.compactor is not None and view.compactor.is_alive():
                 return
-            if len(view.order) < COMPACT_TRIGGER or len(self._small(view, full=False)) < COMPACT_TRIGGER:
+            compact = len(view.order) >= COMPACT_TRIGGER and len(self._small(view, full=False)) >= COMPACT_TRIGGER
+            cleanup = (time.monotonic() - view.cleaned > CLEANUP_INTERVAL
+                       and (view.undeleted or any(modified < cutoff for modified in view.orphans.values())))
+            if not compact and not cleanup:
                 return
+            view.cleaned = time.monotonic()
             view.compactor = threading.Thread(target=self._compact_quietly, args=(collection,), daemon=True,
                                               name=f"tensorhub-s3-compact-{collection}")
             view.compactor.start()
