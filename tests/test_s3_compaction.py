@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -156,6 +157,15 @@ def test_compaction_cuts_objects_and_cold_gets_and_changes_no_answer(uri: str, r
             _check(reader, expected)
         assert index.compact(C) == 0  # one segment: nothing to merge
         assert took < 30, took
+        # the merged-away sources' states stay as tombstones for the grace period, then are swept
+        keys = _keys(raw_s3, prefix, "seg") + _keys(raw_s3, prefix, "state")
+        assert len(keys) == 1 + 1 + 297 + 3  # merged segment + its state + tombstones (merged, dead)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(s3_index, "DEAD_STATE_GRACE", timedelta(seconds=-60))
+            index.compact(C)
+        assert len(_keys(raw_s3, prefix, "seg") + _keys(raw_s3, prefix, "state")) == 2
+        for reader in (index, stale, _index(uri)):
+            _check(reader, expected)
     finally:
         index.close()
         stale.close()
