@@ -93,13 +93,15 @@ one ``DeleteObjects`` per 1,000 sources, and the sources' tombstone states are L
 downloaded) until they are swept an hour later; a merge aborts when a writer updates one of
 its sources meanwhile, so a collection whose documents are all updated continuously (task
 heartbeats) may compact rarely; a store written by a version with compaction must not be
-read by an older one (which cannot parse merged segments); deleting documents spread over many segments costs one PUT per segment; ``insert_many``
-does not check ``_id`` uniqueness against stored documents (the repository always uses
+read by an older one (which cannot parse merged segments); deleting documents spread over
+many segments costs one PUT per segment; ``insert_many`` does not check ``_id`` uniqueness against stored documents (the repository always uses
 fresh ObjectIds); a find reads each document at some moment during the call (as MongoDB
 does without a snapshot), not the whole collection at one instant; ``find_one_and_update``
 with a ``sort`` takes the first match of the view it read (the CAS guarantees it still
 matched when it was taken, not that nothing sorting before it appeared meanwhile). Dead-state
-tombstones make a bucket's key count grow with deleted segments until they are swept.
+and merged-away tombstones make a bucket's key count grow with deleted and merged segments
+until they are swept (a query starts that sweep in the background, and so do delete_many
+and compact).
 Conditional writes need an S3 that implements them (AWS since 2024, MinIO, R2, moto >= 5).
 """
 
