@@ -12,7 +12,8 @@ Measured, each as ``tensorhub / baseline`` of medians over ``--repeats`` alterna
   concatenated BSON; N x ``hub.save_training_log`` against N x ``put_object`` of one row each;
   ``hub.find_training_logs(step={"$gt": N // 2})`` over N rows, warm (same hub: segments cached)
   and cold (a new hub for every run, opened untimed), against ``get_object`` + ``bson.decode_all``
-  + the same filter and newest-first sort in Python.
+  + the same filter and newest-first sort in Python; and a cold query after 2,000
+  ``save_training_log`` (2,000 one-row segments), before and after ``compact`` (time and GETs).
 
 Rows per second written and queried are printed too. The moto server runs in a child process
 (like a real endpoint, its CPU does not share the client's GIL), on 127.0.0.1, with dummy
@@ -241,7 +242,44 @@ def bench_logs(endpoint: str, raw: Any, n: int, n_single: int, repeats: int,
     rates.append(_rate(f"find_training_logs, N={n}, warm (rows scanned)", n, warm.tensorhub_s))
     rates.append(_rate(f"find_training_logs, N={n}, cold (rows scanned)", n, cold.tensorhub_s))
     rates.append(_rate("  ... baseline get_object + decode + filter (rows scanned)", n, warm.baseline_s))
+    rates += bench_compaction(endpoint)
     return results, rates
+
+
+def _timed_cold_query(uri: str) -> tuple[float, int, int]:
+    """``(seconds, GETs, rows)`` of one query by a fresh hub (opened untimed)."""
+    with TensorHub(uri, project_name=PROJECT) as hub:
+        gets = []
+        hub.index._conn.client.meta.events.register(
+            "before-call.s3.GetObject", lambda **_: gets.append(1))
+        start = time.perf_counter()
+        found = hub.find_training_logs(step={"$gte": 0})
+        return time.perf_counter() - start, len(gets), len(found)
+
+
+def bench_compaction(endpoint: str, n: int = 2000) -> list[str]:
+    """A cold query after ``n`` single-row inserts (``n`` segments), before and after ``compact``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tensorhub.backends.s3 import _index as s3_index
+
+    uri = _uri(endpoint)
+    trigger, s3_index.COMPACT_TRIGGER = s3_index.COMPACT_TRIGGER, 0  # measure the uncompacted state first
+    try:
+        with TensorHub(uri, project_name=PROJECT) as hub, ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda r: hub.save_training_log(**r), _rows(n)))
+        before = _timed_cold_query(uri)
+        with TensorHub(uri, project_name=PROJECT) as hub:
+            start = time.perf_counter()
+            merged = hub.index.compact("training_logs")
+            took = time.perf_counter() - start
+        after = _timed_cold_query(uri)
+    finally:
+        s3_index.COMPACT_TRIGGER = trigger
+    assert before[2] == after[2] == n, (before, after)
+    return [f"  cold find_training_logs after {n:,} save_training_log: {fmt_seconds(before[0])}, "
+            f"{before[1]:,} GETs; compact() merged {merged:,} segments in {fmt_seconds(took)}; "
+            f"then {fmt_seconds(after[0])}, {after[1]:,} GETs"]
 
 
 def run(blob_mb: tuple[int, ...] = (8, 64), dataset_mb: int = 64, n: int = 10_000, n_single: int = 300,

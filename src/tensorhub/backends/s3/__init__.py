@@ -8,8 +8,9 @@ Opening fails at once on a missing bucket, refused credentials or an unreachable
 Key layout under the prefix::
 
     <prefix>/blobs/<key>                          one object per blob
-    <prefix>/index/<collection>/seg/<sid>.bson    immutable segment: the documents of one insert_many
-    <prefix>/index/<collection>/state/<sid>.bson  mutable state of that segment's documents
+    <prefix>/index/<collection>/seg/<sid>.bson         immutable segment: the documents of one insert_many
+    <prefix>/index/<collection>/seg/<oid>.merged.bson  immutable merged segment (compaction)
+    <prefix>/index/<collection>/state/<sid>.bson       mutable state of a segment's documents
 
 The index needs no database: it is built on S3's per-object compare-and-swap (conditional
 ``PutObject`` with ``IfNoneMatch``/``IfMatch``), so it is correct across processes and machines
@@ -21,7 +22,7 @@ with nothing but the bucket. One module per job:
 * ``_connection``: :class:`S3Connection`, the client and thread pool the stores of one URI
   share, the open check, and the conditional PUT (``put_if``).
 * ``_segments``: the index's objects (segments, their states) and their BSON encoding.
-* ``_index``: :class:`S3IndexStore`: the index design, its costs and limits.
+* ``_index``: :class:`S3IndexStore`: the index design, compaction, its costs and limits.
 * ``_blobs``: :class:`S3BlobStore`: multipart uploads and parallel, ETag-pinned ranged reads.
 
 Tunables (timeouts, attempts, thread and part sizes) are module constants of the module that

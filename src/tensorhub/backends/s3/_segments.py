@@ -1,9 +1,12 @@
 """The objects of the S3 index: immutable segments, the mutable state over each, resolved entries.
 
 A segment (``index/<collection>/seg/<sid>.bson``) is the BSON documents of one ``insert_many``
-concatenated, as in a ``mongodump`` file. Its state (``index/<collection>/state/<sid>.bson``)
-is a header document (``v``, ``rev``, ``dead``, ``deleted`` ids) followed by the current
-version of every updated document. How they are written and read is in
+concatenated, as in a ``mongodump`` file. A *merged* segment (``seg/<oid>.merged.bson``, written
+by compaction) starts with a header document (``v``, ``sources``: the sids it replaces,
+``first``: the order key of its oldest source) followed by the live documents of its sources.
+A segment's state (``index/<collection>/state/<sid>.bson``) is a header document (``v``,
+``rev``, ``dead``, ``deleted`` ids, and when set ``merged_into`` / ``aborted``) followed by
+the current version of every updated document. How they are written and read is in
 :mod:`tensorhub.backends.s3._index`.
 """
 
@@ -44,11 +47,26 @@ class Entry(NamedTuple):
     doc: Document  # shared with the cache: never mutated, never returned
 
 
-class Segment:
-    """An immutable segment: its documents in insertion order (decoded on first use)."""
+MERGED_SUFFIX = ".merged"
 
-    def __init__(self, raws: list[bytes]) -> None:
+
+def is_merged(sid: str) -> bool:
+    """Whether a segment id names a merged segment (written by compaction)."""
+    return sid.endswith(MERGED_SUFFIX)
+
+
+class Segment:
+    """An immutable segment: its documents in insertion order (decoded on first use).
+
+    ``sources`` and ``first`` are set for a merged segment: the segments it replaces and the order
+    key of the oldest of them (a plain segment's order key is its sid).
+    """
+
+    def __init__(self, raws: list[bytes], sources: list[str] | None = None, first: str | None = None) -> None:
         self.raws = raws
+        self.sources = sources or []
+        self.first = first
+        self.nbytes = sum(len(r) for r in raws)
         self._docs: list[Document] | None = None
 
     @property
@@ -58,19 +76,37 @@ class Segment:
         return self._docs
 
     @classmethod
-    def parse(cls, data: bytes, where: str) -> Segment:
-        return cls(split_bson(data, where))
+    def parse(cls, data: bytes, where: str, merged: bool = False) -> Segment:
+        raws = split_bson(data, where)
+        if not merged:
+            return cls(raws)
+        if not raws:
+            raise CorruptDataError(f"{where} has no header")
+        header = decode_document(raws[0])
+        return cls(raws[1:], sources=list(header.get("sources", [])), first=header.get("first"))
+
+    @staticmethod
+    def encode_merged(raws: list[bytes], sources: list[str], first: str) -> bytes:
+        return encode_document({"v": 1, "sources": sources, "first": first}) + b"".join(raws)
 
 
 @dataclass
 class State:
-    """The mutable overlay of one segment (absent object: ``etag=None``, no changes)."""
+    """The mutable overlay of one segment (absent object: ``etag=None``, no changes).
+
+    ``merged_into`` marks a segment that a compaction copied into that merged segment (the
+    content stays: it is authoritative until the merge commits). ``aborted`` is only ever the
+    state of a merged segment whose merge was abandoned; a merged segment without a state is
+    not committed yet.
+    """
 
     etag: str | None = None
     rev: Any = None
     docs: dict[Any, tuple[bytes, Document]] = field(default_factory=dict)  # key -> current version
     deleted: dict[Any, Any] = field(default_factory=dict)  # key -> _id
     dead: bool = False
+    merged_into: str | None = None
+    aborted: bool = False
     checked: float = field(default_factory=time.monotonic)  # when this version was known current
 
     @classmethod
@@ -84,8 +120,14 @@ class State:
             doc = decode_document(raw)
             docs[idkey(doc["_id"])] = (raw, doc)
         return cls(etag=etag, rev=header.get("rev"), docs=docs,
-                   deleted={idkey(i): i for i in header.get("deleted", [])}, dead=bool(header.get("dead")))
+                   deleted={idkey(i): i for i in header.get("deleted", [])}, dead=bool(header.get("dead")),
+                   merged_into=header.get("merged_into"), aborted=bool(header.get("aborted")))
 
     def encode(self, rev: ObjectId) -> bytes:
-        header = encode_document({"v": 1, "rev": rev, "dead": self.dead, "deleted": list(self.deleted.values())})
+        fields: dict[str, Any] = {"v": 1, "rev": rev, "dead": self.dead, "deleted": list(self.deleted.values())}
+        if self.merged_into:
+            fields["merged_into"] = self.merged_into
+        if self.aborted:
+            fields["aborted"] = True
+        header = encode_document(fields)
         return header + b"".join(raw for raw, _ in self.docs.values())
