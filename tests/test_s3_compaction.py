@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -25,17 +24,17 @@ from tensorhub import TensorHub
 from tensorhub.backends.s3 import _index as s3_index
 from tensorhub.errors import BackendUnavailableError
 from tensorhub.registry import open_stores
-from tensorhub.testing.servers import s3_server
 
-BUCKET = "tensorhub-compaction"
+from conftest import S3_BUCKET
+
+BUCKET = S3_BUCKET
 C = "logs"
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    with s3_server() as url:
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-        yield url
+@pytest.fixture
+def endpoint(s3_base: str) -> str:
+    """The session's moto server (``conftest.s3_base``); each test works under its own prefix."""
+    return s3_base
 
 
 @pytest.fixture
