@@ -171,7 +171,7 @@ class Records:
         doomed, young = [], 0
         by_record: dict[tuple[str, str], list[str]] = {}
         for key, modified in listing:
-            if modified is None and older_than > dt.timedelta(0) or modified is not None and modified > cutoff:
+            if (modified is None and older_than > dt.timedelta(0)) or (modified is not None and modified > cutoff):
                 young += 1
             elif key.startswith(CHUNK_PREFIX):
                 if key[len(CHUNK_PREFIX):] not in referenced:
