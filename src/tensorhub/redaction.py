@@ -89,6 +89,12 @@ def _redact_properties(value: str) -> str:
     return ",".join(shown)
 
 
+def _secret_properties(value: str) -> list[str]:
+    """The values of the non-public properties of an ``authMechanismProperties`` value."""
+    return [v or name for name, _, v in (p.partition(":") for p in value.split(","))
+            if name.strip().upper() not in _PUBLIC_PROPERTIES]
+
+
 def _redact_options(options: str) -> str:
     """``key=value&...`` (``&`` or ``;``) with the values of secret options hidden."""
     items = re.split(r"([&;])", options)
@@ -136,8 +142,7 @@ def _secrets(uri: str) -> set[str]:
         elif _is_secret_option(key):
             found.add(value)
         elif unquote_plus(key).strip().lower() == _MECHANISM_PROPERTIES:
-            found.update(p.partition(":")[2] or p for p in value.split(",")
-                         if p.partition(":")[0].strip().upper() not in _PUBLIC_PROPERTIES)
+            found.update(_secret_properties(value))
     try:  # what urllib-based readers (the s3:// backend) take as the password
         found.add(urlsplit(uri).password or "")
     except ValueError:
@@ -170,7 +175,7 @@ def _pymongo_secrets(uri: str) -> set[str]:
         if _is_secret_option(key):
             found.add(str(value))
         elif key.lower() == _MECHANISM_PROPERTIES:
-            found.update(p.partition(":")[2] for p in str(value).split(","))
+            found.update(_secret_properties(str(value)))
     return found
 
 
