@@ -129,7 +129,10 @@ def ls_command(kind: str, uri: str | None, project: str | None, limit: int, quer
 @click.option("--in-process", is_flag=True, help="Run scripts in this process (TensorLayer's way), not in a child.")
 def worker_command(uri: str | None, task_name: str | None, project: str | None, lease: float, poll: float,
                    idle_exit: float | None, max_tasks: int | None, in_process: bool) -> None:
-    """Pull tasks from URI and run them, until SIGTERM/SIGINT, --idle-exit or --max-tasks."""
+    """Pull tasks from URI and run them, until SIGTERM/SIGINT, --idle-exit or --max-tasks.
+
+    Without URI, $TENSORHUB_URI: use it for a URI with a password (a command line is visible to `ps`).
+    """
     from tensorhub.worker import Worker, WorkerOptions
 
     if not logging.getLogger().isEnabledFor(logging.INFO):

@@ -12,8 +12,9 @@ import contextlib
 import contextvars
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from tensorhub.redaction import redact_uri
 from tensorhub.registry import DEFAULT_URI
 
 ENV_URI = "TENSORHUB_URI"
@@ -25,11 +26,19 @@ ENV_TASK_ID = "TENSORHUB_TASK_ID"
 
 @dataclass(frozen=True)
 class Connection:
-    """Everything needed to open the same hub elsewhere (another thread or process)."""
+    """Everything needed to open the same hub elsewhere (another thread or process).
 
-    uri: str
-    blobs: str | None
+    ``uri`` and ``blobs`` are the real URIs (a task's process opens the store with them);
+    ``repr`` shows them redacted, as everything that displays a URI does.
+    """
+
+    uri: str = field(repr=False)
+    blobs: str | None = field(repr=False)
     project_name: str
+
+    def __repr__(self) -> str:
+        blobs = redact_uri(self.blobs) if self.blobs else None
+        return f"Connection(uri={redact_uri(self.uri)!r}, blobs={blobs!r}, project_name={self.project_name!r})"
 
     def environ(self) -> dict[str, str]:
         env = {ENV_URI: self.uri, ENV_PROJECT: self.project_name}

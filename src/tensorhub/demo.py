@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tensorhub.cli import format_table
+from tensorhub.context import ENV_URI
 from tensorhub.errors import BackendNotInstalledError
 from tensorhub.hub import TensorHub
 
@@ -61,9 +63,10 @@ def run_demo(uri: str, runners: int = 2, max_iter: int = 200) -> str:
             hub.create_task(TASK_NAME, script, hyper_parameters={"n_hidden": n_hidden, "max_iter": max_iter},
                             saved_result_keys=["test_accuracy", "val_accuracy"], description=f"{n_hidden} hidden")
 
-        command = [sys.executable, "-m", "tensorhub", "worker", uri, "--task-name", TASK_NAME,
+        # the URI goes in the environment, not on the command line, where `ps` would show its password
+        command = [sys.executable, "-m", "tensorhub", "worker", "--task-name", TASK_NAME,
                    "--project", PROJECT, "--idle-exit", "2", "--poll", "0.5"]
-        workers = [subprocess.Popen(command) for _ in range(runners)]
+        workers = [subprocess.Popen(command, env={**os.environ, ENV_URI: uri}) for _ in range(runners)]
         try:
             tasks = hub.wait_for_tasks(TASK_NAME, timeout=600)
         finally:

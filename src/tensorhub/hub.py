@@ -25,7 +25,8 @@ from tensorhub.context import Connection, default_connection, inside_task
 from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
 from tensorhub.progress import progress_bar
 from tensorhub.records import Records
-from tensorhub.registry import open_stores, redact
+from tensorhub.redaction import redact_uri
+from tensorhub.registry import open_stores
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,8 @@ class TensorHub:
         self.close()
 
     def __str__(self) -> str:
-        blobs = f", blobs={redact(self.blobs_uri)!r}" if self.blobs_uri else ""
-        return f"TensorHub({redact(self.uri)!r}{blobs}, project_name={self.project_name!r})"
+        blobs = f", blobs={redact_uri(self.blobs_uri)!r}" if self.blobs_uri else ""
+        return f"TensorHub({redact_uri(self.uri)!r}{blobs}, project_name={self.project_name!r})"
 
     __repr__ = __str__
 

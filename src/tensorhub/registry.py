@@ -14,10 +14,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tensorhub.backends.base import BlobStore, IndexStore
-from tensorhub.errors import BackendNotInstalledError, ConfigurationError, UnknownSchemeError
+from tensorhub.errors import BackendNotInstalledError, ConfigurationError, TensorHubError, UnknownSchemeError
+from tensorhub.redaction import redact_uri, scrub, shows_secret
+
+#: the one redaction function (:func:`tensorhub.redaction.redact_uri`), under its older name
+redact = redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -118,29 +121,38 @@ def split_scheme(uri: str) -> str:
 def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
     """Open the stores a URI names; only the layers asked for are opened."""
     if not isinstance(uri, str) or not uri:
-        raise ConfigurationError(f"a store URI must be a non-empty string such as {DEFAULT_URI!r}, got {uri!r}")
+        got = "an empty string" if isinstance(uri, str) else f"a {type(uri).__name__}"  # never echo it: secrets
+        raise ConfigurationError(f"a store URI must be a non-empty string such as {DEFAULT_URI!r}, got {got}")
     scheme = split_scheme(uri)
     opener = _load(_lookup(scheme), scheme)
-    log.debug("opening %s (index=%s, blobs=%s)", redact(uri), index, blobs)
-    return opener(uri, index=index, blobs=blobs)
+    log.debug("opening %s (index=%s, blobs=%s)", redact_uri(uri), index, blobs)
+    try:
+        return opener(uri, index=index, blobs=blobs)
+    except Exception as exc:
+        # last line of defence for every backend (third-party ones too): an error that quotes a
+        # secret of the URI, itself or in its chain, is raised again without it
+        if not _chain_shows_secret(exc, uri):
+            raise
+        raise _scrubbed(exc, uri) from None
 
 
-_SECRET_WORDS = ("secret", "password", "passwd", "token", "credential")
+def _chain_shows_secret(exc: BaseException, uri: str) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 50:
+        seen.add(id(current))
+        if shows_secret(str(current), uri):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
-def redact(uri: str) -> str:
-    """``uri`` with its password and secret query values replaced by ``***`` (for logs and ``str(hub)``)."""
-    if "://" not in uri:
-        return uri
-    parts = urlsplit(uri)
-    if parts.password is None and not any(w in parts.query.lower() for w in _SECRET_WORDS):
-        return uri
-    if parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)
-        userinfo = f"{parts.username}:***" if parts.username else ":***"
-        parts = parts._replace(netloc=f"{userinfo}@{netloc[-1]}")
-    if parts.query:
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        hidden = [(k, "***" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in pairs]
-        parts = parts._replace(query=urlencode(hidden, safe="*:/"))
-    return urlunsplit(parts)
+def _scrubbed(exc: Exception, uri: str) -> Exception:
+    """``exc`` again, its message without the secrets of ``uri`` (a ConfigurationError if it cannot be rebuilt)."""
+    message = scrub(str(exc), uri)
+    if isinstance(exc, TensorHubError):
+        try:
+            return type(exc)(message)
+        except Exception:  # noqa: BLE001 - a subclass with another constructor
+            pass
+    return ConfigurationError(f"could not open {redact_uri(uri)}: {type(exc).__name__}: {message}")

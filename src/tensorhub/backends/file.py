@@ -40,6 +40,7 @@ from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec
 from tensorhub.documents import CODEC_OPTIONS, encode_document
 from tensorhub.errors import BackendUnavailableError, ConfigurationError, InvalidArgumentError, NotFoundError
 from tensorhub.query import apply_update, matches, sort_documents, validate_filter
+from tensorhub.redaction import redact_uri
 from tensorhub.registry import Stores
 
 def path_from_uri(uri: str) -> Path:
@@ -48,7 +49,7 @@ def path_from_uri(uri: str) -> Path:
         return Path(uri).expanduser()
     parts = urlsplit(uri)
     if not parts.netloc + parts.path:
-        raise ConfigurationError(f"{uri!r} names no directory; give the store's path, e.g. file://./tensorhub-data "
+        raise ConfigurationError(f"{redact_uri(uri)!r} names no directory; give the store's path, e.g. file://./tensorhub-data "
                                  "or file:///data/hub")
     return Path(parts.netloc + parts.path).expanduser()
 
@@ -335,7 +336,7 @@ class SQLiteIndexStore(IndexStore):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.uri = f"file://{self.path.parent}"
+        self.uri = redact_uri(f"file://{self.path.parent}")  # shown: a user:password@ path part is hidden
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
@@ -456,7 +457,7 @@ class FileBlobStore(BlobStore):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.uri = f"file://{self.root}"
+        self.uri = redact_uri(f"file://{self.root}")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -540,7 +541,8 @@ def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
     """Open ``file://PATH``: the index at ``PATH/index.sqlite``, blobs under ``PATH/blobs``."""
     root = path_from_uri(uri)
     if root.exists() and not root.is_dir():
-        raise InvalidArgumentError(f"{root} exists and is not a directory; a file:// store needs a directory")
+        raise InvalidArgumentError(f"{redact_uri(f'file://{root}')} exists and is not a directory; "
+                                   "a file:// store needs a directory")
     return Stores(
         index=SQLiteIndexStore(root / "index.sqlite") if index else None,
         blobs=FileBlobStore(root / "blobs") if blobs else None,

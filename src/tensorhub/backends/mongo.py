@@ -14,7 +14,6 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit
 
 import gridfs
 import pymongo
@@ -24,13 +23,15 @@ from bson.errors import InvalidDocument
 from tensorhub.backends.base import FRESH_FOR, BlobStore, Document, IndexStore, SortSpec
 from tensorhub.errors import (
     BackendUnavailableError,
+    ConfigurationError,
     InvalidArgumentError,
     InvalidQueryError,
     NotFoundError,
     SerializationError,
 )
 from tensorhub.query import normalize_sort
-from tensorhub.registry import Stores, redact
+from tensorhub.redaction import redact_uri, scrub, shows_secret
+from tensorhub.registry import Stores
 
 DEFAULT_DATABASE = "tensorhub"
 BLOB_BUCKET = "blobs"
@@ -215,19 +216,28 @@ def _starting_with(prefix: str) -> dict[str, Any]:
     return {"filename": {"$regex": "^" + re.escape(prefix)}}
 
 
-def database_name(uri: str) -> str:
-    name = urlsplit(uri).path.lstrip("/")
-    return name or DEFAULT_DATABASE
-
-
 def connect(uri: str) -> Any:
-    """A pinged ``MongoClient`` for ``uri`` (fails fast when the server is unreachable)."""
+    """A pinged ``MongoClient`` for ``uri`` (fails fast when the server is unreachable).
+
+    A URI pymongo refuses is a :class:`~tensorhub.errors.ConfigurationError`; the driver's
+    message is scrubbed of the URI's secrets (and not chained when it quoted one).
+    """
     timeout_ms = int(SERVER_TIMEOUT * 1000)
-    where = redact(uri)
-    with translate_errors(where):
+    where = redact_uri(uri)
+    try:
         client = pymongo.MongoClient(
             uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms
         )
+    except (pymongo.errors.ConfigurationError, ValueError, TypeError) as exc:
+        if uri.lower().startswith("mongodb+srv:") and not isinstance(exc, pymongo.errors.InvalidURI):
+            # the SRV/TXT records are looked up here: an unknown name is an unreachable server
+            error: Exception = BackendUnavailableError(
+                f"MongoDB at {where} is unreachable or misconfigured ({exc.__class__.__name__}: "
+                f"{scrub(str(exc), uri)[:200]}). Check the host name, its DNS records and the network.")
+        else:
+            error = ConfigurationError(f"invalid MongoDB URI {where}: {scrub(str(exc), uri)}")
+        raise error from (None if shows_secret(str(exc), uri) else exc)
+    with translate_errors(where):
         try:
             client.admin.command("ping")
         except Exception:
@@ -239,7 +249,8 @@ def connect(uri: str) -> Any:
 def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
     """Open ``mongodb://[user:pw@]host[:port]/[db]``: one client shared by the index and GridFS."""
     client = connect(uri)
-    where, database = redact(uri), database_name(uri)
+    # the database as pymongo parsed it (a password may hold a raw '#', which urllib takes for a fragment)
+    where, database = redact_uri(uri), client.get_default_database(DEFAULT_DATABASE).name
     return Stores(
         index=MongoIndexStore(client, database, where) if index else None,
         blobs=GridFSBlobStore(client, database, where) if blobs else None,

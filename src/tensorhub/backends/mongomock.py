@@ -26,6 +26,7 @@ from tensorhub.backends.base import BlobStore, Document, SortSpec
 from tensorhub.backends.mongo import MongoIndexStore
 from tensorhub.documents import normalize_document
 from tensorhub.errors import NotFoundError
+from tensorhub.redaction import redact_uri
 from tensorhub.registry import Stores
 
 _servers: dict[str, tuple[Any, dict[str, bytes], threading.RLock]] = {}
@@ -150,7 +151,7 @@ def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
     """Open ``mongomock://[name]``: the in-process store of that name, created on first use."""
     name = uri.split("://", 1)[1].strip("/")
     server, blob_dict, lock = _server(name)
-    where = f"mongomock://{name}"
+    where = redact_uri(f"mongomock://{name}")
     return Stores(
         index=MongomockIndexStore(mongomock.MongoClient(tz_aware=True, _store=server), lock, where) if index else None,
         blobs=MemoryBlobStore(blob_dict, lock, where) if blobs else None,

@@ -5,19 +5,20 @@ region and endpoint come from the standard AWS chain (environment, ``~/.aws``, i
 roles); the query parameters ``endpoint_url``, ``region``, ``profile``,
 ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``,
 ``addressing_style`` (``path``/``virtual``), ``connect_timeout`` and ``read_timeout`` (seconds)
-override it. Secrets are replaced by ``***`` in every ``uri`` attribute and message.
+override it. Secrets are replaced by ``***`` in every ``uri`` attribute and message
+(:mod:`tensorhub.redaction`; option names in any case or percent-encoded count).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from tensorhub.errors import ConfigurationError
+from tensorhub.redaction import redact_uri, scrub  # the one redaction function, re-exported here
 
 _OPTIONS = ("endpoint_url", "region", "profile", "aws_access_key_id", "aws_secret_access_key",
             "aws_session_token", "addressing_style", "connect_timeout", "read_timeout")
-_SECRET_OPTIONS = ("aws_secret_access_key", "aws_session_token")
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,6 @@ class S3Location:
     uri: str  # redacted
 
 
-def redact_uri(uri: str) -> str:
-    """``uri`` with secret query parameters and any password replaced by ``***``."""
-    parts = urlsplit(uri)
-    pairs = [item.partition("=") for item in parts.query.split("&")] if parts.query else []
-    query = "&".join(f"{k}{eq}***" if k in _SECRET_OPTIONS else f"{k}{eq}{v}" for k, eq, v in pairs)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[-1]}"
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
 def parse_uri(uri: str) -> S3Location:
     """Split ``s3://bucket/prefix?opt=value`` and validate its options."""
     parts = urlsplit(uri)
@@ -49,8 +39,9 @@ def parse_uri(uri: str) -> S3Location:
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
-        raise ConfigurationError(f"unknown s3:// option(s) {unknown} in {redact_uri(uri)!r}; "
-                                 f"known options: {', '.join(_OPTIONS)}")
+        # an option name may be a secret pasted in the wrong place (``?SECRET``): scrubbed
+        raise ConfigurationError(scrub(f"unknown s3:// option(s) {unknown} in {redact_uri(uri)!r}; "
+                                       f"known options (lower case): {', '.join(_OPTIONS)}", uri))
     if parts.username and "aws_access_key_id" not in options:  # s3://KEY:SECRET@bucket/prefix
         options["aws_access_key_id"] = parts.username
         if parts.password:
