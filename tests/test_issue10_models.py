@@ -170,3 +170,34 @@ def test_item15_bad_into_is_a_clear_error(hub: TensorHub) -> None:
                 load(model_name="mlp", into=bad)
     with pytest.raises(InvalidArgumentError, match="into="):  # checked even when nothing matches
         hub.find_model(model_name="absent", into="x")
+
+
+def test_item01_exported_program_expression_runs_no_code(
+        hub: TensorHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's deserialiser sympify()s (evals) each shape expression: a hostile one must be refused first."""
+    import dataclasses
+
+    import torch._export.serde.serialize as serde
+    from torch.export import Dim
+
+    marker = tmp_path / "pwned"
+    net, x = TinyMLP(3, 4, 2).eval(), torch.randn(5, 3)
+    hub.save_model(net, "fine", example_inputs=(x,), dynamic_shapes=({0: Dim("batch")},))
+    assert torch.equal(hub.find_model(model_name="fine")(torch.ones(7, 3)), net(torch.ones(7, 3)))
+
+    original = serde.serialize
+
+    def hostile(*args: Any, **kwargs: Any) -> Any:
+        artifact = original(*args, **kwargs)
+        graph = artifact.exported_program.decode()
+        code = f"__import__('pathlib').Path('{marker}').touch() or Symbol("
+        tampered = graph.replace('"expr_str": "Symbol(', f'"expr_str": "{code}', 1)
+        assert tampered != graph
+        return dataclasses.replace(artifact, exported_program=tampered.encode())
+
+    monkeypatch.setattr(serde, "serialize", hostile)
+    hub.save_model(net, "evil", example_inputs=(x,), dynamic_shapes=({0: Dim("batch")},))
+    for error in _both_loaders(hub, trusted=True):
+        assert "into=" in str(error) and "__import__" in str(error)
+    assert not marker.exists()
+    assert torch.equal(hub.find_model(model_name="evil", into=TinyMLP(3, 4, 2))(x), net(x))  # parameters only

@@ -14,6 +14,7 @@ import numpy as np
 from tensorhub.errors import CorruptDataError, InvalidArgumentError, SerializationError
 from tensorhub.models._arrays import ModelReader
 from tensorhub.models._base import CHUNKS_FORMAT, ModelAdapter, SavedModel
+from tensorhub.models._program_check import checked_program
 from tensorhub.models._trust import Trust, check_trusted, resolve_class
 
 
@@ -314,8 +315,9 @@ class TorchAdapter(ModelAdapter):
             if entry["parameter"]:
                 tensor = torch.nn.Parameter(tensor, requires_grad=entry["requires_grad"])
             (state if entry["kind"] == "state" else constants)[entry["path"]] = tensor
+        graph = checked_program(arrays["program.json"].tobytes(), reader.describe())  # before torch evals it
         try:
-            serialized = _bytes_to_dataclass(schema.ExportedProgram, arrays["program.json"].tobytes())
+            serialized = _bytes_to_dataclass(schema.ExportedProgram, graph)
             exported = ExportedProgramDeserializer().deserialize(serialized, state, constants, None)
         except Exception as exc:  # noqa: BLE001 - a version mismatch or a damaged program: say which
             raise SerializationError(
