@@ -261,7 +261,8 @@ class TensorHub:
     def find_model(self, sort: Any = None, model_name: str | None = None, **kwargs: Any) -> Any:
         """The newest (or first by ``sort``) model matching the query, or ``None``.
 
-        Example: ``net = hub.find_model(sort=[("test_accuracy", -1)])``.
+        Example: ``net = hub.find_model(sort=[("test_accuracy", -1)])``. Options ``into=``,
+        ``trusted=`` and ``allow_pickle=`` as in :meth:`find_all_models`.
         """
         found = self.find_all_models(sort=sort, model_name=model_name, limit=1, **kwargs)
         return found[0] if found else None

@@ -29,7 +29,8 @@ One module per job:
   class lookup: a class path resolves only in modules already imported (or trusted), only to
   a class of the expected base.
 * ``_params``, ``_torch``, ``_sklearn``: the built-in adapters (``_torch`` also holds the
-  ``torch.export`` graph serialisation without pickle).
+  ``torch.export`` graph serialisation without pickle; ``_program_check`` checks a stored
+  program before torch's deserialiser evaluates its shape expressions).
 """
 
 from __future__ import annotations
@@ -57,6 +58,6 @@ from tensorhub.models._torch import TorchAdapter, numpy_to_tensor, tensor_to_num
 __all__ = [
     "CHUNKS_FORMAT", "COLLECTION", "INTERNAL_FIELDS", "LINEAGE", "ModelAdapter", "ModelReader", "ParamsAdapter",
     "ParamsDict", "ParamsList", "ParamsTuple", "SavedModel", "SklearnAdapter", "TorchAdapter", "adapter_for",
-    "adapter_named", "attach_record", "check_load_options", "compare_models", "lineage", "lineage_query", "load_model", "metric_fields",
-    "numpy_to_tensor", "register_model_adapter", "save_model", "tensor_to_numpy", "write_arrays",
+    "adapter_named", "attach_record", "check_load_options", "compare_models", "lineage", "lineage_query",
+    "load_model", "metric_fields", "numpy_to_tensor", "register_model_adapter", "save_model", "tensor_to_numpy", "write_arrays",
 ]

@@ -130,7 +130,9 @@ class TorchAdapter(ModelAdapter):
     ``torch.export`` program that any process can load and run without the class;
     ``dynamic_shapes`` is passed to ``torch.export.export``. Without them the class is rebuilt
     from its dotted path with the keyword arguments in ``network.tensorhub_init_kwargs`` (a
-    JSON-able dict) when the class provides it. Load option ``into=module`` loads only the
+    JSON-able dict) when the class provides it; on load that path must name a
+    ``torch.nn.Module`` subclass in a module the loader imported itself, or one ``trusted=``
+    covers (see :mod:`tensorhub.models._trust`). Load option ``into=module`` loads only the
     parameters, into an existing module, with a strict name and shape check.
 
     Why not ``torch.export.save``/``load``: ``torch.export.load`` unpickles (example inputs
