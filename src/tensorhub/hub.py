@@ -240,13 +240,19 @@ class TensorHub:
         """Every model matching the query (newest first), each carrying ``tensorhub_record``.
 
         ``dataset=``/``task=`` (a record or id) find the models trained on a dataset or by a
-        task. Options: ``into=module`` (PyTorch: load the parameters into this module),
-        ``allow_pickle=True``, ``trusted=[...]`` (scikit-learn: types skops may rebuild).
+        task. Options: ``into=module`` (PyTorch: load the parameters into this built module),
+        ``allow_pickle=True``, and ``trusted=``: what a record may make this process import. By
+        default a PyTorch class path resolves only in modules this process has already imported
+        (and only to a ``torch.nn.Module`` subclass), and scikit-learn models hold only the types
+        skops trusts by default; ``trusted=True`` trusts whoever saved the models, and
+        ``trusted=["mypkg.models"]`` trusts those module prefixes (``mypkg`` covers
+        ``mypkg.sub``, not ``mypkgevil``; for skops also exact type names).
         """
         if "sess" in kwargs:
             kwargs.pop("sess")
             warnings.warn("sess= is ignored (TensorFlow 1 leftover)", DeprecationWarning, stacklevel=2)
-        options = {k: kwargs.pop(k) for k in ("allow_pickle", "into", "trusted") if k in kwargs}
+        options = _models.check_load_options({k: kwargs.pop(k) for k in ("allow_pickle", "into", "trusted")
+                                              if k in kwargs})
         limit = kwargs.pop("limit", None)
         if model_name is not None:
             kwargs["model_name"] = _datasets.check_name(model_name, "model_name")
@@ -256,7 +262,8 @@ class TensorHub:
     def find_model(self, sort: Any = None, model_name: str | None = None, **kwargs: Any) -> Any:
         """The newest (or first by ``sort``) model matching the query, or ``None``.
 
-        Example: ``net = hub.find_model(sort=[("test_accuracy", -1)])``.
+        Example: ``net = hub.find_model(sort=[("test_accuracy", -1)])``. Options ``into=``,
+        ``trusted=`` and ``allow_pickle=`` as in :meth:`find_all_models`.
         """
         found = self.find_all_models(sort=sort, model_name=model_name, limit=1, **kwargs)
         return found[0] if found else None

@@ -25,8 +25,12 @@ One module per job:
 * ``_base``: what an adapter is: :class:`ModelAdapter` and the :class:`SavedModel` it returns.
 * ``_arrays``: named arrays as chunks: :func:`write_arrays` and the verifying :class:`ModelReader`.
 * ``_registry``: :func:`register_model_adapter`, and which adapter saves or loads what.
+* ``_trust``: what a record may make the loading process import (``trusted=``), and the safe
+  class lookup: a class path resolves only in modules already imported (or trusted), only to
+  a class of the expected base.
 * ``_params``, ``_torch``, ``_sklearn``: the built-in adapters (``_torch`` also holds the
-  ``torch.export`` graph serialisation without pickle).
+  ``torch.export`` graph serialisation without pickle; ``_program_check`` checks a stored
+  program before torch's deserialiser evaluates its shape expressions).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from tensorhub.models._repository import (
     INTERNAL_FIELDS,
     LINEAGE,
     attach_record,
+    check_load_options,
     compare_models,
     lineage,
     lineage_query,
@@ -53,6 +58,6 @@ from tensorhub.models._torch import TorchAdapter, numpy_to_tensor, tensor_to_num
 __all__ = [
     "CHUNKS_FORMAT", "COLLECTION", "INTERNAL_FIELDS", "LINEAGE", "ModelAdapter", "ModelReader", "ParamsAdapter",
     "ParamsDict", "ParamsList", "ParamsTuple", "SavedModel", "SklearnAdapter", "TorchAdapter", "adapter_for",
-    "adapter_named", "attach_record", "compare_models", "lineage", "lineage_query", "load_model", "metric_fields",
-    "numpy_to_tensor", "register_model_adapter", "save_model", "tensor_to_numpy", "write_arrays",
+    "adapter_named", "attach_record", "check_load_options", "compare_models", "lineage", "lineage_query",
+    "load_model", "metric_fields", "numpy_to_tensor", "register_model_adapter", "save_model", "tensor_to_numpy", "write_arrays",
 ]

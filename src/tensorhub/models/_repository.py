@@ -12,6 +12,8 @@ from tensorhub.context import ENV_TASK_ID, current_task_id
 from tensorhub.errors import ConfigurationError, InvalidArgumentError, NotFoundError
 from tensorhub.models._arrays import ModelReader, write_arrays
 from tensorhub.models._registry import adapter_for, adapter_named
+from tensorhub.models._torch import check_into
+from tensorhub.models._trust import check_trusted
 from tensorhub.records import as_object_id
 
 log = logging.getLogger("tensorhub.models")  # the package's logger, as before the split into modules
@@ -127,8 +129,23 @@ def save_model(records: Any, network: Any, model_name: str, allow_pickle: bool =
     return records.save(COLLECTION, record, saved.blobs, refs=writer.refs)
 
 
+def check_load_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The load options checked once, before any record is read: ``into=`` and ``trusted=`` (normalised).
+
+    ``trusted`` decides what a record may make this process import: see :mod:`tensorhub.models._trust`.
+    """
+    checked = dict(options)
+    check_into(checked.get("into"))
+    checked["trusted"] = check_trusted(checked.get("trusted"))
+    return checked
+
+
 def load_model(records: Any, record: dict, **options: Any) -> Any:
-    """Rebuild the model of ``record`` with the adapter that saved it, and attach the record."""
+    """Rebuild the model of ``record`` with the adapter that saved it, and attach the record.
+
+    Nothing named by the record is imported or called unless ``options["trusted"]`` allows it
+    (a shared store is hostile input).
+    """
     model = adapter_named(record["adapter"]).load(record, ModelReader(records.blobs, record), **options)
     return attach_record(model, record)
 

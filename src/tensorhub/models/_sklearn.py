@@ -10,13 +10,16 @@ import numpy as np
 from tensorhub.errors import ConfigurationError, SerializationError
 from tensorhub.models._arrays import ModelReader
 from tensorhub.models._base import ModelAdapter, SavedModel
+from tensorhub.models._trust import check_trusted, is_trusted
 
 
 class SklearnAdapter(ModelAdapter):
     """scikit-learn estimators through skops (a zip of JSON and arrays; no pickle).
 
-    skops rebuilds only the types it trusts (scikit-learn's, numpy's, ...); others are
-    refused unless listed in ``find_model(..., trusted=[...])``. Needs ``pip install skops``.
+    skops rebuilds only the types it trusts by default (scikit-learn's, numpy's, ...); any
+    other type in the file is refused before anything is built, unless the caller trusts it:
+    ``find_model(..., trusted=True)`` (every type), or ``trusted=["mypkg", "mypkg.models.MyEst"]``
+    (types under those module prefixes, or exactly those type names). Needs ``pip install skops``.
     """
 
     name = "sklearn"
@@ -37,13 +40,15 @@ class SklearnAdapter(ModelAdapter):
     def load(self, record: dict, reader: ModelReader, **options: Any) -> Any:
         skops_io = _import_skops()
         data = reader.array("skops").tobytes()
+        trust = check_trusted(options.get("trusted"))
         untrusted = skops_io.get_untrusted_types(data=data)
-        trusted = list(options.get("trusted") or [])
-        missing = [t for t in untrusted if t not in trusted]
+        missing = [t for t in untrusted if not is_trusted(t, trust)]
         if missing:
-            raise SerializationError(f"{reader.describe()} holds types skops does not trust by default: {missing}; "
-                                     "pass trusted=[...those names...] to find_model if you trust whoever saved it")
-        return skops_io.loads(data, trusted=trusted or None)
+            raise SerializationError(
+                f"{reader.describe()} holds types skops does not trust by default: {missing}; loading them could run "
+                "their code. Pass trusted=[...those names or their module prefixes...] (or trusted=True) to "
+                "find_model only if you trust whoever saved it; into= does not apply to scikit-learn models")
+        return skops_io.loads(data, trusted=list(untrusted) or None)
 
 
 def _import_skops() -> Any:

@@ -5,7 +5,6 @@ torch is imported only inside the functions that need it, so importing this modu
 
 from __future__ import annotations
 
-import importlib
 import sys
 import warnings
 from typing import Any
@@ -15,21 +14,32 @@ import numpy as np
 from tensorhub.errors import CorruptDataError, InvalidArgumentError, SerializationError
 from tensorhub.models._arrays import ModelReader
 from tensorhub.models._base import CHUNKS_FORMAT, ModelAdapter, SavedModel
+from tensorhub.models._program_check import checked_program
+from tensorhub.models._trust import Trust, check_trusted, resolve_class
 
 
-def _import_object(path: str) -> Any:
-    module_name, _, qualname = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise SerializationError(
-            f"cannot import the model class {path!r} in this process ({exc}). Make the module importable "
-            "(install or add it to PYTHONPATH), pass into=<an instance> to load only the parameters, or save "
-            "with example_inputs=... to store an exported program that needs no class"
-        ) from exc
-    return obj
+def _model_class(record: dict, reader: ModelReader, trust: Trust) -> Any:
+    """The ``torch.nn.Module`` subclass a record's ``class_path`` names, if this process may use it."""
+    import torch
+
+    return resolve_class(record.get("class_path"), torch.nn.Module, "torch.nn.Module", trust, reader.describe())
+
+
+def _init_kwargs(record: dict, reader: ModelReader) -> dict[str, Any]:
+    kwargs = record.get("init_kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise CorruptDataError(f"{reader.describe()}: init_kwargs is not a dict of keyword arguments; pass "
+                               "into=<a built module> to load the parameters only")
+    return kwargs
+
+
+def check_into(into: Any) -> None:
+    """``into=`` must be a built ``torch.nn.Module`` (or None): say so instead of failing inside torch."""
+    torch = sys.modules.get("torch")
+    if into is not None and not (torch is not None and isinstance(into, torch.nn.Module)):
+        raise InvalidArgumentError(f"into= must be a built torch.nn.Module (an instance of the model's class) whose "
+                                   f"parameters are overwritten, or None to rebuild the model; got a "
+                                   f"{type(into).__qualname__}")
 
 
 #: integer dtypes of each width, to store tensors whose dtype numpy lacks (bfloat16, float8...)
@@ -120,7 +130,9 @@ class TorchAdapter(ModelAdapter):
     ``torch.export`` program that any process can load and run without the class;
     ``dynamic_shapes`` is passed to ``torch.export.export``. Without them the class is rebuilt
     from its dotted path with the keyword arguments in ``network.tensorhub_init_kwargs`` (a
-    JSON-able dict) when the class provides it. Load option ``into=module`` loads only the
+    JSON-able dict) when the class provides it; on load that path must name a
+    ``torch.nn.Module`` subclass in a module the loader imported itself, or one ``trusted=``
+    covers (see :mod:`tensorhub.models._trust`). Load option ``into=module`` loads only the
     parameters, into an existing module, with a strict name and shape check.
 
     Why not ``torch.export.save``/``load``: ``torch.export.load`` unpickles (example inputs
@@ -233,12 +245,13 @@ class TorchAdapter(ModelAdapter):
         if record.get("format") == "safetensors":  # records written before parameters went through chunks
             return self._load_safetensors(record, reader, options)
         module = options.get("into")
+        check_into(module)
         if module is None and record.get("torch_architecture") == "torch.export":
             return self._load_program(record, reader, options)
         rebuilt = module is None
         if rebuilt:
-            cls = _import_object(record["class_path"])
-            module = cls(**(record.get("init_kwargs") or {}))
+            cls = _model_class(record, reader, check_trusted(options.get("trusted")))
+            module = cls(**_init_kwargs(record, reader))
         self._load_state(module, record, reader, in_place=rebuilt, allow_pickle=bool(options.get("allow_pickle")))
         return module
 
@@ -304,8 +317,9 @@ class TorchAdapter(ModelAdapter):
             if entry["parameter"]:
                 tensor = torch.nn.Parameter(tensor, requires_grad=entry["requires_grad"])
             (state if entry["kind"] == "state" else constants)[entry["path"]] = tensor
+        graph = checked_program(arrays["program.json"].tobytes(), reader.describe())  # before torch evals it
         try:
-            serialized = _bytes_to_dataclass(schema.ExportedProgram, arrays["program.json"].tobytes())
+            serialized = _bytes_to_dataclass(schema.ExportedProgram, graph)
             exported = ExportedProgramDeserializer().deserialize(serialized, state, constants, None)
         except Exception as exc:  # noqa: BLE001 - a version mismatch or a damaged program: say which
             raise SerializationError(
@@ -324,8 +338,9 @@ class TorchAdapter(ModelAdapter):
         except SafetensorError as exc:
             raise CorruptDataError(f"the parameters of {reader.describe()} are unreadable: {exc}") from exc
         module = options.get("into")
+        check_into(module)
         if module is None:
-            module = _import_object(record["class_path"])(**(record.get("init_kwargs") or {}))
+            module = _model_class(record, reader, check_trusted(options.get("trusted")))(**_init_kwargs(record, reader))
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
