@@ -14,9 +14,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from tensorhub.backends.base import BlobStore, IndexStore
+from tensorhub.backends._uris import redact
+from tensorhub.backends.base import Stores
 from tensorhub.errors import BackendNotInstalledError, ConfigurationError, UnknownSchemeError
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,10 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "tensorhub.backends"
 DEFAULT_URI = "file://./tensorhub-data"
 
-
-@dataclass(frozen=True)
-class Stores:
-    """What a backend opened for a URI: an index store, a blob store, or both."""
-
-    index: IndexStore | None
-    blobs: BlobStore | None
+# Stores and redact live below the backends (backends depend on nothing above them); they
+# stay importable from here
+__all__ = ["DEFAULT_URI", "ENTRY_POINT_GROUP", "Opener", "Stores", "known_schemes", "normalize_scheme",
+           "open_stores", "redact", "register_backend", "split_scheme"]
 
 
 Opener = Callable[..., Stores]
@@ -123,24 +120,3 @@ def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
     opener = _load(_lookup(scheme), scheme)
     log.debug("opening %s (index=%s, blobs=%s)", redact(uri), index, blobs)
     return opener(uri, index=index, blobs=blobs)
-
-
-_SECRET_WORDS = ("secret", "password", "passwd", "token", "credential")
-
-
-def redact(uri: str) -> str:
-    """``uri`` with its password and secret query values replaced by ``***`` (for logs and ``str(hub)``)."""
-    if "://" not in uri:
-        return uri
-    parts = urlsplit(uri)
-    if parts.password is None and not any(w in parts.query.lower() for w in _SECRET_WORDS):
-        return uri
-    if parts.password is not None:
-        netloc = parts.netloc.rsplit("@", 1)
-        userinfo = f"{parts.username}:***" if parts.username else ":***"
-        parts = parts._replace(netloc=f"{userinfo}@{netloc[-1]}")
-    if parts.query:
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        hidden = [(k, "***" if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in pairs]
-        parts = parts._replace(query=urlencode(hidden, safe="*:/"))
-    return urlunsplit(parts)

@@ -21,7 +21,7 @@ import pymongo
 import pymongo.errors
 from bson.errors import InvalidDocument
 
-from tensorhub.backends.base import FRESH_FOR, BlobStore, Document, IndexStore, SortSpec
+from tensorhub.backends.base import FRESH_FOR, BlobStore, Document, IndexStore, SortSpec, Stores
 from tensorhub.errors import (
     BackendUnavailableError,
     InvalidArgumentError,
@@ -30,7 +30,7 @@ from tensorhub.errors import (
     SerializationError,
 )
 from tensorhub.query import normalize_sort
-from tensorhub.registry import Stores, redact
+from tensorhub.backends._uris import redact
 
 DEFAULT_DATABASE = "tensorhub"
 BLOB_BUCKET = "blobs"
@@ -71,6 +71,9 @@ def _sort(sort: SortSpec | None) -> list[tuple[str, int]] | None:
 
 class MongoIndexStore(IndexStore):
     """Each collection of the index is a MongoDB collection of the URI's database."""
+
+    supports_cheap_count = True  # count_documents runs on the server
+    supports_server_side_indexes = True
 
     def __init__(self, client: Any, database: str, where: str) -> None:
         self.client = client

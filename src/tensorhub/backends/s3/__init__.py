@@ -31,12 +31,12 @@ uses them, e.g. ``tensorhub.backends.s3._index.DEAD_STATE_GRACE``.
 
 from __future__ import annotations
 
+from tensorhub.backends.base import Stores
 from tensorhub.backends.s3._blobs import S3BlobStore
 from tensorhub.backends.s3._connection import S3Connection
 from tensorhub.backends.s3._errors import is_conflict, is_missing, translate_errors
 from tensorhub.backends.s3._index import S3IndexStore
 from tensorhub.backends.s3._uri import S3Location, parse_uri, redact_uri
-from tensorhub.registry import Stores
 
 
 def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
