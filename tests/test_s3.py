@@ -30,7 +30,7 @@ from bson import ObjectId
 
 from tensorhub import TensorHub
 from tensorhub.backends import s3 as s3_backend
-from tensorhub.backends.s3 import _index as s3_index
+from tensorhub.backends.s3 import _compaction as s3_compaction
 from tensorhub.errors import BackendUnavailableError, ConfigurationError, NotFoundError
 from tensorhub.registry import open_stores
 from tensorhub.testing.servers import free_port, s3_server
@@ -263,7 +263,7 @@ def test_dead_tombstones_are_swept_after_the_grace_period(s3_uri: str, raw_s3: A
             index.insert_many("c", [{"_id": ObjectId(), "i": i}])
         assert index.delete_many("c", {}) == 3
         assert len(_keys(raw_s3, prefix)) == 3
-        monkeypatch.setattr(s3_index, "DEAD_STATE_GRACE", timedelta(seconds=-60))
+        monkeypatch.setattr(s3_compaction, "DEAD_STATE_GRACE", timedelta(seconds=-60))
         assert index.delete_many("c", {}) == 0
         assert _keys(raw_s3, prefix) == []
     finally:

@@ -20,6 +20,7 @@ from tensorhub.errors import (
     TaskTimeoutError,
     TensorHubError,
     UnknownSchemeError,
+    UnsupportedOperationError,
 )
 from tensorhub.hub import TensorHub
 from tensorhub.models import ModelAdapter, register_model_adapter
@@ -41,6 +42,7 @@ __all__ = [
     "CorruptDataError",
     "ScriptError",
     "TaskTimeoutError",
+    "UnsupportedOperationError",
     "ModelAdapter",
     "register_model_adapter",
     "register_backend",

@@ -55,3 +55,7 @@ class ScriptError(TensorHubError, FileNotFoundError):
 
 class TaskTimeoutError(TensorHubError, TimeoutError):
     """Waiting for tasks took longer than the given timeout."""
+
+
+class UnsupportedOperationError(TensorHubError, NotImplementedError):
+    """A backend was asked for an optional ability it does not declare (e.g. ``IndexStore.compact``)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from tensorhub.backends.base import BlobStore, IndexStore
+from tensorhub.backends.base import BlobStore, IndexStore, Stores
 from tensorhub.errors import BackendNotInstalledError, ConfigurationError, TensorHubError, UnknownSchemeError
 from tensorhub.redaction import redact_uri, scrub, shows_secret
 
@@ -27,13 +27,10 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "tensorhub.backends"
 DEFAULT_URI = "file://./tensorhub-data"
 
-
-@dataclass(frozen=True)
-class Stores:
-    """What a backend opened for a URI: an index store, a blob store, or both."""
-
-    index: IndexStore | None
-    blobs: BlobStore | None
+# Stores and redact live below the backends (backends depend on nothing above them); they
+# stay importable from here
+__all__ = ["DEFAULT_URI", "ENTRY_POINT_GROUP", "Opener", "Stores", "known_schemes", "normalize_scheme",
+           "open_stores", "redact", "register_backend", "split_scheme"]
 
 
 Opener = Callable[..., Stores]

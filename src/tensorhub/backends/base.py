@@ -7,7 +7,8 @@ written once against these two ABCs and never looks at which implementation it h
 
 Both ABCs are small on purpose: a handful of abstract primitives, and derived operations
 implemented here once. ``abc.ABC`` enforces them: a backend that forgets a primitive cannot
-be instantiated.
+be instantiated. Optional abilities are declared as class attributes (``supports_*``, as
+zarr's ``Store.supports_writes``) that callers read instead of probing for methods.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import datetime as dt
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 Document = dict[str, Any]
@@ -24,6 +26,18 @@ SortSpec = Sequence[tuple[str, int]]
 #: :meth:`BlobStore.freshen` rewrites the modified time of blobs older than this; garbage
 #: collection must therefore keep unreferenced blobs for longer than this (plus a save's length)
 FRESH_FOR = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Stores:
+    """What a backend's ``open_stores(uri, *, index, blobs)`` opened: an index store, a blob store, or both.
+
+    Defined here, beside the ABCs, so that backends depend on this module alone (the registry,
+    the layer above them, re-exports it).
+    """
+
+    index: IndexStore | None
+    blobs: BlobStore | None
 
 
 class IndexStore(ABC):
@@ -40,6 +54,15 @@ class IndexStore(ABC):
     #: whether another process can open the same store from ``uri`` (False for in-memory stores);
     #: task runners run scripts in-process when it is False.
     shared_across_processes: bool = True
+    #: whether :meth:`compact` merges what the store wrote piecemeal (``s3://``); when False it
+    #: raises :class:`~tensorhub.errors.UnsupportedOperationError`
+    supports_compaction: bool = False
+    #: whether :meth:`count` counts where the documents live, without fetching or decoding them
+    #: (a server-side count); when False it costs about what a :meth:`find` of the same filter does
+    supports_cheap_count: bool = False
+    #: whether :meth:`create_index` builds an index the store's queries use (MongoDB); when False
+    #: it is accepted and ignored, and queries scan the collection
+    supports_server_side_indexes: bool = False
 
     @abstractmethod
     def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
@@ -94,6 +117,20 @@ class IndexStore(ABC):
     def count(self, collection: str, filter: Mapping[str, Any]) -> int:
         """Number of matches. Backends with a cheaper count override it."""
         return len(self.find(collection, filter))
+
+    def compact(self, collection: str) -> int:
+        """Merge the small pieces a collection was written in; return how many were merged away.
+
+        Only stores that declare :attr:`supports_compaction` implement it; read the flag first::
+
+            if hub.index.supports_compaction:
+                hub.index.compact("training_logs")
+        """
+        from tensorhub.errors import UnsupportedOperationError
+
+        raise UnsupportedOperationError(
+            f"{type(self).__name__} ({self.uri or 'this index store'}) has nothing to compact: it does not "
+            "support compaction (check IndexStore.supports_compaction before calling compact())")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files. Safe to call twice."""

@@ -36,12 +36,12 @@ import bson
 from bson import ObjectId
 from bson.regex import Regex
 
-from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec
+from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec, Stores
 from tensorhub.documents import CODEC_OPTIONS, encode_document
 from tensorhub.errors import BackendUnavailableError, ConfigurationError, InvalidArgumentError, NotFoundError
 from tensorhub.query import apply_update, matches, sort_documents, validate_filter
 from tensorhub.redaction import redact_uri
-from tensorhub.registry import Stores
+
 
 def path_from_uri(uri: str) -> Path:
     """``file:///abs``, ``file://./rel``, ``file://rel`` or a bare path -> a filesystem path."""
@@ -333,6 +333,11 @@ class SQLiteIndexStore(IndexStore):
     A query runs as SQL over ``fields`` first (:func:`pushdown`); :mod:`tensorhub.query`
     decides the rows SQL could not, and sorts.
     """
+
+    # an ``_id`` filter is a key lookup, anything else reads every row of the collection (no
+    # indexes: create_index is ignored), and count() is a find()
+    supports_cheap_count = False
+    supports_server_side_indexes = False
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)

@@ -20,7 +20,7 @@ import pymongo
 import pymongo.errors
 from bson.errors import InvalidDocument
 
-from tensorhub.backends.base import FRESH_FOR, BlobStore, Document, IndexStore, SortSpec
+from tensorhub.backends.base import FRESH_FOR, BlobStore, Document, IndexStore, SortSpec, Stores
 from tensorhub.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -31,7 +31,6 @@ from tensorhub.errors import (
 )
 from tensorhub.query import normalize_sort
 from tensorhub.redaction import redact_uri, scrub, shows_secret
-from tensorhub.registry import Stores
 
 DEFAULT_DATABASE = "tensorhub"
 BLOB_BUCKET = "blobs"
@@ -72,6 +71,9 @@ def _sort(sort: SortSpec | None) -> list[tuple[str, int]] | None:
 
 class MongoIndexStore(IndexStore):
     """Each collection of the index is a MongoDB collection of the URI's database."""
+
+    supports_cheap_count = True  # count_documents runs on the server
+    supports_server_side_indexes = True
 
     def __init__(self, client: Any, database: str, where: str) -> None:
         self.client = client

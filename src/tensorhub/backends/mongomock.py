@@ -19,15 +19,12 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
-import mongomock
-import mongomock.store
-
-from tensorhub.backends.base import BlobStore, Document, SortSpec
+from tensorhub._compat import mongomock as mongomock_compat
+from tensorhub.backends.base import BlobStore, Document, SortSpec, Stores
 from tensorhub.backends.mongo import MongoIndexStore
 from tensorhub.documents import normalize_document
 from tensorhub.errors import NotFoundError
 from tensorhub.redaction import redact_uri
-from tensorhub.registry import Stores
 
 _servers: dict[str, tuple[Any, dict[str, bytes], threading.RLock]] = {}
 _servers_lock = threading.Lock()
@@ -42,7 +39,7 @@ def reset() -> None:
 def _server(name: str) -> tuple[Any, dict[str, tuple[bytes, dt.datetime]], threading.RLock]:
     with _servers_lock:
         if name not in _servers:
-            _servers[name] = (mongomock.store.ServerStore(), {}, threading.RLock())
+            _servers[name] = (mongomock_compat.new_server(), {}, threading.RLock())
         return _servers[name]
 
 
@@ -60,6 +57,8 @@ class MongomockIndexStore(MongoIndexStore):
     """
 
     shared_across_processes = False  # the data lives in this process's memory
+    # mongomock records indexes but every query scans; its count does not copy documents (inherited)
+    supports_server_side_indexes = False
 
     def __init__(self, client: Any, lock: threading.RLock, where: str) -> None:
         super().__init__(client, "tensorhub", where)
@@ -153,6 +152,6 @@ def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
     server, blob_dict, lock = _server(name)
     where = redact_uri(f"mongomock://{name}")
     return Stores(
-        index=MongomockIndexStore(mongomock.MongoClient(tz_aware=True, _store=server), lock, where) if index else None,
+        index=MongomockIndexStore(mongomock_compat.client_on(server, tz_aware=True), lock, where) if index else None,
         blobs=MemoryBlobStore(blob_dict, lock, where) if blobs else None,
     )

@@ -9,7 +9,7 @@ import pytest
 from bson import ObjectId
 
 from tensorhub.backends.base import IndexStore
-from tensorhub.errors import InvalidQueryError, TensorHubError
+from tensorhub.errors import InvalidQueryError, TensorHubError, UnsupportedOperationError
 
 
 def _docs(n: int) -> list[dict]:
@@ -102,3 +102,37 @@ class IndexStoreContract:
         index_store.insert_many("c", _docs(2))
         with pytest.raises((InvalidQueryError, TensorHubError)):
             index_store.update_many("c", {}, {"plain": 1})
+
+    # ------------------------------------------------------------------ declared capabilities
+    def test_capabilities_are_declared_flags(self, index_store: IndexStore) -> None:
+        for flag in ("supports_compaction", "supports_cheap_count", "supports_server_side_indexes"):
+            assert isinstance(getattr(type(index_store), flag), bool), f"{flag} must be a bool class attribute"
+
+    def test_compact_does_what_supports_compaction_declares(self, index_store: IndexStore) -> None:
+        docs = _docs(6)
+        for doc in docs:  # one write each: what compaction exists to merge
+            index_store.insert_one("c", doc)
+        index_store.update_many("c", {"i": 2}, {"$set": {"x": 1}})
+        if index_store.supports_compaction:
+            merged = index_store.compact("c")
+            assert isinstance(merged, int) and merged >= 0
+            assert index_store.compact("c") == 0  # nothing is left to merge right after a compaction
+        else:
+            with pytest.raises(UnsupportedOperationError, match="supports_compaction"):
+                index_store.compact("c")
+        found = index_store.find("c", {}, sort=[("i", 1)])
+        assert [d["_id"] for d in found] == [d["_id"] for d in docs]  # every document, once
+        assert found[2]["x"] == 1
+
+    def test_cheap_count_is_the_stores_own(self, index_store: IndexStore) -> None:
+        index_store.insert_many("c", _docs(10))
+        if index_store.supports_cheap_count:  # the default count() is a find(): a cheap one overrides it
+            assert type(index_store).count is not IndexStore.count
+        assert index_store.count("c", {"even": True}) == 5
+
+    def test_create_index_does_what_server_side_indexes_declares(self, index_store: IndexStore) -> None:
+        if index_store.supports_server_side_indexes:  # the default create_index() ignores the call
+            assert type(index_store).create_index is not IndexStore.create_index
+        index_store.create_index("c", [("meta.group", 1), ("i", -1)])  # accepted either way
+        index_store.insert_many("c", _docs(4))
+        assert [d["i"] for d in index_store.find("c", {"meta.group": "a"}, sort=[("i", -1)])] == [1, 0]

@@ -22,21 +22,27 @@ with nothing but the bucket. One module per job:
 * ``_connection``: :class:`S3Connection`, the client and thread pool the stores of one URI
   share, the open check, and the conditional PUT (``put_if``).
 * ``_segments``: the index's objects (segments, their states) and their BSON encoding.
-* ``_index``: :class:`S3IndexStore`: the index design, compaction, its costs and limits.
+* ``_view``: what a store knows of a collection (segments, states, resolved documents) and
+  its refresh (a LIST, GETs of what changed).
+* ``_cas``: compare-and-swap writes of segments' states (updates, deletes), and how a merge
+  ends (commit or abort).
+* ``_compaction``: merging small segments, aborting abandoned merges, sweeping leftovers.
+* ``_index``: :class:`S3IndexStore`, the index operations, and the index design: segments,
+  states, compaction, its costs and limits.
 * ``_blobs``: :class:`S3BlobStore`: multipart uploads and parallel, ETag-pinned ranged reads.
 
 Tunables (timeouts, attempts, thread and part sizes) are module constants of the module that
-uses them, e.g. ``tensorhub.backends.s3._index.DEAD_STATE_GRACE``.
+uses them, e.g. ``tensorhub.backends.s3._compaction.DEAD_STATE_GRACE``.
 """
 
 from __future__ import annotations
 
+from tensorhub.backends.base import Stores
 from tensorhub.backends.s3._blobs import S3BlobStore
 from tensorhub.backends.s3._connection import S3Connection
 from tensorhub.backends.s3._errors import is_conflict, is_missing, translate_errors
 from tensorhub.backends.s3._index import S3IndexStore
 from tensorhub.backends.s3._uri import S3Location, parse_uri, redact_uri
-from tensorhub.registry import Stores
 
 
 def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:

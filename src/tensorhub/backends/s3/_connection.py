@@ -24,6 +24,7 @@ import botocore.session
 import botocore.utils
 from botocore.config import Config
 
+from tensorhub._compat import botocore as botocore_compat
 from tensorhub.backends.s3._errors import error_code, is_conflict, is_missing, translate_errors
 from tensorhub.backends.s3._uri import S3Location
 from tensorhub.errors import BackendUnavailableError, ConfigurationError
@@ -60,10 +61,10 @@ def _botocore_session() -> botocore.session.Session:
     session = botocore.session.get_session()
     with _loader_lock:
         if _loader is None:
-            _loader = session.get_component("data_loader")
+            _loader = botocore_compat.data_loader(session)
         else:
-            session.register_component("data_loader", _loader)
-    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
+            botocore_compat.share_data_loader(session, _loader)
+    botocore_compat.set_timestamp_parser(session, _parse_timestamp)
     return session
 
 

@@ -7,7 +7,8 @@ by compaction) starts with a header document (``v``, ``sources``: the sids it re
 A segment's state (``index/<collection>/state/<sid>.bson``) is a header document (``v``,
 ``rev``, ``dead``, ``deleted`` ids, and when set ``merged_into`` / ``aborted``) followed by
 the current version of every updated document. How they are written and read is in
-:mod:`tensorhub.backends.s3._index`.
+:mod:`tensorhub.backends.s3._index` (design), :mod:`~tensorhub.backends.s3._view`
+(reading) and :mod:`~tensorhub.backends.s3._cas` (writing).
 """
 
 from __future__ import annotations

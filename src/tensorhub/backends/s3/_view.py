@@ -1,0 +1,314 @@
+"""What one S3 index store knows of each collection, and how it brings that up to date.
+
+Job: the read side of the index (design in :mod:`tensorhub.backends.s3._index`). A
+:class:`View` caches a collection's segments (immutable) and states (by ETag) and the
+documents they resolve to; :class:`Views` keeps the views of one store, refreshes a view
+with one LIST and GETs of what changed only, and re-reads single states after a lost race.
+Nothing here writes to S3.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+
+from tensorhub.backends.base import SortSpec
+from tensorhub.backends.s3._connection import S3Connection
+from tensorhub.backends.s3._segments import Entry, Segment, State, idkey, is_merged
+from tensorhub.errors import BackendUnavailableError, InvalidArgumentError
+from tensorhub.query import matches, sort_documents
+
+log = logging.getLogger(__name__)
+
+#: a state read longer ago than this is re-read before a CAS write (must stay << DEAD_STATE_GRACE
+#: of :mod:`tensorhub.backends.s3._compaction`)
+MAX_VIEW_AGE = 600.0
+#: LISTs of one refresh before giving up when segments keep vanishing under it (merged away)
+REFRESH_ATTEMPTS = 8
+
+_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def split_id_condition(filter: Mapping[str, Any]) -> tuple[set[Any] | None, Mapping[str, Any]]:
+    """``(keys, rest)``: the ``_id`` keys a top-level ``_id``/``$in`` of ObjectIds allows, and the rest.
+
+    Matching ``{"_id": {"$in": [1,000 ids]}}`` document by document costs 1,000 comparisons each;
+    a set lookup is exact instead (an ``_id`` is never an array, and only an ObjectId equals an
+    ObjectId). Anything else returns ``(None, filter)`` and is matched in full.
+    """
+    if not isinstance(filter, Mapping) or "_id" not in filter:
+        return None, filter
+    condition = filter["_id"]
+    if isinstance(condition, Mapping) and len(condition) == 1 and "$eq" in condition:
+        condition = condition["$eq"]
+    if isinstance(condition, ObjectId):
+        values: Any = [condition]
+    elif (isinstance(condition, Mapping) and len(condition) == 1 and isinstance(condition.get("$in"), (list, tuple))
+          and all(isinstance(v, ObjectId) for v in condition["$in"])):
+        values = condition["$in"]
+    else:
+        return None, filter
+    return {idkey(v) for v in values}, {k: v for k, v in filter.items() if k != "_id"}
+
+
+def select(entries: list[Entry], filter: Mapping[str, Any], sort: SortSpec | None = None) -> list[Entry]:
+    """The entries matching ``filter``, ordered by ``sort``."""
+    keys, rest = split_id_condition(filter)
+    if keys is not None:  # exact pre-filter: the repository deletes and claims by _id / $in
+        entries = [e for e in entries if e.key in keys]
+    hits = [e for e in entries if matches(e.doc, rest)]
+    if sort:
+        by_doc = {id(e.doc): e for e in hits}
+        docs = sort_documents([e.doc for e in hits], sort)
+        hits = [by_doc[id(d)] for d in docs]
+    return hits
+
+
+@dataclass
+class View:
+    """What one store instance knows of one collection."""
+
+    lock: threading.RLock = field(default_factory=threading.RLock)  # short in-memory sections only
+    refresh_lock: threading.Lock = field(default_factory=threading.Lock)
+    segments: dict[str, Segment] = field(default_factory=dict)
+    states: dict[str, State] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)  # live segment ids, in listing order
+    orphans: dict[str, datetime] = field(default_factory=dict)  # state without segment -> LastModified
+    undeleted: list[str] = field(default_factory=list)  # dead/merged-away segments whose object is still there
+    pending: dict[str, datetime] = field(default_factory=dict)  # merged segment not committed -> LastModified
+    compactor: threading.Thread | None = None  # the background compaction of this collection, if any
+    cleaned: float = float("-inf")  # when a background job last started
+    seen: dict[str, float] = field(default_factory=dict)  # sid -> when a listing (or our insert) showed it
+    entries: list[Entry] = field(default_factory=list)
+    key_index: dict[Any, str] = field(default_factory=dict)  # _id key -> sid of the live documents
+    signature: Any = None
+
+
+class Gone(Exception):
+    """A segment vanished (it was dead and got swept) while we worked on it."""
+
+
+class Views:
+    """The views of one store's collections, their keys on S3, and their refresh."""
+
+    def __init__(self, connection: S3Connection) -> None:
+        self.conn = connection
+        self.uri = connection.uri
+        self._root = f"{connection.location.prefix}index/"
+        self._views: dict[str, View] = {}
+        self._lock = threading.Lock()
+
+    # -------------------------------------------------------------- keys and cache
+    def prefix(self, collection: str) -> str:
+        """The key prefix of a collection (checks the name: it becomes part of S3 keys)."""
+        if not isinstance(collection, str) or not _COLLECTION_NAME.match(collection):
+            raise InvalidArgumentError(f"collection names are letters, digits, '_', '.', '-'; got {collection!r}")
+        return f"{self._root}{collection}/"
+
+    def seg_key(self, collection: str, sid: str) -> str:
+        return f"{self.prefix(collection)}seg/{sid}.bson"
+
+    def state_key(self, collection: str, sid: str) -> str:
+        return f"{self.prefix(collection)}state/{sid}.bson"
+
+    def get(self, collection: str) -> View:
+        """The view of ``collection`` (empty until refreshed)."""
+        with self._lock:
+            return self._views.setdefault(collection, View())
+
+    def all(self) -> list[View]:
+        with self._lock:
+            return list(self._views.values())
+
+    def listing(self, prefix: str) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """``(segments, states)`` of a collection, from one LIST of its prefix: sid -> object."""
+        segments: dict[str, dict[str, Any]] = {}
+        states: dict[str, dict[str, Any]] = {}
+        for obj in self.conn.list(prefix):
+            kind, _, name = obj["Key"][len(prefix):].partition("/")
+            if name.endswith(".bson") and "/" not in name:
+                {"seg": segments, "state": states}.get(kind, {})[name[:-5]] = obj
+        return segments, states
+
+    def fetch_state(self, collection: str, sid: str) -> State:
+        """The current state of a segment from S3 (an empty one, ``etag=None``, if it has none)."""
+        key = self.state_key(collection, sid)
+        got = self.conn.get(key)
+        if got is None:
+            return State()
+        return State.parse(got[0], got[1], key)
+
+    # -------------------------------------------------------------- refresh
+    def refresh(self, collection: str) -> View:
+        """Bring the cached view of a collection up to date: a LIST, GETs of what changed only.
+
+        ``view.lock`` is only held for short in-memory steps, never while waiting on the thread
+        pool (whose threads may be CAS workers needing it); ``refresh_lock`` serialises refreshes.
+        A segment that vanishes between the LIST and its GET (merged away or dead) makes the
+        refresh start over, a bounded number of times.
+        """
+        prefix = self.prefix(collection)
+        view = self.get(collection)
+        with view.refresh_lock:
+            for attempt in range(REFRESH_ATTEMPTS):
+                if self._refresh_once(collection, prefix, view):
+                    return view
+                log.debug("s3 index %s/%s: a segment vanished during a refresh (attempt %d)", self.uri,
+                          collection, attempt)
+        raise BackendUnavailableError(f"{collection} at {self.uri} kept changing while it was read "
+                                      f"({REFRESH_ATTEMPTS} attempts); try again")
+
+    def _refresh_once(self, collection: str, prefix: str, view: View) -> bool:
+        # The LIST returns seg/ keys before state/ keys and each in key order, page after page, so
+        # a document is always seen in at least one of its segments: a merged segment's id sorts
+        # after its sources', it exists before they are removed, and the state that commits it is
+        # listed after all of them (see the design in _index).
+        segments, states = self.listing(prefix)
+        now = time.monotonic()
+
+        def stale(sids: Any) -> list[str]:
+            with view.lock:
+                return [sid for sid in sids if sid in states
+                        and (sid not in view.states or view.states[sid].etag != states[sid]["ETag"])]
+
+        def install(fetched: list[tuple[str, State]]) -> None:
+            with view.lock:
+                for sid, state in fetched:
+                    view.states[sid] = state
+
+        fetched = self.conn.map(lambda sid: (sid, self.fetch_state(collection, sid)), stale(segments))
+        install(fetched)
+        with view.lock:
+            fetched_ids = {sid for sid, _ in fetched}
+            for sid in segments:
+                cached = view.states.get(sid)
+                if sid not in states and (cached is None or cached.etag is None):
+                    view.states[sid] = State(checked=now)  # no state object: fresh (or a merge not committed)
+                elif cached is not None and sid not in fetched_ids:
+                    cached.checked = now
+            targets = {view.states[sid].merged_into for sid in segments
+                       if sid in view.states and view.states[sid].merged_into}
+
+        def state_of(sid: str) -> State:  # (a concurrent writer may have dropped one it found swept)
+            return view.states.get(sid) or State()
+
+        # the states of merges that segments point at but whose merged segment is gone (dead, aborted)
+        install(self.conn.map(lambda sid: (sid, self.fetch_state(collection, sid)),
+                              stale(t for t in targets if t not in segments)))
+        with view.lock:
+            def committed(sid: str | None) -> bool:
+                state = view.states.get(sid) if sid in states else None
+                return state is not None and state.etag is not None and not state.aborted
+
+            superseded = {sid for sid in segments if committed(state_of(sid).merged_into)}
+            candidates = [sid for sid in segments
+                          if sid not in superseded and not state_of(sid).dead and not state_of(sid).aborted
+                          and (not is_merged(sid) or committed(sid))]
+            missing = [sid for sid in candidates if sid not in view.segments]
+
+        def load(sid: str) -> tuple[str, Segment | None]:
+            key = self.seg_key(collection, sid)
+            got = self.conn.get(key)
+            return sid, None if got is None else Segment.parse(got[0], key, merged=is_merged(sid))
+
+        loaded = self.conn.map(load, missing)
+        if any(segment is None for _, segment in loaded):
+            return False  # merged away or dead since the LIST: read again
+        with view.lock:
+            view.segments.update(loaded)
+            for sid in candidates:  # a committed merge replaces its sources even if we read them unmarked
+                superseded.update(view.segments[sid].sources)
+            live = [sid for sid in candidates if sid not in superseded]
+            view.order = sorted(live, key=lambda sid: (first(view, sid), sid))
+            keep = set(view.order)
+            view.segments = {sid: seg for sid, seg in view.segments.items() if sid in keep}
+            view.states = {sid: st for sid, st in view.states.items() if sid in segments or sid in targets}
+            view.orphans = {sid: obj["LastModified"] for sid, obj in states.items()
+                            if sid not in segments and sid not in targets}
+            view.undeleted = [sid for sid in segments
+                              if state_of(sid).dead or state_of(sid).aborted or sid in superseded]
+            view.pending = {sid: obj["LastModified"] for sid, obj in segments.items()
+                            if is_merged(sid) and sid not in states}
+            view.seen = {sid: now for sid in view.order}
+            rebuild(view)
+        return True
+
+    # -------------------------------------------------------------- single states
+    def install(self, collection: str, sid: str, state: State) -> None:
+        """Put a state we read or wrote into the view (unless it already holds that version)."""
+        view = self.get(collection)
+        with view.lock:
+            old = view.states.get(sid)
+            if old is None or old.etag != state.etag or old.rev != state.rev:
+                view.states[sid] = state
+                if sid in view.order:
+                    rebuild(view)
+
+    def reload(self, collection: str, sid: str) -> State:
+        """Re-read one segment's state after a lost race (raises :class:`Gone` if it was swept)."""
+        state = self.fetch_state(collection, sid)
+        view = self.get(collection)
+        with view.lock:
+            recently_seen = time.monotonic() - view.seen.get(sid, float("-inf")) < MAX_VIEW_AGE
+        # no state object: a fresh segment, unless it died and was swept (which takes DEAD_STATE_GRACE)
+        if state.etag is None and not recently_seen and not self.conn.exists(self.seg_key(collection, sid)):
+            with view.lock:
+                view.segments.pop(sid, None)
+                view.states.pop(sid, None)
+                if sid in view.order:
+                    view.order.remove(sid)
+                    rebuild(view)
+            raise Gone(sid)
+        self.install(collection, sid, state)
+        return state
+
+    def current(self, collection: str, sid: str) -> State:
+        """A segment's state as cached, re-read first if it is older than :data:`MAX_VIEW_AGE`."""
+        view = self.get(collection)
+        with view.lock:
+            state = view.states.get(sid) or State()
+        if time.monotonic() - state.checked > MAX_VIEW_AGE:
+            state = self.reload(collection, sid)
+        return state
+
+
+def first(view: View, sid: str) -> str:
+    """A segment's place in the collection's order: a merged one takes its oldest source's."""
+    segment = view.segments.get(sid)
+    return segment.first if segment is not None and segment.first else sid
+
+
+def rebuild(view: View) -> None:
+    """Recompute the resolved documents if any segment or state changed (caller holds the lock)."""
+    signature = tuple((sid, view.states[sid].etag, view.states[sid].rev) for sid in view.order)
+    if signature == view.signature:
+        return
+    entries = []
+    for sid in view.order:
+        entries.extend(segment_entries(view, sid))
+    view.entries, view.signature = entries, signature
+    view.key_index = {e.key: e.sid for e in entries}
+
+
+def segment_entries(view: View, sid: str) -> list[Entry]:
+    """The live documents of one segment, as its state resolves them (caller holds the lock)."""
+    segment, state = view.segments.get(sid), view.states.get(sid) or State()
+    if segment is None or state.dead:
+        return []
+    out = []
+    for raw, doc in zip(segment.raws, segment.docs, strict=True):
+        key = idkey(doc["_id"])
+        if key in state.deleted:
+            continue
+        if key in state.docs:
+            raw, doc = state.docs[key]
+        out.append(Entry(sid, key, raw, doc))
+    return out
