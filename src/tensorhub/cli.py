@@ -155,7 +155,8 @@ def gc_command(uri: str | None, older_than: float, dry_run: bool) -> None:
         counts = hub.collect_garbage(older_than=older_than * 3600, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {counts['chunks']} chunk(s) and {counts['record_blobs']} record blob(s) no record refers "
-               f"to; kept {counts['kept_young']} blob(s) younger than {older_than:g} h")
+               f"to, and {counts['incomplete']} leftover(s) of killed writes; kept {counts['kept_young']} blob(s) "
+               f"younger than {older_than:g} h")
 
 
 @main.command("demo")

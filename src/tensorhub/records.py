@@ -205,10 +205,14 @@ class Records:
         chunks but not yet its record; a save that reuses a stored chunk freshens it
         (:meth:`BlobStore.freshen`), so ``older_than`` must exceed :data:`FRESH_FOR` plus the
         longest save. Blobs whose age the backend cannot tell are kept unless ``older_than``
-        is zero. Returns counts: ``chunks`` and ``record_blobs`` deleted (or that would be,
-        with ``dry_run``), and ``kept_young``.
+        is zero. What killed writes left inside the backend (temp files, pieces of uploads:
+        :meth:`BlobStore.sweep_incomplete`) goes too, by the same age. Returns counts:
+        ``chunks``, ``record_blobs`` and ``incomplete`` (leftovers of killed writes) deleted (or
+        that would be, with ``dry_run``), and ``kept_young``. The blob store's owner marker
+        (:mod:`tensorhub.ownership`) is never garbage.
         """
         from tensorhub.chunks import CHUNK_PREFIX
+        from tensorhub.ownership import OWNER_KEY
 
         cutoff = dt.datetime.now(dt.timezone.utc) - older_than  # not utcnow(): no truncation to the ms
         listing = list(self.blobs.list_modified(""))  # before reading records: one saved meanwhile is seen
@@ -219,6 +223,8 @@ class Records:
         doomed, young = [], 0
         by_record: dict[tuple[str, str], list[str]] = {}
         for key, modified in listing:
+            if key == OWNER_KEY:
+                continue
             if (modified is None and older_than > dt.timedelta(0)) or (modified is not None and modified > cutoff):
                 young += 1
             elif key.startswith(CHUNK_PREFIX):
@@ -239,9 +245,11 @@ class Records:
         if not dry_run:
             for key in doomed:
                 self.blobs.delete(key)
-        log.info("garbage collection of %s: %d chunks and %d record blobs %s, %d younger than %s kept",
-                 self.blobs.uri, chunks, record_blobs, "found" if dry_run else "deleted", young, older_than)
-        return {"chunks": chunks, "record_blobs": record_blobs, "kept_young": young}
+        incomplete = self.blobs.sweep_incomplete(older_than, dry_run=dry_run)
+        log.info("garbage collection of %s: %d chunks, %d record blobs and %d leftovers of killed writes %s, "
+                 "%d younger than %s kept", self.blobs.uri, chunks, record_blobs, incomplete,
+                 "found" if dry_run else "deleted", young, older_than)
+        return {"chunks": chunks, "record_blobs": record_blobs, "incomplete": incomplete, "kept_young": young}
 
     def _remove_blobs(self, keys: Iterable[str]) -> None:
         for key in keys:
