@@ -223,9 +223,10 @@ class GridFSBlobStore(BlobStore):
         than ``older_than`` ago are swept. Returns the number of dead uploads.
         """
         chunks = self.files.database[f"{BLOB_BUCKET}.chunks"]
+        # an ObjectId's time is whole seconds: uploads begun in the cutoff's second are kept, unless 0 asks for all
         cutoff = ObjectId.from_datetime(dt.datetime.now(dt.timezone.utc) - older_than)
         with translate_errors(self.uri):
-            started = chunks.distinct("files_id", {"files_id": {"$lt": cutoff}})
+            started = chunks.distinct("files_id", {"files_id": {"$lt": cutoff}} if older_than > dt.timedelta(0) else {})
             dead = []
             for i in range(0, len(started), 1000):  # bounded $in lists
                 batch = started[i:i + 1000]
