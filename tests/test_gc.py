@@ -49,7 +49,7 @@ def test_a_save_reusing_old_orphan_chunks_keeps_them_from_the_collector(tmp_path
         # stored (here: never stored), they must look young, or the save would lose them
         hub.save_dataset([x], "again", chunk_bytes=64 << 10)
         _crash_after_chunks(hub, "again")
-        assert hub.collect_garbage() == {"chunks": 0, "record_blobs": 0, "kept_young": 4}
+        assert hub.collect_garbage() == {"chunks": 0, "record_blobs": 0, "incomplete": 0, "kept_young": 4}
         hub.save_dataset([x], "again", chunk_bytes=64 << 10)
         np.testing.assert_array_equal(hub.find_dataset("again")[0], x)
 
@@ -63,7 +63,7 @@ def test_old_orphans_are_collected_and_young_ones_kept(tmp_path: Path) -> None:
         hub.save_dataset([x + 1], "new-crash", chunk_bytes=4000)  # a save "still running": young chunks
         _crash_after_chunks(hub, "new-crash")
         counts = hub.collect_garbage()
-        assert counts == {"chunks": 4, "record_blobs": 0, "kept_young": 4}
+        assert counts == {"chunks": 4, "record_blobs": 0, "incomplete": 0, "kept_young": 4}
         assert len(list(hub.blobs.list("chunks/"))) == 4
 
 

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from tensorhub import TensorHub
 from tensorhub.cli import main
 from tensorhub.errors import ConfigurationError, CorruptDataError, InvalidArgumentError, SerializationError
+from tensorhub.ownership import OWNER_KEY
 
 from conftest import fresh_uri
 
@@ -242,12 +243,12 @@ def test_records_written_before_chunked_parameters_still_load(tmp_path: Path) ->
         blobs = [(f"param-{i}.npy", to_npy(a)) for i, a in enumerate(weights)]
         spec = {"t": "list", "v": [{"t": "array", "i": i, "dtype": a.dtype.str, "shape": list(a.shape)}
                                    for i, a in enumerate(weights)]}
-        records.save("models", records.new_record({
+        records.save("models", records.new_record({}, (), "model", {
             "model_name": "old-params", "adapter": "params", "format": "npy", "spec": json.dumps(spec),
             "blob_sha256": {n.replace(".", "_"): checksum(d) for n, d in blobs}}), blobs)
         net = TinyMLP(3, 4, 2)
         data = save_safetensors({k: v.contiguous() for k, v in net.state_dict().items()})
-        records.save("models", records.new_record({
+        records.save("models", records.new_record({}, (), "model", {
             "model_name": "old-torch", "adapter": "torch", "format": "safetensors",
             "class_path": "tensorhub.testing.torch_models:TinyMLP", "init_kwargs": net.tensorhub_init_kwargs,
             "blob_sha256": {"state_safetensors": checksum(data)}}), [("state.safetensors", data)])
@@ -255,11 +256,11 @@ def test_records_written_before_chunked_parameters_still_load(tmp_path: Path) ->
         np.testing.assert_array_equal(got[0], weights[0])
         x = torch.randn(2, 3)
         assert torch.equal(hub.find_model(model_name="old-torch")(x), net(x))
-        assert hub.delete_model() == 2 and list(hub.blobs.list("")) == []
+        assert hub.delete_model() == 2 and list(hub.blobs.list("")) == [OWNER_KEY]
 
 
 def test_fields_tensorhub_writes_cannot_be_overwritten_by_tags(tmp_path: Path) -> None:
     with TensorHub(f"file://{tmp_path / 'store'}", project_name="p") as hub:
         with pytest.raises(InvalidArgumentError, match="adapter"):
             hub.save_model([np.ones(2)], "m", adapter="mine")
-        assert hub.find_model() is None and list(hub.blobs.list("")) == []
+        assert hub.find_model() is None and list(hub.blobs.list("")) == [OWNER_KEY]

@@ -32,6 +32,7 @@ from tensorhub import TensorHub
 from tensorhub.backends import s3 as s3_backend
 from tensorhub.backends.s3 import _compaction as s3_compaction
 from tensorhub.errors import BackendUnavailableError, ConfigurationError, NotFoundError
+from tensorhub.ownership import OWNER_KEY
 from tensorhub.registry import open_stores
 from tensorhub.testing.servers import free_port, s3_server
 
@@ -91,7 +92,7 @@ def test_s3_alone_holds_index_and_blobs(s3_uri: str, raw_s3: Any, prefix: str) -
     X, y = np.arange(12, dtype=np.float32).reshape(4, 3), np.array([0, 1, 0, 1])
     with TensorHub(s3_uri, project_name="p") as hub:
         hub.save_dataset([X, y], "toy", version="1")
-        dataset_blobs = {k for k in _keys(raw_s3, prefix) if k.startswith("blobs/")}
+        dataset_blobs = {k for k in _keys(raw_s3, prefix) if k.startswith("blobs/") and k != f"blobs/{OWNER_KEY}"}
         assert dataset_blobs
         hub.save_model({"w": np.ones((2, 2))}, "m", accuracy=0.9)
         hub.save_training_log(epoch=1, loss=0.5)
@@ -120,7 +121,7 @@ def test_mongodb_index_with_s3_blobs(s3_uri: str, mongodb_base: str, raw_s3: Any
         assert [k for k in _keys(raw_s3, prefix) if k.startswith("index/")] == []
         assert any(k.startswith("blobs/") for k in _keys(raw_s3, prefix))
         assert hub.delete_datasets(dataset_name="mixed") == 1
-        assert _keys(raw_s3, prefix) == []
+        assert _keys(raw_s3, prefix) == [f"blobs/{OWNER_KEY}"]  # the blob store's owner marker stays
 
 
 def test_uri_options_and_redaction(s3_endpoint: str, prefix: str) -> None:

@@ -10,8 +10,11 @@ from typing import Any
 
 import click
 
+from tensorhub import datasets as _datasets
+from tensorhub import logs as _logs
 from tensorhub.context import ENV_PROJECT, ENV_URI
 from tensorhub.hub import TensorHub
+from tensorhub.records import COMMON_INTERNAL_FIELDS
 from tensorhub.registry import DEFAULT_URI
 
 KINDS = ("datasets", "models", "tasks", "logs", "training-logs", "validation-logs", "testing-logs")
@@ -42,17 +45,14 @@ def _shape_summary(record: dict) -> str:
     return ", ".join(f"{s['path']}:{s['dtype']}{tuple(s['shape'])}" for s in record.get("schema", []))
 
 
-_BUILTIN_FIELDS = {"_id", "project_name", "time", "spec", "schema", "blob_prefix", "blob_sha256", "parameters",
-                   "script", "traceback", "owner", "claim_id", "errors", "hyper_parameters", "result",
-                   "saved_result_keys", "pickled", "init_kwargs", "lease_expires_at", "started_at", "finished_at",
-                   "attempts_left", "max_attempts", "script_path", "format", "class_path"}
-
-
-def _extra_columns(rows: Sequence[dict], fixed: Sequence[str]) -> list[str]:
+def _extra_columns(rows: Sequence[dict], fixed: Sequence[str], internal: frozenset[str]) -> list[str]:
+    """Up to 6 of the user's fields as columns: not ``fixed`` ones, nor those tensorhub writes itself
+    (``internal``: the kind's declared list, plus the fields of every record)."""
+    builtin = COMMON_INTERNAL_FIELDS | internal
     extra: list[str] = []
     for row in rows:
         for key in row:
-            if key not in _BUILTIN_FIELDS and key not in fixed and key not in extra:
+            if key not in builtin and key not in fixed and key not in extra:
                 extra.append(key)
     return extra[:6]
 
@@ -65,6 +65,7 @@ def list_records(hub: TensorHub, kind: str, limit: int, query: dict) -> tuple[li
             row["arrays"] = _shape_summary(row)
             row["MB"] = row.get("nbytes", 0) / 1e6
         fixed = ["dataset_name", "time", "MB", "arrays"]
+        internal = _datasets.INTERNAL_FIELDS
     elif kind == "models":  # the table of hub.compare_models(): newest first, every numeric field a column
         rows = hub.compare_models(limit=limit, **query)
         for row in rows:
@@ -82,7 +83,8 @@ def list_records(hub: TensorHub, kind: str, limit: int, query: dict) -> tuple[li
         which = "training" if kind in ("logs", "training-logs") else kind.split("-")[0]
         rows = getattr(hub, f"find_{which}_logs")(limit=limit, **query)
         fixed = ["time"]
-    return rows, fixed + _extra_columns(rows, fixed)
+        internal = _logs.INTERNAL_FIELDS
+    return rows, fixed + _extra_columns(rows, fixed, internal)
 
 
 def _hub(uri: str | None, project: str | None) -> TensorHub:
@@ -156,7 +158,8 @@ def gc_command(uri: str | None, older_than: float, dry_run: bool) -> None:
         counts = hub.collect_garbage(older_than=older_than * 3600, dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {counts['chunks']} chunk(s) and {counts['record_blobs']} record blob(s) no record refers "
-               f"to; kept {counts['kept_young']} blob(s) younger than {older_than:g} h")
+               f"to, and {counts['incomplete']} leftover(s) of killed writes; kept {counts['kept_young']} blob(s) "
+               f"younger than {older_than:g} h")
 
 
 @main.command("demo")

@@ -16,13 +16,14 @@ import numpy as np
 
 from tensorhub.chunks import DEFAULT_CHUNK_BYTES, ChunkCache, ChunkedArray, ChunkWriter, Manifest, read_all, read_rows
 from tensorhub.errors import InvalidArgumentError, NotFoundError, SerializationError, TensorHubError
-from tensorhub.records import REFS_FIELD, Records
+from tensorhub.records import REFS_FIELD, Records, blob_prefix
 from tensorhub.structure import array_paths, dumps_spec, flatten, loads_spec, unflatten
 
 COLLECTION = "datasets"
 APPEND_RETRIES = 20
-#: fields a dataset record writes itself: a user tag of the same name would be replaced
-INTERNAL_FIELDS = frozenset({"spec", "schema", "nbytes", "rows", "pickled", "revision", REFS_FIELD, "blob_prefix"})
+#: fields a dataset record writes itself beyond :data:`~tensorhub.records.COMMON_INTERNAL_FIELDS`: a user
+#: tag of the same name would be replaced
+INTERNAL_FIELDS = frozenset({"dataset_name", "spec", "schema", "nbytes", "rows", "pickled", "revision"})
 
 
 def _pickle_blob(i: int) -> str:
@@ -52,10 +53,10 @@ def save_dataset(records: Records, dataset: Any, dataset_name: str, allow_pickle
     if dataset is None:  # find_dataset's "no such dataset": a saved None could not be told apart from it
         raise InvalidArgumentError(f"dataset {dataset_name!r} is None; pass a numpy array or a list/tuple/dict of "
                                    "arrays and JSON values")
-    records.refuse_internal(fields, INTERNAL_FIELDS, "dataset")
+    # validates fields before any work or write
+    record = records.new_record(fields, INTERNAL_FIELDS, "dataset", {"dataset_name": dataset_name})
     flat = flatten(dataset, allow_pickle=allow_pickle)
     paths = {node["i"]: path for path, node in array_paths(flat.spec)}
-    record = records.new_record({**fields, "dataset_name": dataset_name})  # validates fields before any write
     writer = ChunkWriter(records.blobs, chunk_bytes, desc=f"saving {dataset_name}")
     try:
         schema = [_schema_entry(paths.get(i, f"[{i}]"), a, writer.write(a)) for i, a in enumerate(flat.arrays)]
@@ -76,7 +77,7 @@ def save_dataset(records: Records, dataset: Any, dataset_name: str, allow_pickle
 
 def load_dataset(records: Records, record: dict, lazy: bool = False, allow_pickle: bool = False) -> Any:
     """Rebuild the dataset a record describes (``lazy`` gives :class:`ChunkedArray` leaves)."""
-    prefix = record.get("blob_prefix", "")
+    prefix = blob_prefix(COLLECTION, record["_id"])  # computed: a stored field could name another record's blobs
     schema = record["schema"]
     cache = ChunkCache() if lazy else None
     name = record.get("dataset_name")

@@ -17,10 +17,36 @@ from bson import Int64, ObjectId
 from bson.codec_options import CodecOptions, TypeRegistry
 from bson.tz_util import utc
 
-from tensorhub.errors import SerializationError
+from tensorhub.errors import CorruptDataError, SerializationError
 
 Document = dict[str, Any]
 CODEC_OPTIONS = CodecOptions(tz_aware=True)
+#: how deeply dicts and lists may nest in a record, and containers in a dataset or parameter set
+#: (:func:`tensorhub.structure.flatten`). Far below what breaks a reader (BSON decoders and
+#: Python's recursion give out near 1,000 levels; a dataset's spec doubles its nesting), so
+#: what is saved can always be read back, on every backend.
+MAX_DEPTH = 100
+
+
+def check_depth(value: Any, what: str = "a record") -> None:
+    """Refuse ``value`` if its dicts, lists and tuples nest more than :data:`MAX_DEPTH` levels.
+
+    Iterative, so a structure that contains itself fails here too, not with a RecursionError.
+    """
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping):
+            children: Any = node.values()
+        elif isinstance(node, (list, tuple)):
+            children = node
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise SerializationError(
+                f"{what} nests dicts and lists more than {MAX_DEPTH} levels deep (or contains itself); "
+                "such a value could not be read back. Store the deep part flatter, e.g. as JSON text")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _plain_number(value: Any) -> Any:
@@ -58,8 +84,16 @@ def encode_document(document: Mapping[str, Any]) -> bytes:
 
 
 def decode_document(data: bytes) -> Document:
-    """Decode BSON bytes into a record with timezone-aware datetimes."""
-    return bson.decode(data, codec_options=CODEC_OPTIONS)
+    """Decode BSON bytes into a record with timezone-aware datetimes.
+
+    Damaged bytes raise :class:`CorruptDataError` (never a raw bson error); a caller that knows
+    which record they are names it.
+    """
+    try:
+        return bson.decode(data, codec_options=CODEC_OPTIONS)
+    except (bson.errors.BSONError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise CorruptDataError(f"a stored record is damaged and cannot be read ({type(exc).__name__}: "
+                               f"{str(exc)[:200]})") from exc
 
 
 def normalize_document(document: Mapping[str, Any]) -> Document:
@@ -68,10 +102,14 @@ def normalize_document(document: Mapping[str, Any]) -> Document:
     The repository stores this normalised form so the caller's view of a record and the
     stored one agree on every backend, and a value BSON cannot hold fails before any write.
     Flat records of plain values (a log row: str, int, float, bool, None, ObjectId, UTC
-    datetimes at ms precision) are already in that form and skip the round trip.
+    datetimes at ms precision) are already in that form and skip the round trip. Records
+    nested deeper than :data:`MAX_DEPTH` are refused (:class:`SerializationError`).
     """
     plain = _plain_copy(document)
-    return plain if plain is not None else decode_document(encode_document(document))
+    if plain is not None:
+        return plain
+    check_depth(document)
+    return decode_document(encode_document(document))
 
 
 _INT32 = range(-(1 << 31), 1 << 31)

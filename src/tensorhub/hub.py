@@ -23,6 +23,7 @@ from tensorhub import runner as _runner
 from tensorhub import tasks as _tasks
 from tensorhub.context import Connection, default_connection, inside_task
 from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
+from tensorhub.ownership import claim_blobs
 from tensorhub.progress import progress_bar
 from tensorhub.records import Records
 from tensorhub.redaction import redact_uri
@@ -98,6 +99,12 @@ class TensorHub:
             except BaseException:
                 stores.index.close()
                 raise
+        try:  # one blob store serves one index, or a delete in one would free the other's chunks
+            claim_blobs(stores.index, blob_store)
+        except BaseException:
+            stores.index.close()
+            blob_store.close()
+            raise
         self._records = Records(stores.index, blob_store, project_name)
         if not inside_task():  # the hub that created the task already declared the indexes
             self._declare_indexes()
@@ -129,10 +136,12 @@ class TensorHub:
     def collect_garbage(self, older_than: float = 24 * 3600, dry_run: bool = False) -> dict[str, int]:
         """Delete blobs no record refers to (what crashed saves leave), if older than ``older_than`` seconds.
 
-        Store-wide, every project: chunks no dataset or model lists, and record blobs whose
-        record is gone. Younger blobs are kept because a save running meanwhile has written its
-        chunks but not yet its record; keep the default (a day) unless no one is saving. With
-        ``dry_run`` nothing is deleted. Returns ``{"chunks", "record_blobs", "kept_young"}``.
+        Store-wide, every project: chunks no dataset or model lists, record blobs whose record
+        is gone, and what killed writes left inside the backend (``.tmp-*`` files of
+        ``file://``, GridFS chunks of uploads that never finished). Younger ones are kept because
+        a save running meanwhile has written its chunks but not yet its record; keep the default
+        (a day) unless no one is saving. With ``dry_run`` nothing is deleted. Returns
+        ``{"chunks", "record_blobs", "incomplete", "kept_young"}``.
         Also ``tensorhub gc`` on the command line.
         """
         if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or older_than < 0:

@@ -14,6 +14,8 @@ from tensorhub.records import Records
 
 #: log kind -> collection
 COLLECTIONS = {"training": "training_logs", "validation": "validation_logs", "testing": "testing_logs"}
+#: fields a log row writes itself beyond :data:`~tensorhub.records.COMMON_INTERNAL_FIELDS`: none
+INTERNAL_FIELDS: frozenset[str] = frozenset()
 
 
 def save_logs(records: Records, kind: str, rows: Iterable[Mapping[str, Any]]) -> list[Any]:
@@ -24,7 +26,7 @@ def save_logs(records: Records, kind: str, rows: Iterable[Mapping[str, Any]]) ->
     for row in rows:
         if not isinstance(row, Mapping):
             raise InvalidArgumentError(f"each log row must be a dict, got {type(row).__name__}")
-        documents.append(records.new_record(row))
+        documents.append(records.new_record(row, INTERNAL_FIELDS, "log"))
     if documents:
         records.index.insert_many(COLLECTIONS[kind], documents)
     return [d["_id"] for d in documents]

@@ -9,7 +9,12 @@ the invariants in one place:
   fails, so a record is visible only once its bytes are complete and a failed save leaves
   nothing behind;
 * a delete removes the records first and their blobs after, so no visible record ever points
-  at missing bytes; shared content-addressed chunks are freed only when no record uses them.
+  at missing bytes; shared content-addressed chunks are freed only when no record uses them;
+* every field the repository owns is refused from users, from one declared list per kind
+  (:data:`COMMON_INTERNAL_FIELDS` plus the kind's ``INTERNAL_FIELDS``, checked in
+  :meth:`Records.new_record`), and nothing a delete or a load touches is taken from a stored
+  field: a record's blobs are under :func:`blob_prefix` (its collection and ``_id``), its
+  chunks are only ever ``chunks/<digest>`` keys of well-formed digests.
 
 It knows nothing of any backend: only the :class:`IndexStore` and :class:`BlobStore` ABCs.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -32,17 +38,51 @@ log = logging.getLogger(__name__)
 
 #: newest first, with the ObjectId breaking ties between records of the same millisecond
 NEWEST_FIRST = [("time", -1), ("_id", -1)]
+#: set on records that have blobs of their own; only a "has blobs" flag for deletes: where the blobs
+#: are is always computed (:func:`blob_prefix`), never read from a record (a user could have written it)
 BLOB_PREFIX_FIELD = "blob_prefix"
 #: field listing the content-addressed chunks (see :mod:`tensorhub.chunks`) a record uses
 REFS_FIELD = "blob_refs"
-#: collections whose records may hold ``blob_refs``; a chunk is garbage when none refers to it
+#: collections whose records may hold ``blob_refs`` or blobs of their own; a chunk is garbage when none refers to it
 REF_COLLECTIONS = ("datasets", "models")
+#: fields the repository owns on a record of every kind; each kind adds its own ``INTERNAL_FIELDS``
+#: (``project_name`` is accepted when it is the hub's own: it changes nothing)
+COMMON_INTERNAL_FIELDS = frozenset({"_id", "project_name", "time", BLOB_PREFIX_FIELD, REFS_FIELD})
+#: what a chunk name in ``blob_refs`` must look like (a BLAKE3 hex digest, :func:`tensorhub.chunks.digest`)
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def utcnow() -> dt.datetime:
     """The current time, timezone-aware UTC, truncated to BSON's millisecond precision."""
     now = dt.datetime.now(dt.timezone.utc)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def blob_prefix(collection: str, record_id: Any) -> str:
+    """Where the blobs of record ``record_id`` of ``collection`` live: ``<collection>/<id>/``.
+
+    Computed, never read from a record: a stored ``blob_prefix`` field could name another
+    record's blobs, or all chunks.
+    """
+    if not isinstance(record_id, ObjectId):
+        raise InvalidArgumentError(f"records of tensorhub have ObjectId ids, got {record_id!r}")
+    return f"{collection}/{record_id}/"
+
+
+def chunk_digests(record: Mapping[str, Any]) -> list[str]:
+    """The chunk digests a record lists in ``blob_refs``, keeping only well-formed ones.
+
+    A hand-written record could list any key there; only names of the digest form are ever
+    turned into ``chunks/<digest>`` keys, so a delete can free nothing but unused chunks.
+    """
+    refs = record.get(REFS_FIELD) or ()
+    if not isinstance(refs, (list, tuple)):
+        refs = ()
+    good = [d for d in refs if isinstance(d, str) and _DIGEST.fullmatch(d)]
+    if len(good) != len(refs):
+        log.warning("record %s lists %d malformed chunk name(s) in %s; they are ignored",
+                    record.get("_id"), len(refs) - len(good), REFS_FIELD)
+    return good
 
 
 def as_object_id(value: Any) -> ObjectId:
@@ -77,22 +117,29 @@ class Records:
         query["project_name"] = self.project_name
         return query
 
-    def new_record(self, fields: Mapping[str, Any]) -> Document:
-        """A record with ``_id``, ``project_name`` and ``time`` set, plus ``fields``, BSON-normalised.
+    def new_record(self, fields: Mapping[str, Any], internal: Iterable[str], kind: str,
+                   own: Mapping[str, Any] | None = None) -> Document:
+        """A record with ``_id``, ``project_name`` and ``time`` set, plus the user's ``fields`` and
+        the kind's ``own`` fields, BSON-normalised.
 
-        Raises :class:`~tensorhub.errors.SerializationError` before anything is written when a
-        field cannot be stored.
+        ``internal`` is the kind's declared list of fields it owns (its ``INTERNAL_FIELDS``): a
+        user field of one of those names, or of :data:`COMMON_INTERNAL_FIELDS`, is refused here,
+        in one place for every kind. Raises :class:`~tensorhub.errors.SerializationError` before
+        anything is written when a field cannot be stored.
         """
         for key in fields:
-            if not isinstance(key, str) or key.startswith("$") or key == "_id":
+            if not isinstance(key, str) or key.startswith("$"):
                 raise InvalidArgumentError(f"record field names must be plain strings not starting with '$', got {key!r}")
         if "time" in fields or fields.get("project_name", self.project_name) != self.project_name:
             clash = "time" if "time" in fields else "project_name"
             raise InvalidArgumentError(
                 f"field {clash!r} is stamped by tensorhub on every record (the hub's project_name, the UTC save "
                 f"time); store your value under another name, e.g. {clash}_tag, or open a TensorHub on that project")
+        self.refuse_internal({k: v for k, v in fields.items() if k != "project_name"},
+                             COMMON_INTERNAL_FIELDS | frozenset(internal), kind)
         record = {"_id": ObjectId(), "project_name": self.project_name, "time": utcnow()}
         record.update(fields)
+        record.update(own or {})
         return normalize_document(record)
 
     @staticmethod
@@ -104,7 +151,8 @@ class Records:
                                        "rename them (e.g. with a prefix such as user_)")
 
     def blob_prefix(self, collection: str, record_id: ObjectId) -> str:
-        return f"{collection}/{record_id}/"
+        """See :func:`blob_prefix`."""
+        return blob_prefix(collection, record_id)
 
     def save(self, collection: str, record: Document, blobs: Iterable[tuple[str, Any]] = (),
              refs: Sequence[str] = ()) -> ObjectId:
@@ -144,8 +192,8 @@ class Records:
             return 0
         for collection in REF_COLLECTIONS:
             for record in self.index.find(collection, {REFS_FIELD: {"$in": sorted(candidates)}}):
-                candidates.difference_update(record.get(REFS_FIELD, ()))
-        self._remove_blobs(chunk_key(d) for d in candidates)
+                candidates.difference_update(record.get(REFS_FIELD) or ())
+        self._remove_blobs(chunk_key(d) for d in candidates if isinstance(d, str) and _DIGEST.fullmatch(d))
         return len(candidates)
 
     def collect_garbage(self, older_than: dt.timedelta, dry_run: bool = False) -> dict[str, int]:
@@ -157,10 +205,14 @@ class Records:
         chunks but not yet its record; a save that reuses a stored chunk freshens it
         (:meth:`BlobStore.freshen`), so ``older_than`` must exceed :data:`FRESH_FOR` plus the
         longest save. Blobs whose age the backend cannot tell are kept unless ``older_than``
-        is zero. Returns counts: ``chunks`` and ``record_blobs`` deleted (or that would be,
-        with ``dry_run``), and ``kept_young``.
+        is zero. What killed writes left inside the backend (temp files, pieces of uploads:
+        :meth:`BlobStore.sweep_incomplete`) goes too, by the same age. Returns counts:
+        ``chunks``, ``record_blobs`` and ``incomplete`` (leftovers of killed writes) deleted (or
+        that would be, with ``dry_run``), and ``kept_young``. The blob store's owner marker
+        (:mod:`tensorhub.ownership`) is never garbage.
         """
         from tensorhub.chunks import CHUNK_PREFIX
+        from tensorhub.ownership import OWNER_KEY
 
         cutoff = dt.datetime.now(dt.timezone.utc) - older_than  # not utcnow(): no truncation to the ms
         listing = list(self.blobs.list_modified(""))  # before reading records: one saved meanwhile is seen
@@ -171,6 +223,8 @@ class Records:
         doomed, young = [], 0
         by_record: dict[tuple[str, str], list[str]] = {}
         for key, modified in listing:
+            if key == OWNER_KEY:
+                continue
             if (modified is None and older_than > dt.timedelta(0)) or (modified is not None and modified > cutoff):
                 young += 1
             elif key.startswith(CHUNK_PREFIX):
@@ -191,9 +245,11 @@ class Records:
         if not dry_run:
             for key in doomed:
                 self.blobs.delete(key)
-        log.info("garbage collection of %s: %d chunks and %d record blobs %s, %d younger than %s kept",
-                 self.blobs.uri, chunks, record_blobs, "found" if dry_run else "deleted", young, older_than)
-        return {"chunks": chunks, "record_blobs": record_blobs, "kept_young": young}
+        incomplete = self.blobs.sweep_incomplete(older_than, dry_run=dry_run)
+        log.info("garbage collection of %s: %d chunks, %d record blobs and %d leftovers of killed writes %s, "
+                 "%d younger than %s kept", self.blobs.uri, chunks, record_blobs, incomplete,
+                 "found" if dry_run else "deleted", young, older_than)
+        return {"chunks": chunks, "record_blobs": record_blobs, "incomplete": incomplete, "kept_young": young}
 
     def _remove_blobs(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -224,8 +280,11 @@ class Records:
         if not records:
             return 0
         deleted = self.index.delete_many(collection, {"_id": {"$in": [r["_id"] for r in records]}})
+        if collection not in REF_COLLECTIONS:  # logs and tasks never have blobs or chunks: a field saying so is a lie
+            return deleted
         for record in records:
-            if record.get(BLOB_PREFIX_FIELD):
-                self.blobs.delete_prefix(record[BLOB_PREFIX_FIELD])
-        self.release_chunks(d for record in records for d in record.get(REFS_FIELD, ()))
+            # the stored field only says "this record has blobs"; where they are is computed from its own id
+            if record.get(BLOB_PREFIX_FIELD) and isinstance(record["_id"], ObjectId):
+                self.blobs.delete_prefix(blob_prefix(collection, record["_id"]))
+        self.release_chunks(d for record in records for d in chunk_digests(record))
         return deleted

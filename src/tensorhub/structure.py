@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from tensorhub.errors import SerializationError
+from tensorhub.documents import MAX_DEPTH
+from tensorhub.errors import CorruptDataError, SerializationError
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
@@ -45,11 +46,16 @@ def _check_array(array: np.ndarray, path: str) -> None:
 def flatten(value: Any, allow_pickle: bool = False, root: str = "dataset") -> Flattened:
     """Take a nested structure apart into a spec and its arrays (see the module docstring).
 
-    Errors name the offending leaf by its path from ``root`` (``dataset[1]['x']``).
+    Errors name the offending leaf by its path from ``root`` (``dataset[1]['x']``). Containers
+    nested more than :data:`~tensorhub.documents.MAX_DEPTH` levels deep are refused: their spec
+    could not be read back.
     """
     out = Flattened(spec=None)
 
-    def walk(node: Any, path: str) -> Any:
+    def walk(node: Any, path: str, depth: int = 1) -> Any:
+        if depth > MAX_DEPTH and isinstance(node, (list, tuple, dict)):
+            raise SerializationError(f"{root} nests lists, tuples and dicts more than {MAX_DEPTH} levels deep (or "
+                                     "contains itself); such a structure could not be read back. Store it flatter")
         if isinstance(node, np.ma.MaskedArray):  # np.asarray would keep the data and drop the mask
             if allow_pickle:
                 return pickle_leaf(node)
@@ -72,7 +78,7 @@ def flatten(value: Any, allow_pickle: bool = False, root: str = "dataset") -> Fl
         if isinstance(node, (list, tuple)):
             # a tuple subclass (namedtuple) comes back as a plain tuple: its class would need pickle
             return {"t": "tuple" if isinstance(node, tuple) else "list",
-                    "v": [walk(item, f"{path}[{i}]") for i, item in enumerate(node)]}
+                    "v": [walk(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(node)]}
         if isinstance(node, dict):
             bad = [k for k in node if not isinstance(k, str)]
             if bad and not allow_pickle:
@@ -80,7 +86,7 @@ def flatten(value: Any, allow_pickle: bool = False, root: str = "dataset") -> Fl
                                          "convert the keys or pass allow_pickle=True")
             if bad:
                 return pickle_leaf(node)
-            return {"t": "dict", "k": list(node), "v": [walk(v, f"{path}[{k!r}]") for k, v in node.items()]}
+            return {"t": "dict", "k": list(node), "v": [walk(v, f"{path}[{k!r}]", depth + 1) for k, v in node.items()]}
         if allow_pickle:
             return pickle_leaf(node)
         raise SerializationError(
@@ -106,7 +112,11 @@ def unflatten(
     """Rebuild a structure from its spec; leaves come from ``load_array(i, node)``/``load_pickle(i)``."""
     # a module-level recursion, not a nested closure: a self-referencing closure is a reference
     # cycle that would keep every batch of a stream alive until the garbage collector runs
-    return _build(spec, load_array, load_pickle, allow_pickle)
+    try:
+        return _build(spec, load_array, load_pickle, allow_pickle)
+    except RecursionError as exc:  # only a record not written by flatten() nests this deep
+        raise CorruptDataError(f"a stored structure nests deeper than tensorhub writes ({MAX_DEPTH} levels); "
+                               "the record was not written by tensorhub or is damaged") from exc
 
 
 def _build(node: dict, load_array: Callable[[int, dict], Any], load_pickle: Callable[[int], bytes],
@@ -139,7 +149,12 @@ def dumps_spec(spec: Any) -> str:
 
 
 def loads_spec(text: str) -> Any:
-    return json.loads(text)
+    """A spec from its JSON text; damaged or hand-made text that cannot be parsed is :class:`CorruptDataError`."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CorruptDataError(f"a stored structure spec cannot be read ({type(exc).__name__}); the record is "
+                               "damaged or was not written by tensorhub") from exc
 
 
 def array_paths(spec: Any, prefix: str = "") -> list[tuple[str, dict]]:

@@ -103,8 +103,7 @@ def create_tasks(records: Records, task_name: str, script: str | os.PathLike[str
         for key in hyper_parameters:
             if not isinstance(key, str) or not key.isidentifier():
                 raise InvalidArgumentError(f"hyper-parameter names must be Python identifiers, got {key!r}")
-        documents.append(records.new_record({
-            **fields,
+        documents.append(records.new_record(fields, INTERNAL_FIELDS, "task", {
             "task_name": task_name,
             "script": text,
             "script_path": path,

@@ -196,6 +196,17 @@ class BlobStore(ABC):
         """
         return self.exists(key)
 
+    def sweep_incomplete(self, older_than: dt.timedelta, dry_run: bool = False) -> int:
+        """Remove what writes killed mid-way left behind, last touched more than ``older_than`` ago;
+        return how many such leftovers were removed (or would be, with ``dry_run``).
+
+        These are not blobs: :meth:`list` never shows them (a temp file not yet renamed into
+        place, the pieces of an upload whose final step never ran). Garbage collection calls this.
+        The default has nothing to sweep: a backend whose writes leave nothing, or that cannot
+        tell, keeps it; backends that stage writes override it.
+        """
+        return 0
+
     def get_range(self, key: str, start: int, length: int | None = None) -> bytes:
         """Return ``length`` bytes from offset ``start`` (to the end when ``length`` is None).
 

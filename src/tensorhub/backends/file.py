@@ -38,7 +38,13 @@ from bson.regex import Regex
 
 from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec, Stores
 from tensorhub.documents import CODEC_OPTIONS, encode_document
-from tensorhub.errors import BackendUnavailableError, ConfigurationError, InvalidArgumentError, NotFoundError
+from tensorhub.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    CorruptDataError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 from tensorhub.query import apply_update, matches, sort_documents, validate_filter
 from tensorhub.redaction import redact_uri
 
@@ -397,13 +403,32 @@ class SQLiteIndexStore(IndexStore):
             params.update((f"id{i}", v) for i, v in enumerate(ids))
             where += f" AND id IN ({', '.join(f':id{i}' for i in range(len(ids)))})"
         if expression in (YES, MAYBE):
-            sql = f"SELECT doc, {expression} FROM documents WHERE {where} ORDER BY rowid"
+            sql = f"SELECT doc, {expression}, id FROM documents WHERE {where} ORDER BY rowid"
         else:  # LIMIT -1 keeps SQLite from copying the expression into the outer WHERE: it runs once a row
-            sql = (f"SELECT doc, m FROM (SELECT rowid AS r, doc, {expression} AS m FROM documents WHERE {where}"
-                   " LIMIT -1) WHERE m ORDER BY r")
+            sql = (f"SELECT doc, m, i FROM (SELECT rowid AS r, doc, {expression} AS m, id AS i FROM documents"
+                   f" WHERE {where} LIMIT -1) WHERE m ORDER BY r")
         rows = conn.execute(sql, params).fetchall()
-        docs = bson.decode_all(b"".join([row[0] for row in rows]), CODEC_OPTIONS)
-        return [d for d, (_, sure) in zip(docs, rows) if sure == 2 or matches(d, query)]
+        try:
+            docs = bson.decode_all(b"".join([row[0] for row in rows]), CODEC_OPTIONS)
+        except (bson.errors.BSONError, ValueError, TypeError, OverflowError, RecursionError):
+            docs = [self._decode_row(collection, row[2], row[0]) for row in rows]  # find the damaged row and name it
+        return [d for d, (_, sure, _) in zip(docs, rows) if sure == 2 or matches(d, query)]
+
+    def _decode_row(self, collection: str, row_id: str, doc: Any) -> Document:
+        """One row's document, or :class:`CorruptDataError` naming the record and how to remove it.
+
+        A damaged row fails every query that reads it (rather than being skipped silently): the
+        error names its collection and ``_id``; the repository cannot delete a record it cannot
+        read, hence the SQL that removes it.
+        """
+        try:
+            return bson.decode(doc, CODEC_OPTIONS)
+        except (bson.errors.BSONError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+            raise CorruptDataError(
+                f"record {row_id} of collection {collection!r} in the index {self.path} is damaged and cannot be "
+                f"read ({type(exc).__name__}: {str(exc)[:200]}); restore the index from a backup, or remove the "
+                f"record with: sqlite3 {self.path} \"DELETE FROM documents WHERE collection = '{collection}' AND "
+                f"id = '{row_id}'\"") from exc
 
     def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
         rows = [(collection, str(d["_id"]), encode_document(d), scalar_fields(d)) for d in documents]
@@ -457,6 +482,10 @@ class SQLiteIndexStore(IndexStore):
                 self._conn = None
 
 
+#: names of the temp files a put writes before renaming them into place: never listed, swept when old
+_TMP_PREFIX = ".tmp-"
+
+
 class FileBlobStore(BlobStore):
     """One file per blob under ``root``; writes go to a temp file and are ``os.replace``d into place."""
 
@@ -470,14 +499,15 @@ class FileBlobStore(BlobStore):
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise InvalidArgumentError(f"invalid blob key {key!r}: use non-empty '/'-separated names without '..'")
+        if not key or key.startswith("/") or any(p in ("", ".", "..") or p.startswith(_TMP_PREFIX) for p in parts):
+            raise InvalidArgumentError(f"invalid blob key {key!r}: use non-empty '/'-separated names without '..' "
+                                       f"(and none starting with {_TMP_PREFIX!r}: the store's temp files)")
         return self.root.joinpath(*parts)
 
     def put(self, key: str, data: bytes | BinaryIO) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as out:
                 if isinstance(data, (bytes, bytearray, memoryview)):
@@ -529,13 +559,32 @@ class FileBlobStore(BlobStore):
                 continue  # deleted meanwhile
             yield key, dt.datetime.fromtimestamp(mtime, dt.timezone.utc)
 
+    def sweep_incomplete(self, older_than: dt.timedelta, dry_run: bool = False) -> int:
+        """Delete the ``.tmp-*`` files of puts killed before their ``os.replace`` (unchanged for ``older_than``)."""
+        cutoff = dt.datetime.now(dt.timezone.utc).timestamp() - older_than.total_seconds()
+        swept = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if not name.startswith(_TMP_PREFIX):
+                    continue
+                path = Path(dirpath, name)
+                try:
+                    if path.stat().st_mtime > cutoff:  # a put may still be writing it
+                        continue
+                    if not dry_run:
+                        path.unlink()
+                except FileNotFoundError:
+                    continue  # renamed into place or removed meanwhile
+                swept += 1
+        return swept
+
     def list(self, prefix: str = "") -> Iterator[str]:
         base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
             return
         for dirpath, _dirs, files in os.walk(base):
             for name in files:
-                if name.startswith(".tmp-"):
+                if name.startswith(_TMP_PREFIX):
                     continue
                 key = Path(dirpath, name).relative_to(self.root).as_posix()
                 if key.startswith(prefix):

@@ -10,6 +10,7 @@ Every driver error is translated in :func:`translate_errors`, and nowhere else.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,12 +19,14 @@ from typing import Any, BinaryIO
 import gridfs
 import pymongo
 import pymongo.errors
+from bson import ObjectId
 from bson.errors import InvalidDocument
 
 from tensorhub.backends.base import FRESH_FOR, BlobStore, Document, IndexStore, SortSpec, Stores
 from tensorhub.errors import (
     BackendUnavailableError,
     ConfigurationError,
+    CorruptDataError,
     InvalidArgumentError,
     InvalidQueryError,
     NotFoundError,
@@ -45,6 +48,8 @@ def translate_errors(where: str) -> Iterator[None]:
         yield
     except InvalidDocument as exc:
         raise SerializationError(f"cannot store this value in a record: {exc}") from exc
+    except gridfs.errors.CorruptGridFile as exc:  # a piece (fs.chunks document) of a blob is missing or cut short
+        raise CorruptDataError(f"a blob in GridFS at {where} is damaged ({exc}); save the data again") from exc
     except pymongo.errors.DuplicateKeyError as exc:
         raise InvalidArgumentError(f"a record with this _id already exists: {exc}") from exc
     except (pymongo.errors.ConnectionFailure, pymongo.errors.ConfigurationError) as exc:
@@ -159,19 +164,20 @@ class GridFSBlobStore(BlobStore):
             raise NotFoundError(f"blob {key!r} is missing from GridFS at {self.uri}") from exc
 
     def get(self, key: str) -> bytes:
-        with translate_errors(self.uri):
+        with translate_errors(f"{self.uri}, blob {key!r}"):
             with self._open(key) as stream:
                 return stream.read()
 
     def get_range(self, key: str, start: int, length: int | None = None) -> bytes:
-        with translate_errors(self.uri):
+        with translate_errors(f"{self.uri}, blob {key!r}"):
             with self._open(key) as stream:
                 stream.seek(start)
                 return stream.read() if length is None else stream.read(length)
 
     def open(self, key: str) -> BinaryIO:
-        with translate_errors(self.uri):
-            return self._open(key)
+        where = f"{self.uri}, blob {key!r}"
+        with translate_errors(where):
+            return _TranslatedStream(self._open(key), where)  # GridFS reads its pieces lazily, as the caller reads
 
     def exists(self, key: str) -> bool:
         with translate_errors(self.uri):
@@ -209,6 +215,70 @@ class GridFSBlobStore(BlobStore):
             if (written if written.tzinfo else written.replace(tzinfo=dt.timezone.utc)) < now - FRESH_FOR:
                 self.files.update_many({"filename": key}, {"$set": {"uploadDate": now}})
         return True
+
+
+    def sweep_incomplete(self, older_than: dt.timedelta, dry_run: bool = False) -> int:
+        """Delete the chunk documents of uploads killed before GridFS wrote their files document.
+
+        GridFS writes a file's chunks first and its ``files`` document last, so chunks whose
+        ``files_id`` has no ``files`` document are an upload in progress or a dead one; the
+        ``files_id`` is an ObjectId made when the upload began, so only uploads begun more
+        than ``older_than`` ago are swept. Returns the number of dead uploads.
+        """
+        chunks = self.files.database[f"{BLOB_BUCKET}.chunks"]
+        # an ObjectId's time is whole seconds: uploads begun in the cutoff's second are kept, unless 0 asks for all
+        cutoff = ObjectId.from_datetime(dt.datetime.now(dt.timezone.utc) - older_than)
+        with translate_errors(self.uri):
+            started = chunks.distinct("files_id", {"files_id": {"$lt": cutoff}} if older_than > dt.timedelta(0) else {})
+            dead = []
+            for i in range(0, len(started), 1000):  # bounded $in lists
+                batch = started[i:i + 1000]
+                alive = {f["_id"] for f in self.files.find({"_id": {"$in": batch}}, {"_id": 1})}
+                dead += [file_id for file_id in batch if file_id not in alive]
+            if not dry_run:
+                for i in range(0, len(dead), 1000):
+                    chunks.delete_many({"files_id": {"$in": dead[i:i + 1000]}})
+        return len(dead)
+
+
+class _TranslatedStream(io.RawIOBase):
+    """A GridFS download stream whose reads raise tensorhub's errors (a missing piece shows when read)."""
+
+    def __init__(self, inner: Any, where: str) -> None:
+        super().__init__()
+        self._inner, self._where = inner, where
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        with translate_errors(self._where):
+            return self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        with translate_errors(self._where):
+            return self._inner.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))  # GridOut has no readinto
+        view[:len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            super().close()
 
 
 def _starting_with(prefix: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from tensorhub.arrays import checksum
 from tensorhub.chunks import IO_THREADS, ChunkWriter, Manifest, read_chunk_into, rows_per_chunk
 from tensorhub.errors import CorruptDataError, InvalidArgumentError, TensorHubError
 from tensorhub.progress import progress_bar
+from tensorhub.records import blob_prefix
 
 
 def write_arrays(writer: ChunkWriter, arrays: Sequence[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
@@ -67,7 +68,8 @@ class ModelReader:
 
     def blob(self, name: str) -> bytes:
         """The blob ``name`` of this record, verified against its stored checksum."""
-        data = self._blobs.get(self.record.get("blob_prefix", "") + name)
+        # where: computed from the record's id, never read from a field (it could name another record's blobs)
+        data = self._blobs.get(blob_prefix("models", self.record["_id"]) + name)
         expected = self.record.get("blob_sha256", {}).get(name.replace(".", "_"))
         if expected is not None and checksum(data) != expected:
             raise CorruptDataError(f"blob {name} of {self.describe()} is truncated or altered; save the model again")

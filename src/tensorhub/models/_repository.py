@@ -102,9 +102,7 @@ def save_model(records: Any, network: Any, model_name: str, allow_pickle: bool =
         raise InvalidArgumentError(f"model_name must be a non-empty string, got {model_name!r}")
     dataset = fields.pop("dataset_id", None) if dataset is None else dataset
     task = fields.pop("task_id", None) if task is None else task
-    clash = sorted(INTERNAL_FIELDS & set(fields))
-    if clash:
-        raise InvalidArgumentError(f"field(s) {clash} are written by tensorhub itself; rename them")
+    records.new_record(fields, INTERNAL_FIELDS, "model")  # refuses internal fields before the adapter's work
     adapter = adapter_for(network)
     options = {"allow_pickle": allow_pickle}
     if example_inputs is not None:
@@ -112,8 +110,7 @@ def save_model(records: Any, network: Any, model_name: str, allow_pickle: bool =
     if dynamic_shapes is not None:
         options["dynamic_shapes"] = dynamic_shapes
     saved = adapter.save(network, **options)
-    record = records.new_record({  # validates every field before anything is written
-        **fields,
+    record = records.new_record(fields, INTERNAL_FIELDS, "model", {  # validates every field before any write
         **saved.fields,
         **lineage(records, dataset, task),
         "model_name": model_name,
