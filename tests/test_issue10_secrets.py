@@ -188,7 +188,8 @@ def test_item04_s3_hub_with_credentials_in_the_uri_shows_no_secret(s3_base: str,
             _check_shown(hub, caplog, secret, token)
             hub.delete_datasets()
     with caplog.at_level(logging.DEBUG, logger="tensorhub"), \
-            TensorHub(f"mongomock://{prefix}", project_name="p", blobs=uris[0]) as hub:  # blobs= elsewhere
+            TensorHub(f"mongomock://{prefix}", project_name="p",  # blobs= elsewhere (a store of its own:
+                      blobs=uris[0].replace(f"/{prefix}a?", f"/{prefix}c?")) as hub:  # one index per blob store)
         _check_shown(hub, caplog, secret, token)
 
 
