@@ -39,7 +39,7 @@ from bson.regex import Regex
 from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec
 from tensorhub.documents import CODEC_OPTIONS, encode_document
 from tensorhub.errors import BackendUnavailableError, ConfigurationError, InvalidArgumentError, NotFoundError
-from tensorhub.query import apply_update, matches, sort_documents, validate_filter
+from tensorhub.query import apply_update, matches, regex_budget, sort_documents, validate_filter
 from tensorhub.registry import Stores
 
 def path_from_uri(uri: str) -> Path:
@@ -397,7 +397,8 @@ class SQLiteIndexStore(IndexStore):
                    " LIMIT -1) WHERE m ORDER BY r")
         rows = conn.execute(sql, params).fetchall()
         docs = bson.decode_all(b"".join([row[0] for row in rows]), CODEC_OPTIONS)
-        return [d for d, (_, sure) in zip(docs, rows) if sure == 2 or matches(d, query)]
+        with regex_budget():  # one regex time allowance for the whole scan (SQL never runs a regex)
+            return [d for d, (_, sure) in zip(docs, rows) if sure == 2 or matches(d, query)]
 
     def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
         rows = [(collection, str(d["_id"]), encode_document(d), scalar_fields(d)) for d in documents]

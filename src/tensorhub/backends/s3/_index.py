@@ -126,7 +126,7 @@ from tensorhub.backends.s3._connection import S3Connection
 from tensorhub.backends.s3._segments import MERGED_SUFFIX, Entry, Segment, State, idkey, is_merged
 from tensorhub.documents import decode_document, encode_document
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError
-from tensorhub.query import apply_update, matches, sort_documents
+from tensorhub.query import apply_update, matches, regex_budget, sort_documents
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +394,8 @@ class S3IndexStore(IndexStore):
         keys, rest = _split_id_condition(filter)
         if keys is not None:  # exact pre-filter: the repository deletes and claims by _id / $in
             entries = [e for e in entries if e.key in keys]
-        hits = [e for e in entries if matches(e.doc, rest)]
+        with regex_budget():  # one regex time allowance for the whole collection
+            hits = [e for e in entries if matches(e.doc, rest)]
         if sort:
             by_doc = {id(e.doc): e for e in hits}
             docs = sort_documents([e.doc for e in hits], sort)
