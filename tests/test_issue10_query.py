@@ -174,3 +174,23 @@ def test_item15_nan_matches_a_stored_nan_on_every_backend(hub: TensorHub) -> Non
     assert found(**{"$nor": [{"acc": NAN}]}) == [1, 2]
     assert hub.delete_training_log(acc=NAN) == 2
     assert found() == [1, 2]
+
+
+# --------------------------------------------------------------------------- item 13: updates
+
+UPDATES = [{"$rename": {"a": "b"}}, {"$currentDate": {"t": True}}, {"$set": {1: 2}}, {"a": 1},
+           [{"$set": {"a": {"$function": SERVER_SIDE["$function"]}}}], {"$push": {"a": {"$each": [1], "$slice": 1}}}]
+
+
+def test_item13_updates_are_validated_the_same_on_every_index(hub: TensorHub) -> None:
+    # the repository builds its updates itself, but an index store must refuse what tensorhub.query
+    # cannot apply (pipelines, $rename...) the same way everywhere, matched or not
+    for collection in ("empty", "full"):
+        if collection == "full":
+            hub.index.insert_many("full", [{"_id": 1, "a": [1]}])
+        for update in UPDATES:
+            with pytest.raises(InvalidQueryError):
+                hub.index.update_many(collection, {}, update)
+            with pytest.raises(InvalidQueryError):
+                hub.index.find_one_and_update(collection, {}, update)
+    assert hub.index.find("full", {}) == [{"_id": 1, "a": [1]}]

@@ -46,8 +46,8 @@ from bson.regex import Regex
 
 from tensorhub.errors import ConfigurationError, InvalidQueryError, QueryTimeoutError
 
-__all__ = ["matches", "sort_documents", "apply_update", "compare_values", "validate_filter", "regex_budget",
-           "REGEX_TIMEOUT_ENV"]
+__all__ = ["matches", "sort_documents", "apply_update", "compare_values", "validate_filter", "validate_update",
+           "regex_budget", "REGEX_TIMEOUT_ENV"]
 
 
 class _Missing:
@@ -667,9 +667,20 @@ def _path_order(path: str) -> list[tuple[int, int, str]]:
     return [(0, int(p), "") if p.isascii() and p.isdigit() else (1, 0, p) for p in path.split(".")]
 
 
-def _update_steps(update: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+def validate_update(update: Mapping[str, Any]) -> None:
+    """Raise :class:`InvalidQueryError` for an update :func:`apply_update` would refuse whatever the document.
+
+    The MongoDB backends call it too, so an update operator tensorhub does not implement
+    (``$rename``, a pipeline...) fails the same way on every backend.
+    """
+    for path, op, value in _update_steps(update, copy_values=False):
+        if op == "$push":
+            _push_items(value)
+
+
+def _update_steps(update: Mapping[str, Any], copy_values: bool = True) -> list[tuple[str, str, Any]]:
     """The ``(path, operator, value)`` steps of an update document, checked, in MongoDB's order."""
-    if not update or not all(str(k).startswith("$") for k in update):
+    if not isinstance(update, Mapping) or not update or not all(str(k).startswith("$") for k in update):
         raise InvalidQueryError("an update must use operators such as {'$set': {...}}")
     steps: list[tuple[str, str, Any]] = []
     for op, fields in update.items():
@@ -677,7 +688,10 @@ def _update_steps(update: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
             raise InvalidQueryError(f"unsupported update operator {op!r}; use $set $unset $inc $push $min $max")
         if not isinstance(fields, Mapping):
             raise InvalidQueryError(f"{op} needs a document such as {{'field': value}}")
-        steps.extend((path, op, copy.deepcopy(value)) for path, value in fields.items())
+        for path in fields:
+            if not isinstance(path, str) or not path:
+                raise InvalidQueryError(f"{op} needs field paths as non-empty strings, got {path!r}")
+        steps.extend((path, op, copy.deepcopy(value) if copy_values else value) for path, value in fields.items())
     steps.sort(key=lambda step: _path_order(step[0]))
     for (first, _, _), (second, _, _) in zip(steps, steps[1:]):
         if second == first or second.startswith(first + "."):

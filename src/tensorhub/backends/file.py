@@ -39,7 +39,7 @@ from bson.regex import Regex
 from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec
 from tensorhub.documents import CODEC_OPTIONS, encode_document
 from tensorhub.errors import BackendUnavailableError, ConfigurationError, InvalidArgumentError, NotFoundError
-from tensorhub.query import apply_update, matches, regex_budget, sort_documents, validate_filter
+from tensorhub.query import apply_update, matches, regex_budget, sort_documents, validate_filter, validate_update
 from tensorhub.registry import Stores
 
 def path_from_uri(uri: str) -> Path:
@@ -423,6 +423,7 @@ class SQLiteIndexStore(IndexStore):
         )
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
+        validate_update(update)  # fails the same when nothing matches
         with self._transaction(immediate=True) as conn:
             found = [apply_update(d, update) for d in self._scan(conn, collection, filter)]
             self._write_back(conn, collection, found)
@@ -431,6 +432,7 @@ class SQLiteIndexStore(IndexStore):
     def find_one_and_update(
         self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any], sort: SortSpec | None = None
     ) -> Document | None:
+        validate_update(update)
         with self._transaction(immediate=True) as conn:
             found = sort_documents(self._scan(conn, collection, filter), sort)
             if not found:

@@ -33,7 +33,7 @@ from tensorhub.backends.base import BlobStore, Document, SortSpec
 from tensorhub.backends.mongo import MongoIndexStore
 from tensorhub.documents import normalize_document
 from tensorhub.errors import NotFoundError
-from tensorhub.query import matches, regex_budget
+from tensorhub.query import matches, regex_budget, validate_update
 from tensorhub.registry import Stores
 
 _servers: dict[str, tuple[Any, dict[str, bytes], threading.RLock]] = {}
@@ -55,6 +55,7 @@ def _server(name: str) -> tuple[Any, dict[str, tuple[bytes, dt.datetime]], threa
 
 def _normalize_update(update: Mapping[str, Any]) -> dict[str, Any]:
     """BSON-normalise the values of an update document (operators are kept as they are)."""
+    validate_update(update)  # the same refusals as every backend, before the values are touched
     return {op: normalize_document(fields) if isinstance(fields, Mapping) else fields
             for op, fields in update.items()}
 
