@@ -41,6 +41,11 @@ class InvalidQueryError(TensorHubError, ValueError):
     """A query uses an operator or form tensorhub does not support."""
 
 
+class QueryTimeoutError(InvalidQueryError):
+    """A query's regexes ran past their time limit (``$TENSORHUB_REGEX_TIMEOUT``): the pattern
+    backtracks catastrophically, or the query is larger than the limit allows."""
+
+
 class NotFoundError(TensorHubError, LookupError):
     """A record or blob that was expected is missing."""
 

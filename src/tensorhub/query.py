@@ -11,26 +11,45 @@ the keys its index key generator would produce (``_sort_keys``); the two differ 
 Supported: ``$eq $ne $gt $gte $lt $lte $in $nin $exists $regex $options $not $and $or $nor
 $all $size $elemMatch $mod $type``; updates ``$set $unset $inc $push $min $max``.
 The differential test in ``tests/test_query_differential.py`` checks this against a MongoDB-wire server.
+
+:func:`validate_filter` walks a whole filter before anything is evaluated: every key must be a
+string, and every operator, at any depth (inside ``$elemMatch``, ``$not``, ``$all`` and the
+logical operators too), must be one of the above, so operators MongoDB would run on the server
+(``$where``, ``$expr``, ``$function``, ``$accumulator``, ``$text``...) fail on every backend.
+
+Regexes run with the ``regex`` package (PCRE-like, as MongoDB's) under a time limit, since a
+pattern such as ``^(a+)+$`` can backtrack for minutes on one short string: every regex search of
+one query evaluation (:func:`regex_budget`) draws on one allowance of :data:`REGEX_TIMEOUT_ENV`
+CPU seconds (default :data:`DEFAULT_REGEX_TIMEOUT`), and :class:`~tensorhub.errors.QueryTimeoutError`
+ends the query when it is spent. One allowance per query rather than per document: a per-document
+bound either lets N documents take N times the bound or cuts long legitimate values short. A
+search outside any evaluation gets the whole allowance.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import datetime as _dt
 import functools
 import math
 import operator
+import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import regex
 from bson import ObjectId
 from bson.decimal128 import Decimal128
 from bson.regex import Regex
 
-from tensorhub.errors import InvalidQueryError
+from tensorhub.errors import ConfigurationError, InvalidQueryError, QueryTimeoutError
 
-__all__ = ["matches", "sort_documents", "apply_update", "compare_values"]
+__all__ = ["matches", "sort_documents", "apply_update", "compare_values", "validate_filter", "validate_update",
+           "regex_budget", "REGEX_TIMEOUT_ENV"]
 
 
 class _Missing:
@@ -208,25 +227,123 @@ def _expand(values: Reached) -> list[Any]:
     return out
 
 
-def _regex_of(pattern: Any, options: str = "") -> re.Pattern:
-    if isinstance(pattern, Regex):
-        pattern = pattern.try_compile()
-    if isinstance(pattern, re.Pattern):
-        if not options:
-            return pattern
-        pattern = pattern.pattern
-    flags = 0
-    for letter in options:
-        flags |= {"i": re.I, "m": re.M, "s": re.S, "x": re.X}.get(letter, 0)
+#: seconds of regex matching one query evaluation may spend, all documents together
+REGEX_TIMEOUT_ENV = "TENSORHUB_REGEX_TIMEOUT"
+DEFAULT_REGEX_TIMEOUT = 5.0
+_OPTION_FLAGS = {"i": regex.I, "m": regex.M, "s": regex.S, "x": regex.X}
+#: flags of a compiled ``re`` pattern or a ``bson.Regex`` that mean the same to the ``regex`` package
+_KEPT_FLAGS = re.I | re.M | re.S | re.X
+
+
+def regex_time_limit() -> float:
+    """The regex allowance of one query evaluation, in seconds (``$TENSORHUB_REGEX_TIMEOUT``)."""
+    raw = os.environ.get(REGEX_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_REGEX_TIMEOUT
     try:
-        return re.compile(pattern, flags)
-    except (re.error, TypeError) as exc:
+        limit = float(raw)
+    except ValueError:
+        limit = math.nan
+    if not (limit > 0 and math.isfinite(limit)):
+        raise ConfigurationError(f"${REGEX_TIMEOUT_ENV} must be a positive number of seconds, got {raw!r}")
+    return limit
+
+
+class _Budget:
+    """What is left of one query evaluation's regex allowance, in CPU seconds of the evaluating thread.
+
+    Searches are timed with the cheap wall clock; only when that says the allowance is spent is
+    the thread's CPU time read (a system call), which gives back the time a loaded machine kept
+    the thread waiting. The ``regex`` package's ``timeout=`` counts CPU time as well.
+    """
+
+    __slots__ = ("limit", "left", "cpu_start")
+
+    def __init__(self, limit: float) -> None:
+        self.limit = self.left = limit
+        self.cpu_start = time.thread_time()
+
+    def recheck(self) -> bool:
+        """Set ``left`` from the CPU time really spent since the start; whether some is left."""
+        self.left = self.limit - (time.thread_time() - self.cpu_start)
+        return self.left > 0
+
+
+_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("tensorhub_regex_budget", default=None)
+#: searches of one text after a timeout that CPU time shows was the machine's load, not the pattern's
+_RETRIES = 3
+
+
+@contextlib.contextmanager
+def regex_budget() -> Iterator[None]:
+    """Make the regex searches inside one query evaluation share one allowance.
+
+    A backend wraps its scan of a collection in this, so a filter over many documents is bounded
+    as a whole, not per document. Nested uses share the outermost allowance.
+    """
+    if _budget.get() is not None:
+        yield
+        return
+    token = _budget.set(_Budget(regex_time_limit()))
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+
+
+def _too_slow(rx: regex.Pattern, limit: float) -> QueryTimeoutError:
+    return QueryTimeoutError(
+        f"$regex {rx.pattern!r} ran past this query's regex time limit of {limit:g} s (all documents "
+        "together); the pattern probably backtracks catastrophically (nested quantifiers such as (a+)+): "
+        f"simplify or anchor it, or raise ${REGEX_TIMEOUT_ENV} (seconds) if the query is really that large"
+    )
+
+
+def _search(rx: regex.Pattern, text: str) -> bool:
+    """``rx.search(text)`` within what is left of the current evaluation's regex allowance."""
+    budget = _budget.get() or _Budget(regex_time_limit())
+    for _ in range(_RETRIES):
+        if budget.left <= 0 and not budget.recheck():
+            break
+        start = time.perf_counter()
+        try:
+            return rx.search(text, timeout=budget.left) is not None
+        except TimeoutError:
+            budget.left = 0.0  # recheck() says whether this was the pattern or the machine's load
+        finally:
+            budget.left -= time.perf_counter() - start
+    raise _too_slow(rx, budget.limit)
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(pattern: str, flags: int) -> regex.Pattern:
+    try:
+        return regex.compile(pattern, flags)
+    except (regex.error, ValueError) as exc:
         raise InvalidQueryError(f"invalid $regex {pattern!r}: {exc}") from exc
+
+
+def _regex_of(pattern: Any, options: str = "") -> regex.Pattern:
+    """The compiled form of a ``$regex`` (a string, ``re.Pattern`` or ``bson.Regex``) and its ``$options``."""
+    flags = 0
+    if isinstance(pattern, _REGEX_TYPES):
+        flags = pattern.flags & _KEPT_FLAGS if isinstance(pattern.flags, int) else 0
+        pattern = pattern.pattern
+    if options:
+        if not isinstance(options, str):
+            raise InvalidQueryError(f"$options must be a string such as 'i', got {options!r}")
+        flags = 0  # $options replace the flags of a regex object, as MongoDB's do
+        for letter in options:
+            flags |= _OPTION_FLAGS.get(letter, 0)
+    if not isinstance(pattern, str):
+        raise InvalidQueryError(f"invalid $regex {pattern!r}: it must be a string or a regex, not "
+                                f"{type(pattern).__name__}")
+    return _compile(pattern, flags)
 
 
 def _value_equals(candidate: Any, target: Any) -> bool:
     if isinstance(target, _REGEX_TYPES):
-        return isinstance(candidate, str) and _regex_of(target).search(candidate) is not None
+        return isinstance(candidate, str) and _search(_regex_of(target), candidate)
     if target is None:
         return candidate is None or candidate is MISSING
     return candidate is not MISSING and _equal(candidate, target)
@@ -373,7 +490,7 @@ def _operator_matches(values: Reached, op: str, arg: Any, condition: Mapping[str
         return present == _truthy(arg)
     if op == "$regex":
         rx = _regex_of(arg, condition.get("$options", ""))
-        return any(isinstance(c, str) and rx.search(c) for c in _expand(values))
+        return any(isinstance(c, str) and _search(rx, c) for c in _expand(values))
     if op == "$options":
         if "$regex" not in condition:
             raise InvalidQueryError("$options needs a $regex beside it")
@@ -442,8 +559,8 @@ def matches(document: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
                 return False
         elif key == "$comment":
             continue
-        elif key.startswith("$"):
-            raise InvalidQueryError(f"unsupported top-level operator {key!r}; use $and, $or or $nor")
+        elif not isinstance(key, str) or key.startswith("$"):
+            _check_query({key: condition}, None)  # raises the error validate_filter gives
         elif type(condition) in _FAST_EQUALITY and "." not in key and type(document) is dict:
             # fast path for the commonest filter, {"status": "pending"}: same exact type -> plain ==
             value = document.get(key, MISSING)
@@ -562,9 +679,20 @@ def _path_order(path: str) -> list[tuple[int, int, str]]:
     return [(0, int(p), "") if p.isascii() and p.isdigit() else (1, 0, p) for p in path.split(".")]
 
 
-def _update_steps(update: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
+def validate_update(update: Mapping[str, Any]) -> None:
+    """Raise :class:`InvalidQueryError` for an update :func:`apply_update` would refuse whatever the document.
+
+    The MongoDB backends call it too, so an update operator tensorhub does not implement
+    (``$rename``, a pipeline...) fails the same way on every backend.
+    """
+    for path, op, value in _update_steps(update, copy_values=False):
+        if op == "$push":
+            _push_items(value)
+
+
+def _update_steps(update: Mapping[str, Any], copy_values: bool = True) -> list[tuple[str, str, Any]]:
     """The ``(path, operator, value)`` steps of an update document, checked, in MongoDB's order."""
-    if not update or not all(str(k).startswith("$") for k in update):
+    if not isinstance(update, Mapping) or not update or not all(str(k).startswith("$") for k in update):
         raise InvalidQueryError("an update must use operators such as {'$set': {...}}")
     steps: list[tuple[str, str, Any]] = []
     for op, fields in update.items():
@@ -572,7 +700,10 @@ def _update_steps(update: Mapping[str, Any]) -> list[tuple[str, str, Any]]:
             raise InvalidQueryError(f"unsupported update operator {op!r}; use $set $unset $inc $push $min $max")
         if not isinstance(fields, Mapping):
             raise InvalidQueryError(f"{op} needs a document such as {{'field': value}}")
-        steps.extend((path, op, copy.deepcopy(value)) for path, value in fields.items())
+        for path in fields:
+            if not isinstance(path, str) or not path:
+                raise InvalidQueryError(f"{op} needs field paths as non-empty strings, got {path!r}")
+        steps.extend((path, op, copy.deepcopy(value) if copy_values else value) for path, value in fields.items())
     steps.sort(key=lambda step: _path_order(step[0]))
     for (first, _, _), (second, _, _) in zip(steps, steps[1:]):
         if second == first or second.startswith(first + "."):
@@ -700,30 +831,119 @@ def apply_update(document: dict, update: Mapping[str, Any]) -> dict:
     return document
 
 
+_QUERY_OPERATORS = frozenset(
+    ["$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$regex", "$options", "$not", "$all",
+     "$size", "$elemMatch", "$mod", "$type"])
+_SUPPORTED = ("supported: $eq $ne $gt $gte $lt $lte $in $nin $exists $regex $options $not $all $size $elemMatch "
+              "$mod $type on a field, $and $or $nor $comment around conditions; operators that run on the server "
+              "($where, $expr, $function, $accumulator, $text...) are refused on every backend")
+
+
 def validate_filter(query: Mapping[str, Any]) -> None:
     """Raise :class:`InvalidQueryError` for a malformed filter, even when no document would be tested.
 
-    Evaluating a filter only checks the operators it reaches; this walks all of them, so a typo
-    such as ``{"$gtt": 1}`` fails the same way on an empty collection as on a full one.
+    Evaluating a filter only checks the operators it reaches; this walks all of it, at every
+    depth, so a typo such as ``{"$gtt": 1}`` or an operator tensorhub does not implement
+    (``$where`` inside an ``$elemMatch``...) fails the same way on an empty collection as on a
+    full one, and on MongoDB, where the server would otherwise run it.
     """
-    probe: dict = {}
+    try:
+        _check_query(query, None)
+    except RecursionError:
+        raise InvalidQueryError("the query is nested too deeply to be evaluated; flatten its $and/$or/"
+                                "$elemMatch nesting or its compared values") from None
+
+
+def _check_key(key: Any, where: str) -> None:
+    if not isinstance(key, str):
+        raise InvalidQueryError(f"query keys must be strings, got {key!r} ({type(key).__name__}) in {where}")
+
+
+def _check_query(query: Any, within: str | None) -> None:
+    """A query document: the top-level filter (``within`` None) or an ``$elemMatch`` or logical term."""
+    where = within or "the query"
     if not isinstance(query, Mapping):
-        raise InvalidQueryError(f"a query must be a dict, got {type(query).__name__}")
+        raise InvalidQueryError(f"a query must be a dict, got {type(query).__name__} in {where}")
     for key, condition in query.items():
-        if key in ("$and", "$or", "$nor"):
-            if not isinstance(condition, (list, tuple)) or not condition:
+        _check_key(key, where)
+        if key in _LOGICAL:
+            if not isinstance(condition, _ARRAY_TYPES) or not condition:
                 raise InvalidQueryError(f"{key} needs a non-empty list of queries")
             for sub in condition:
-                validate_filter(sub)
-        elif key.startswith("$") and key != "$comment":  # as matches() says, before any document is tested
-            raise InvalidQueryError(f"unsupported top-level operator {key!r}; use $and, $or or $nor")
-        elif _is_operator_doc(condition):
-            for op, arg in condition.items():
-                if op == "$not" and isinstance(arg, Mapping):
-                    validate_filter({key: arg})
-                elif op == "$elemMatch" and isinstance(arg, Mapping) and not _is_operator_doc(arg):
-                    validate_filter(arg)
-                else:
-                    _operator_matches([(MISSING, True)], op, arg, condition)
+                _check_query(sub, within or f"the {key} list")
+        elif key == "$comment":
+            continue
+        elif key.startswith("$"):
+            if within is None:  # as matches() says, before any document is tested
+                raise InvalidQueryError(f"unsupported top-level operator {key!r}; use $and, $or or $nor ({_SUPPORTED})")
+            raise InvalidQueryError(f"unsupported operator {key!r} in {where}; {_SUPPORTED}")
         else:
-            matches(probe, {key: condition})
+            _check_condition(condition, key)
+
+
+def _starts_operator(value: Any) -> bool:
+    """Whether a condition is an operator document, as MongoDB tells: by its first key."""
+    if not isinstance(value, Mapping) or not value:
+        return False
+    first = next(iter(value))
+    return isinstance(first, str) and first.startswith("$")
+
+
+def _check_condition(condition: Any, path: str) -> None:
+    """What a field is matched against: an operator document (every key a known operator) or a value."""
+    if not _starts_operator(condition):
+        _check_value(condition, path)
+        return
+    for op, arg in condition.items():
+        _check_key(op, f"the condition on {path!r}")
+        if op not in _QUERY_OPERATORS:
+            raise InvalidQueryError(f"unsupported query operator {op!r} in the condition on {path!r}; {_SUPPORTED}")
+        if op == "$not":
+            if isinstance(arg, _REGEX_TYPES):
+                _regex_of(arg)
+            elif not _starts_operator(arg):
+                raise InvalidQueryError(f"$not on {path!r} needs an operator expression such as {{'$gt': 1}} "
+                                        f"or a regex, got {arg!r}")
+            else:
+                _check_condition(arg, path)
+        elif op == "$elemMatch":
+            if not isinstance(arg, Mapping):
+                raise InvalidQueryError(f"$elemMatch on {path!r} needs a document")
+            first = next(iter(arg), "")
+            if isinstance(first, str) and first.startswith("$") and first not in _LOGICAL:
+                _check_condition(arg, path)  # conditions on each element itself: {"$gt": 1}
+            else:
+                _check_query(arg, f"the $elemMatch on {path!r}")
+        elif op == "$all":
+            if not isinstance(arg, _ARRAY_TYPES):
+                raise InvalidQueryError("$all needs a list")
+            for term in arg:
+                if _starts_operator(term):
+                    if list(term) != ["$elemMatch"]:
+                        raise InvalidQueryError("$all takes values or {'$elemMatch': ...} documents, not other "
+                                                f"operators (on {path!r})")
+                    _check_condition(term, path)
+                else:
+                    _check_value(term, path)
+        else:
+            if op in ("$in", "$nin") and isinstance(arg, _ARRAY_TYPES):
+                for value in arg:
+                    _check_value(value, path)
+            elif op != "$regex":
+                _check_value(arg, path)
+            _operator_matches([(MISSING, True)], op, arg, condition)  # the argument's own checks
+
+
+def _check_value(value: Any, path: str) -> None:
+    """A value compared with a field: documents in it hold field names, never operators."""
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            _check_key(key, f"the value compared with {path!r}")
+            if key.startswith("$"):
+                raise InvalidQueryError(
+                    f"{key!r} inside the value compared with {path!r}: an operator goes first in a condition "
+                    "({'$gt': 1}), not inside a value, and field names starting with '$' cannot be queried")
+            _check_value(inner, path)
+    elif isinstance(value, _ARRAY_TYPES):
+        for inner in value:
+            _check_value(inner, path)

@@ -45,7 +45,7 @@ from tensorhub.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from tensorhub.query import apply_update, matches, sort_documents, validate_filter
+from tensorhub.query import apply_update, matches, regex_budget, sort_documents, validate_filter, validate_update
 from tensorhub.redaction import redact_uri
 
 
@@ -412,7 +412,8 @@ class SQLiteIndexStore(IndexStore):
             docs = bson.decode_all(b"".join([row[0] for row in rows]), CODEC_OPTIONS)
         except (bson.errors.BSONError, ValueError, TypeError, OverflowError, RecursionError):
             docs = [self._decode_row(collection, row[2], row[0]) for row in rows]  # find the damaged row and name it
-        return [d for d, (_, sure, _) in zip(docs, rows) if sure == 2 or matches(d, query)]
+        with regex_budget():  # one regex time allowance for the whole scan (SQL never runs a regex)
+            return [d for d, (_, sure, _) in zip(docs, rows) if sure == 2 or matches(d, query)]
 
     def _decode_row(self, collection: str, row_id: str, doc: Any) -> Document:
         """One row's document, or :class:`CorruptDataError` naming the record and how to remove it.
@@ -453,6 +454,7 @@ class SQLiteIndexStore(IndexStore):
         )
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
+        validate_update(update)  # fails the same when nothing matches
         with self._transaction(immediate=True) as conn:
             found = [apply_update(d, update) for d in self._scan(conn, collection, filter)]
             self._write_back(conn, collection, found)
@@ -461,6 +463,7 @@ class SQLiteIndexStore(IndexStore):
     def find_one_and_update(
         self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any], sort: SortSpec | None = None
     ) -> Document | None:
+        validate_update(update)
         with self._transaction(immediate=True) as conn:
             found = sort_documents(self._scan(conn, collection, filter), sort)
             if not found:

@@ -32,7 +32,7 @@ from tensorhub.errors import (
     NotFoundError,
     SerializationError,
 )
-from tensorhub.query import normalize_sort
+from tensorhub.query import normalize_sort, validate_update
 from tensorhub.redaction import redact_uri, scrub, shows_secret
 
 DEFAULT_DATABASE = "tensorhub"
@@ -64,9 +64,9 @@ def translate_errors(where: str) -> Iterator[None]:
 
 
 def _update(update: Mapping[str, Any]) -> dict[str, Any]:
-    """Refuse replacement documents up front, with the same error on every backend."""
-    if not update or not all(str(k).startswith("$") for k in update):
-        raise InvalidQueryError("an update must use operators such as {'$set': {...}}")
+    """Refuse replacement documents, pipelines and operators tensorhub.query does not implement
+    up front, with the same error on every backend."""
+    validate_update(update)
     return dict(update)
 
 

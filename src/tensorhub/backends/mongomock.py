@@ -8,6 +8,9 @@ For fast offline tests (ours and users'). Two deliberate differences from a plai
   :func:`reset` forgets them all (test isolation).
 * Every operation holds a per-store lock: mongomock is not thread-safe (8 threads claiming
   from one collection made duplicate claims), and task claims must stay atomic.
+* A filter holding NaN or a regex is decided by :mod:`tensorhub.query`, as on ``file://``:
+  mongomock compares with Python's ``==`` (NaN never equals a stored NaN, which MongoDB
+  matches) and runs regexes with ``re``, without the time limit the other backends keep.
 
 GridFS is not used: mongomock's GridFS breaks with pymongo 4.20.
 """
@@ -15,15 +18,21 @@ GridFS is not used: mongomock's GridFS breaks with pymongo 4.20.
 from __future__ import annotations
 
 import datetime as dt
+import math
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
+
+from bson.decimal128 import Decimal128
+from bson.regex import Regex
 
 from tensorhub._compat import mongomock as mongomock_compat
 from tensorhub.backends.base import BlobStore, Document, SortSpec, Stores
 from tensorhub.backends.mongo import MongoIndexStore
 from tensorhub.documents import normalize_document
 from tensorhub.errors import NotFoundError
+from tensorhub.query import matches, regex_budget, validate_update
 from tensorhub.redaction import redact_uri
 
 _servers: dict[str, tuple[Any, dict[str, bytes], threading.RLock]] = {}
@@ -45,8 +54,24 @@ def _server(name: str) -> tuple[Any, dict[str, tuple[bytes, dt.datetime]], threa
 
 def _normalize_update(update: Mapping[str, Any]) -> dict[str, Any]:
     """BSON-normalise the values of an update document (operators are kept as they are)."""
+    validate_update(update)  # the same refusals as every backend, before the values are touched
     return {op: normalize_document(fields) if isinstance(fields, Mapping) else fields
             for op, fields in update.items()}
+
+
+def _mongomock_misreads(value: Any) -> bool:
+    """Whether a filter holds something mongomock evaluates unlike MongoDB: NaN or a regex."""
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, Decimal128):
+        return value.is_nan()
+    if isinstance(value, (re.Pattern, Regex)):
+        return True
+    if isinstance(value, Mapping):
+        return "$regex" in value or any(_mongomock_misreads(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_mongomock_misreads(v) for v in value)
+    return False
 
 
 class MongomockIndexStore(MongoIndexStore):
@@ -64,6 +89,17 @@ class MongomockIndexStore(MongoIndexStore):
         super().__init__(client, "tensorhub", where)
         self._lock = lock
 
+    def _decided(self, collection: str, filter: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``filter``, or where mongomock would misread it, the ``_id``s of what it matches in MongoDB's sense.
+
+        Called under the lock, so the ids stay the matches for the operation that uses them.
+        """
+        if not _mongomock_misreads(filter):
+            return filter
+        with regex_budget():
+            ids = [d["_id"] for d in super().find(collection, {}) if matches(d, filter)]
+        return {"_id": {"$in": ids}}
+
     def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
         with self._lock:
             super().insert_many(collection, [normalize_document(d) for d in documents])
@@ -71,24 +107,25 @@ class MongomockIndexStore(MongoIndexStore):
     def find(self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None,
              limit: int | None = None) -> list[Document]:
         with self._lock:
-            return super().find(collection, filter, sort, limit)
+            return super().find(collection, self._decided(collection, filter), sort, limit)
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
         with self._lock:
-            return super().update_many(collection, filter, _normalize_update(update))
+            return super().update_many(collection, self._decided(collection, filter), _normalize_update(update))
 
     def find_one_and_update(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any],
                             sort: SortSpec | None = None) -> Document | None:
         with self._lock:
-            return super().find_one_and_update(collection, filter, _normalize_update(update), sort)
+            return super().find_one_and_update(collection, self._decided(collection, filter),
+                                               _normalize_update(update), sort)
 
     def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
         with self._lock:
-            return super().delete_many(collection, filter)
+            return super().delete_many(collection, self._decided(collection, filter))
 
     def count(self, collection: str, filter: Mapping[str, Any]) -> int:
         with self._lock:
-            return super().count(collection, filter)
+            return super().count(collection, self._decided(collection, filter))
 
     def create_index(self, collection: str, keys: SortSpec) -> None:
         with self._lock:

@@ -24,7 +24,7 @@ from tensorhub.backends.base import SortSpec
 from tensorhub.backends.s3._connection import S3Connection
 from tensorhub.backends.s3._segments import Entry, Segment, State, idkey, is_merged
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError
-from tensorhub.query import matches, sort_documents
+from tensorhub.query import matches, regex_budget, sort_documents
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ def select(entries: list[Entry], filter: Mapping[str, Any], sort: SortSpec | Non
     keys, rest = split_id_condition(filter)
     if keys is not None:  # exact pre-filter: the repository deletes and claims by _id / $in
         entries = [e for e in entries if e.key in keys]
-    hits = [e for e in entries if matches(e.doc, rest)]
+    with regex_budget():  # one regex time allowance for the whole collection
+        hits = [e for e in entries if matches(e.doc, rest)]
     if sort:
         by_doc = {id(e.doc): e for e in hits}
         docs = sort_documents([e.doc for e in hits], sort)
