@@ -22,6 +22,7 @@ from tensorhub import models as _models
 from tensorhub import runner as _runner
 from tensorhub import tasks as _tasks
 from tensorhub.context import Connection, default_connection, inside_task
+from tensorhub.zygote import stop_shared_zygote
 from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
 from tensorhub.progress import progress_bar
 from tensorhub.records import Records
@@ -139,9 +140,10 @@ class TensorHub:
         return self._records.collect_garbage(dt.timedelta(seconds=older_than), dry_run=dry_run)
 
     def close(self) -> None:
-        """Release connections and files."""
+        """Release connections and files, and stop the task helper process if no task runs."""
         self._records.index.close()
         self._records.blobs.close()
+        stop_shared_zygote(only_if_idle=True)
 
     def __enter__(self) -> TensorHub:
         return self
