@@ -135,8 +135,7 @@ class TensorHub:
         ``dry_run`` nothing is deleted. Returns ``{"chunks", "record_blobs", "kept_young"}``.
         Also ``tensorhub gc`` on the command line.
         """
-        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or older_than < 0:
-            raise InvalidArgumentError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
+        _check_seconds("older_than", older_than, zero=True)
         return self._records.collect_garbage(dt.timedelta(seconds=older_than), dry_run=dry_run)
 
     def close(self) -> None:

@@ -51,7 +51,7 @@ from tensorhub.tasks import (
     finish,
     release,
 )
-from tensorhub.zygote import ZygoteLost, kill_group, shared_zygote
+from tensorhub.zygote import ZygoteLost, group_alive, kill_group, shared_zygote
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +237,13 @@ class _TaskProcess:
         return self.exitcode
 
     def _lost(self) -> None:
-        """The helper died under the task: kill what is left of its tree (its process group)."""
+        """The helper died under the task: its shepherd got SIGTERM and kills the task's tree (sessions
+        of its own included); give it a moment, then kill what is left of the task's process group."""
         log.warning("the task helper process died while task process %d ran; killing its process group", self.pid)
         self.helper_lost = True
+        deadline = time.monotonic() + 5
+        while group_alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
         kill_group(self.pid)
         self.exitcode = -signal.SIGKILL
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
+import math
 import os
 import socket
 import threading
@@ -44,6 +45,12 @@ INTERNAL_FIELDS = frozenset({
     "errors", "owner", "claim_id", "started_at", "lease_expires_at", "finished_at", "cancel_requested", "result",
     "error", "traceback", "exit_code", "stdout_tail", "stderr_tail",
 })
+
+
+def is_seconds(value: Any, zero: bool = False) -> bool:
+    """Whether ``value`` is a finite number of seconds > 0 (>= 0 with ``zero``); a bool is not."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and (value > 0 or (zero and value == 0)))
 
 
 def read_script(script: str | os.PathLike[str]) -> tuple[str, str]:
@@ -90,12 +97,14 @@ def create_tasks(records: Records, task_name: str, script: str | os.PathLike[str
         if point is not None and not isinstance(point, Mapping):
             raise InvalidArgumentError("hyper_parameters must be a dict of global names to values, e.g. "
                                        f"{{'n_units': 800}}, got {point!r}")
-    if not isinstance(max_attempts, int) or max_attempts < 1:
+    # booleans are ints in Python, but never a count or a duration here (True would mean 1)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts < 2 ** 31:
         raise InvalidArgumentError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
     if isinstance(priority, bool) or not isinstance(priority, (int, float)) or priority != priority:
         raise InvalidArgumentError(f"priority must be a number (higher runs first, default 0), got {priority!r}")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if timeout is not None and not is_seconds(timeout):
+        raise InvalidArgumentError(f"timeout must be a positive finite number of seconds (None: no timeout), "
+                                   f"got {timeout!r}")
     path, text = read_script(script)
     documents = []
     for point in points:
@@ -172,6 +181,8 @@ def _expire_now_and_then(records: Records, query: Mapping[str, Any]) -> None:
 def claim_task(records: Records, query: Mapping[str, Any], sort: Any = None, lease: float = DEFAULT_LEASE,
                owner: dict | None = None) -> dict | None:
     """Atomically take the first claimable task (pending, or running with an expired lease)."""
+    if not is_seconds(lease):
+        raise InvalidArgumentError(f"lease must be a finite number of seconds > 0, got {lease!r}")
     _expire_now_and_then(records, query)
     now = utcnow()
     update = {"$set": {"status": RUNNING, "owner": owner or worker_identity(), "claim_id": ObjectId(),

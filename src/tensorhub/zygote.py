@@ -104,6 +104,27 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a living (not zombie) process is in process group ``pgid``."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2:].split()
+            if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+                return True
+    return False
+
+
 def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
     try:
         os.kill(pid, sig)
