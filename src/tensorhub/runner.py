@@ -43,7 +43,6 @@ from tensorhub.errors import BackendUnavailableError, SerializationError
 from tensorhub.records import Records
 from tensorhub.tasks import (
     CANCELLED,
-    COLLECTION,
     DEFAULT_LEASE,
     FAILED,
     FINISHED,

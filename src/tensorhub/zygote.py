@@ -344,6 +344,7 @@ def serve(fd: int) -> None:
     finished: dict[int, int] = {}
     running: set[int] = set()
     subreaper = become_subreaper()
+    dirty = [False]  # a shepherd ended since the last sweep: strays may have been re-parented to us
 
     def reap() -> None:
         """Reap every exited child: shepherds (their status is kept) and swept orphans."""
@@ -357,6 +358,7 @@ def serve(fd: int) -> None:
             if pid in running:
                 running.discard(pid)
                 finished[pid] = _status(status)
+                dirty[0] = True
                 # what is left in the task's process group (everywhere; /proc walks are Linux only).
                 # Safe from pid reuse: a pid is not reused while a process group of that id exists.
                 kill_group(pid)
@@ -365,6 +367,7 @@ def serve(fd: int) -> None:
         """Kill children we did not start: what a killed shepherd's tree left re-parented to us."""
         if not subreaper:
             return
+        dirty[0] = False
         for _ in range(KILL_ROUNDS):
             reap()
             strays = [pid for pid in _children_map().get(os.getpid(), []) if pid not in running]
@@ -399,9 +402,10 @@ def serve(fd: int) -> None:
         shutdown()
     while True:
         try:
-            if not conn.poll(1.0):
+            if not conn.poll(1.0):  # idle: a backstop sweep, only after a task ended (a /proc scan costs ~ms)
                 reap()
-                sweep()
+                if dirty[0]:
+                    sweep()
                 continue
             request = conn.recv()
         except (EOFError, OSError):
