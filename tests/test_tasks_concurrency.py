@@ -1,8 +1,19 @@
-"""Many runner processes against one store: every task runs exactly once (each in its own child process)."""
+"""Many runner processes against one store, under CPU load: every task runs exactly once.
+
+Issue 10 item 10: on a loaded machine a live runner lost its lease on s3 and a task ran twice.
+The cause was the test double: moto checked a conditional PUT's ETag and then wrote, with no
+lock between, so two compare-and-swaps of the one state object that holds a sweep's 500 tasks
+could both "win" and one claim was lost (``tensorhub.testing.servers`` now serialises them, as
+S3 does). The runners here use a short lease, so heartbeats run beside claims and finishes and
+their compare-and-swap conflicts are retried, not taken as a lost lease; two busy-loop
+processes load the CPUs (the condition the bug needed) for the whole test.
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import subprocess
+import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -16,6 +27,11 @@ from conftest import TASK_BACKENDS, fresh_uri
 
 N_TASKS = 500
 N_RUNNERS = 4
+#: short enough that long (loaded) tasks renew it while others claim and finish beside them
+LEASE = 15.0
+#: busy-loop processes beside the runners, each bounded in time
+N_BUSY = 2
+BUSY_SECONDS = 500
 
 
 def _runner(uri: str, project: str, deadline_s: float, counts: Any) -> None:
@@ -26,16 +42,17 @@ def _runner(uri: str, project: str, deadline_s: float, counts: Any) -> None:
     start = time.monotonic()
     with TensorHub(uri, project_name=project) as hub:
         while ran <= N_TASKS and time.monotonic() - start < deadline_s:
-            if not hub.run_task("conc"):
+            if not hub.run_task("conc", lease=LEASE):
                 break
             ran += 1
     counts.put(ran)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("backend", TASK_BACKENDS)
-def test_four_processes_run_each_task_exactly_once(backend: str, request: pytest.FixtureRequest,
-                                                   tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+def test_four_processes_run_each_task_exactly_once_under_cpu_load(
+        backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     uri = fresh_uri(backend, request, tmp_path_factory)
     script = tmp_path / "task.py"
     script.write_text(textwrap.dedent("""
@@ -47,14 +64,24 @@ def test_four_processes_run_each_task_exactly_once(backend: str, request: pytest
         hub.delete_tasks()
         hub.delete_training_log()
         hub.create_sweep("conc", script, points=[{"index": i} for i in range(N_TASKS)], saved_result_keys=["doubled"])
+        busy = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + "
+                                  f"{BUSY_SECONDS}\nwhile time.monotonic() < end: pass"]) for _ in range(N_BUSY)]
         ctx = mp.get_context("spawn")
         queue = ctx.Queue()
-        runners = [ctx.Process(target=_runner, args=(uri, "conc", 240.0, queue)) for _ in range(N_RUNNERS)]
-        for runner in runners:
-            runner.start()
-        counts = [queue.get(timeout=300) for _ in runners]
-        for runner in runners:
-            runner.join(timeout=60)
+        runners = [ctx.Process(target=_runner, args=(uri, "conc", 420.0, queue)) for _ in range(N_RUNNERS)]
+        try:
+            for runner in runners:
+                runner.start()
+            counts = [queue.get(timeout=480) for _ in runners]
+            for runner in runners:
+                runner.join(timeout=60)
+        finally:
+            for runner in runners:
+                if runner.is_alive():
+                    runner.kill()
+            for process in busy:
+                process.kill()
+                process.wait(10)
         assert sum(counts) == N_TASKS
         tasks = hub.find_tasks("conc")
         assert len(tasks) == N_TASKS

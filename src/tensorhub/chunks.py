@@ -150,7 +150,7 @@ class ChunkWriter:
     """Writes arrays as deduplicated chunks; collects the digests it used in ``refs``."""
 
     def __init__(self, blobs: BlobStore, chunk_bytes: int = DEFAULT_CHUNK_BYTES, desc: str = "saving") -> None:
-        if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
+        if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
             raise InvalidArgumentError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
         self.blobs = blobs
         self.chunk_bytes = chunk_bytes

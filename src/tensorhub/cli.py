@@ -13,6 +13,7 @@ import click
 from tensorhub import datasets as _datasets
 from tensorhub import logs as _logs
 from tensorhub.context import ENV_PROJECT, ENV_URI
+from tensorhub.errors import InvalidArgumentError
 from tensorhub.hub import TensorHub
 from tensorhub.records import COMMON_INTERNAL_FIELDS
 from tensorhub.registry import DEFAULT_URI
@@ -140,8 +141,12 @@ def worker_command(uri: str | None, task_name: str | None, project: str | None, 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("tensorhub").setLevel(logging.INFO)
     with _hub(uri, project) as hub:
-        worker = Worker(hub, WorkerOptions(task_name=task_name, lease=lease, poll=poll, idle_exit=idle_exit,
-                                           max_tasks=max_tasks, in_process=in_process))
+        try:
+            options = WorkerOptions(task_name=task_name, lease=lease, poll=poll, idle_exit=idle_exit,
+                                    max_tasks=max_tasks, in_process=in_process)
+        except InvalidArgumentError as exc:  # e.g. --lease nan, which click's FloatRange lets through
+            raise click.BadParameter(str(exc)) from exc
+        worker = Worker(hub, options)
         worker.install_signal_handlers()
         ran = worker.run()
     logging.getLogger("tensorhub.worker").info("worker ran %d task(s)", ran)

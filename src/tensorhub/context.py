@@ -22,6 +22,8 @@ ENV_BLOBS = "TENSORHUB_BLOBS_URI"
 ENV_PROJECT = "TENSORHUB_PROJECT"
 #: set in a task's child process: the id of the task it runs
 ENV_TASK_ID = "TENSORHUB_TASK_ID"
+#: set in a task's child process: which attempt (1, 2, ...) of the task this run is
+ENV_TASK_ATTEMPT = "TENSORHUB_TASK_ATTEMPT"
 
 
 @dataclass(frozen=True)
@@ -49,15 +51,18 @@ class Connection:
 
 _current: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("tensorhub_task", default=None)
 _task_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("tensorhub_task_id", default=None)
+_attempt: contextvars.ContextVar[int | None] = contextvars.ContextVar("tensorhub_task_attempt", default=None)
 
 
 @contextlib.contextmanager
-def task_connection(connection: Connection, task_id: str | None = None) -> Iterator[None]:
-    """Make ``TensorHub()`` inside this block connect where ``connection`` says (running task ``task_id``)."""
-    token, id_token = _current.set(connection), _task_id.set(task_id)
+def task_connection(connection: Connection, task_id: str | None = None, attempt: int | None = None) -> Iterator[None]:
+    """Make ``TensorHub()`` inside this block connect where ``connection`` says (running task ``task_id``,
+    its ``attempt``-th run)."""
+    token, id_token, attempt_token = _current.set(connection), _task_id.set(task_id), _attempt.set(attempt)
     try:
         yield
     finally:
+        _attempt.reset(attempt_token)
         _task_id.reset(id_token)
         _current.reset(token)
 
@@ -70,6 +75,22 @@ def inside_task() -> bool:
 def current_task_id() -> str | None:
     """The id of the task this code runs as (in-process or in its child process), else None."""
     return _task_id.get() or os.environ.get(ENV_TASK_ID) or None
+
+
+def current_attempt() -> int | None:
+    """Which attempt (1, 2, ...) of its task this run is, else None.
+
+    A task runs at least once: a runner that stalls past its lease may see its task run again
+    by another runner. A script that must not repeat a side effect can check this (or look for
+    what an earlier attempt left, e.g. by ``current_task_id()``).
+    """
+    attempt = _attempt.get()
+    if attempt is None:
+        try:
+            attempt = int(os.environ.get(ENV_TASK_ATTEMPT, ""))
+        except ValueError:
+            return None
+    return attempt
 
 
 def default_connection() -> tuple[str, str | None, str | None]:

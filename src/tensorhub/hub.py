@@ -22,6 +22,7 @@ from tensorhub import models as _models
 from tensorhub import runner as _runner
 from tensorhub import tasks as _tasks
 from tensorhub.context import Connection, default_connection, inside_task
+from tensorhub.zygote import stop_shared_zygote
 from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
 from tensorhub.ownership import claim_blobs
 from tensorhub.progress import progress_bar
@@ -144,14 +145,14 @@ class TensorHub:
         ``{"chunks", "record_blobs", "incomplete", "kept_young"}``.
         Also ``tensorhub gc`` on the command line.
         """
-        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or older_than < 0:
-            raise InvalidArgumentError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
+        _check_seconds("older_than", older_than, zero=True)
         return self._records.collect_garbage(dt.timedelta(seconds=older_than), dry_run=dry_run)
 
     def close(self) -> None:
-        """Release connections and files."""
+        """Release connections and files, and stop the task helper process if no task runs."""
         self._records.index.close()
         self._records.blobs.close()
+        stop_shared_zygote(only_if_idle=True)
 
     def __enter__(self) -> TensorHub:
         return self

@@ -262,7 +262,7 @@ class Records:
         self, collection: str, query: Mapping[str, Any] | None = None, sort: Any = None, limit: int | None = None
     ) -> list[Document]:
         """Matching records of this project, newest first unless ``sort`` says otherwise."""
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise InvalidArgumentError(f"limit must be a non-negative int, got {limit!r}")
         order = normalize_sort(sort) or NEWEST_FIRST
         if all(field != "_id" for field, _ in order):

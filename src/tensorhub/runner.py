@@ -4,8 +4,17 @@ In a child process (``isolate=True``), a crash of the script (an exception, ``os
 segfault, an OOM kill) ends only the child: the task is marked ``failed`` with its exit code,
 error, traceback and the tail of its stdout/stderr, and the runner carries on. Children are
 forked by the runner's preloaded helper (:mod:`tensorhub.zygote`: no interpreter start per
-task) and die with their runner (an explicit kill on every exit path, and ``PR_SET_PDEATHSIG``). A ``timeout``
-on the task kills it, and ``cancel_tasks`` on a running task stops it (status ``cancelled``).
+task), each in its own session, and every process a task starts dies with the task: its whole
+process tree is killed when it ends, times out, is cancelled or its runner exits (see
+:mod:`tensorhub.zygote` for what is guaranteed on Linux and elsewhere). A task that kills its
+helper or signals its process group ends as ``failed`` (the attempt counts); the runner carries
+on. A ``timeout`` on the task kills it, and ``cancel_tasks`` on a running task stops it (status
+``cancelled``).
+
+What is stored is bounded: stdout/stderr keep only their last :data:`TAIL_BYTES` (read from
+pipes, nothing is spooled to disk), errors and tracebacks are clipped, and a result whose stored
+form exceeds :data:`RESULT_BYTES` (8 MiB: under MongoDB's 16 MB document limit with room for
+the task's own fields, and the same on every backend) fails the task with "result too large".
 
 In-process running (``isolate=False``) is TensorLayer's way, for scripts that need it, and the
 only way for stores that one process cannot share with another (``mongomock://``).
@@ -16,6 +25,7 @@ from __future__ import annotations
 import _thread
 import logging
 import os
+import select
 import signal
 import tempfile
 import threading
@@ -27,14 +37,12 @@ from typing import Any
 
 import bson
 
-from tensorhub.context import ENV_TASK_ID, Connection, task_connection
+from tensorhub.context import ENV_TASK_ATTEMPT, ENV_TASK_ID, Connection, task_connection
 from tensorhub.documents import decode_document, encode_document, normalize_document
-from tensorhub.errors import SerializationError
+from tensorhub.errors import BackendUnavailableError, SerializationError
 from tensorhub.records import Records
-from tensorhub.zygote import shared_zygote
 from tensorhub.tasks import (
     CANCELLED,
-    COLLECTION,
     DEFAULT_LEASE,
     FAILED,
     FINISHED,
@@ -42,10 +50,22 @@ from tensorhub.tasks import (
     finish,
     release,
 )
+from tensorhub.zygote import ZygoteLost, group_alive, kill_group, shared_zygote
 
 log = logging.getLogger(__name__)
 
+#: bytes of a task's stdout and of its stderr that are kept (the tail)
 TAIL_BYTES = 4096
+#: the largest result (its BSON) a task may store: fits every backend (MongoDB's limit is 16 MB a document)
+RESULT_BYTES = 8 << 20
+#: characters of an error message and of a traceback that are stored
+ERROR_CHARS = 16 << 10
+TRACEBACK_CHARS = 64 << 10
+#: errors kept per task (one per failed attempt), and characters of each
+MAX_ERRORS = 100
+ERRORS_ENTRY_CHARS = 2000
+#: ``_run_isolated``'s status when the lease was lost: nothing is recorded
+LOST = "lost"
 
 
 def _plain(value: Any) -> Any:
@@ -74,7 +94,7 @@ def execute_script(claimed: dict, connection: Connection) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__name__": "__main__", "__file__": path}
     namespace.update(claimed.get("hyper_parameters") or {})
     code = compile(claimed["script"], path, "exec")
-    with task_connection(connection, str(claimed["_id"])):
+    with task_connection(connection, str(claimed["_id"]), claimed.get("attempts")):
         exec(code, namespace)  # noqa: S102 - running the user's task is the point
     return collect_results(namespace, claimed.get("saved_result_keys") or [])
 
@@ -83,48 +103,94 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+# ---------------------------------------------------------------------------- bounds on what is stored
+def _clip(text: str, limit: int, keep: str = "end") -> str:
+    """``text`` cut to about ``limit`` characters (keeping its end, or its start), saying so."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    if keep == "end":
+        return f"[... {cut} characters cut ...]\n" + text[-limit:]
+    return text[:limit] + f" [... {cut} characters cut]"
+
+
+def _bounded_failure(error: str, trace: str = "") -> dict[str, str]:
+    return {"error": _clip(error, ERROR_CHARS, keep="start"), "traceback": _clip(trace, TRACEBACK_CHARS)}
+
+
+def check_result_size(result: dict[str, Any]) -> None:
+    """Refuse a result whose stored form exceeds :data:`RESULT_BYTES` (it could not be recorded everywhere)."""
+    size = len(encode_document({"result": result}))
+    if size > RESULT_BYTES:
+        raise SerializationError(f"result too large: {size} bytes (the limit is {RESULT_BYTES} bytes); save big "
+                                 "outputs with save_dataset/save_model and keep their names or ids as results")
+
+
 # ---------------------------------------------------------------------------- child process side
 def _child_main(claimed_bson: bytes, connection: Connection, workdir: str, environ: dict[str, str]) -> None:
-    """Entry point of a task's child process: run the script, write ``result.bson``.
+    """Entry point of a task's process: run the script, write ``result.bson``.
 
     ``environ`` is the runner's environment now (the helper that forked us has the one of its start).
+    Its stdout and stderr are pipes the runner reads (it keeps only their tails).
     """
     os.environ.clear()
     os.environ.update(environ)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        target = os.open(os.path.join(workdir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        os.dup2(target, fd)
-        os.close(target)
     claimed = decode_document(claimed_bson)
     os.environ.update(connection.environ())
     os.environ[ENV_TASK_ID] = str(claimed["_id"])
+    os.environ[ENV_TASK_ATTEMPT] = str(claimed.get("attempts", 1))
     try:
-        outcome = {"ok": True, "result": execute_script(claimed, connection)}
+        result = execute_script(claimed, connection)
+        check_result_size(result)
+        outcome: dict[str, Any] = {"ok": True, "result": result}
     except SystemExit as exc:
         if exc.code in (None, 0):
             outcome = {"ok": True, "result": {}}
         else:
-            outcome = {"ok": False, "error": f"SystemExit: {exc.code}", "traceback": traceback.format_exc()}
+            outcome = {"ok": False, **_bounded_failure(f"SystemExit: {exc.code}", traceback.format_exc())}
     except BaseException as exc:  # noqa: BLE001 - every failure of the script is reported
         traceback.print_exc()
-        outcome = {"ok": False, "error": _describe(exc), "traceback": traceback.format_exc()}
+        outcome = {"ok": False, **_bounded_failure(_describe(exc), traceback.format_exc())}
     try:
         data = encode_document(outcome)
     except SerializationError as exc:
-        data = bson.encode({"ok": False, "error": str(exc), "traceback": ""})
+        data = bson.encode({"ok": False, **_bounded_failure(str(exc))})
     Path(workdir, "result.bson.tmp").write_bytes(data)
     os.replace(Path(workdir, "result.bson.tmp"), Path(workdir, "result.bson"))
 
 
-def _tail(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - TAIL_BYTES))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
+class _TailReader(threading.Thread):
+    """Drains a task's stdout or stderr pipe, keeping only its last :data:`TAIL_BYTES` (no spool file)."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        super().__init__(name=f"tensorhub-task-{name}", daemon=True)
+        self.fd = fd
+        self.buffer = bytearray()
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.is_set():
+                ready, _, _ = select.select([self.fd], [], [], 0.2)
+                if not ready:
+                    continue
+                chunk = os.read(self.fd, 1 << 16)
+                if not chunk:
+                    return
+                self.buffer += chunk
+                if len(self.buffer) > 2 * TAIL_BYTES:  # trim now and then: amortised O(1) per byte
+                    del self.buffer[:-TAIL_BYTES]
+        except OSError:
+            return
+        finally:
+            os.close(self.fd)
+
+    def tail(self, wait: float = 5.0) -> str:
+        """The tail, once the pipe's writers are gone (or after ``wait`` seconds)."""
+        self.join(wait)
+        self.stopped.set()
+        self.join(1.0)
+        return bytes(self.buffer[-TAIL_BYTES:]).decode("utf-8", "replace")
 
 
 def _exit_reason(exitcode: int | None) -> str:
@@ -136,29 +202,72 @@ def _exit_reason(exitcode: int | None) -> str:
 
 
 class _TaskProcess:
-    """A task's child process, forked by this runner's :mod:`~tensorhub.zygote`."""
+    """A task's process tree, forked by this runner's :mod:`~tensorhub.zygote` (see there)."""
 
     def __init__(self, *args: Any) -> None:
         self.zygote = shared_zygote()
-        self.pid = self.zygote.start("tensorhub.runner:_child_main", *args)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.readers = [_TailReader(out_r, "stdout"), _TailReader(err_r, "stderr")]
+        try:
+            try:
+                self.pid = self.zygote.start("tensorhub.runner:_child_main", args, out_w, err_w)
+            except ZygoteLost:  # it died between tasks: start a new one
+                self.zygote = shared_zygote()
+                self.pid = self.zygote.start("tensorhub.runner:_child_main", args, out_w, err_w)
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        for reader in self.readers:
+            reader.start()
         self.exitcode: int | None = None
+        self.helper_lost = False
 
     def poll(self) -> int | None:
         if self.exitcode is None:
-            self.exitcode = self.zygote.exit_code(self.pid)
+            try:
+                self.exitcode = self.zygote.exit_code(self.pid)
+            except ZygoteLost:
+                self._lost()
         return self.exitcode
 
+    def _lost(self) -> None:
+        """The helper died under the task: its shepherd got SIGTERM and kills the task's tree (sessions
+        of its own included); give it a moment, then kill what is left of the task's process group."""
+        log.warning("the task helper process died while task process %d ran; killing its process group", self.pid)
+        self.helper_lost = True
+        deadline = time.monotonic() + 5
+        while group_alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        kill_group(self.pid)
+        self.exitcode = -signal.SIGKILL
+
     def kill(self) -> None:
-        """SIGKILL the process and wait (bounded) until the helper has reaped it."""
+        """Kill the task's whole process tree and wait (bounded) until the helper has reaped it."""
         if self.poll() is not None:
             return
         try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            self.zygote.kill(self.pid)
+        except ZygoteLost:
+            self._lost()
+            return
         deadline = time.monotonic() + 10
         while self.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
+
+    def tails(self) -> dict[str, str]:
+        out, err = (reader.tail() for reader in self.readers)
+        return {"stdout_tail": out, "stderr_tail": err}
+
+    def failure_reason(self) -> str:
+        if self.helper_lost:
+            return ("the runner's task helper process died while the task ran (killed from outside, or by the "
+                    "task); the task's processes were killed")
+        return _exit_reason(self.exitcode)
 
 
 def _run_isolated(claimed: dict, connection: Connection, heartbeat: Heartbeat) -> tuple[str, dict[str, Any]]:
@@ -174,25 +283,24 @@ def _run_isolated(claimed: dict, connection: Connection, heartbeat: Heartbeat) -
                 delay = min(delay * 1.5, 0.1)
                 if heartbeat.cancel_requested.is_set():
                     process.kill()
-                    return CANCELLED, {"error": "cancelled while running"}
+                    return CANCELLED, {"error": "cancelled while running", **process.tails()}
+                if heartbeat.lost.is_set():  # another runner may have it now: stop our copy
+                    process.kill()
+                    return LOST, {}
                 if timeout is not None and time.monotonic() - started > timeout:
                     process.kill()
                     return FAILED, {"error": f"TimeoutError: the task ran longer than its timeout of {timeout}s",
-                                    "exit_code": process.exitcode, **_tails(workdir)}
+                                    "exit_code": process.exitcode, **process.tails()}
         finally:
             process.kill()  # on every way out, including a runner shutting down
-        fields: dict[str, Any] = {"exit_code": process.exitcode, **_tails(workdir)}
+        fields: dict[str, Any] = {"exit_code": process.exitcode, **process.tails()}
         result_path = Path(workdir, "result.bson")
-        if not result_path.exists():
-            return FAILED, {"error": _exit_reason(process.exitcode), "traceback": "", **fields}
+        if process.helper_lost or not result_path.exists():
+            return FAILED, {"error": process.failure_reason(), "traceback": "", **fields}
         outcome = decode_document(result_path.read_bytes())
         if outcome["ok"]:
             return FINISHED, {"result": outcome["result"], **fields}
         return FAILED, {"error": outcome["error"], "traceback": outcome.get("traceback", ""), **fields}
-
-
-def _tails(workdir: str) -> dict[str, str]:
-    return {"stdout_tail": _tail(Path(workdir, "stdout")), "stderr_tail": _tail(Path(workdir, "stderr"))}
 
 
 def _run_in_process(claimed: dict, connection: Connection, heartbeat: Heartbeat) -> tuple[str, dict[str, Any]]:
@@ -210,7 +318,9 @@ def _run_in_process(claimed: dict, connection: Connection, heartbeat: Heartbeat)
     if watcher:
         watcher.start()
     try:
-        return FINISHED, {"result": execute_script(claimed, connection)}
+        result = execute_script(claimed, connection)
+        check_result_size(result)
+        return FINISHED, {"result": result}
     except KeyboardInterrupt:
         if heartbeat.cancel_requested.is_set():
             return CANCELLED, {"error": "cancelled while running"}
@@ -218,11 +328,43 @@ def _run_in_process(claimed: dict, connection: Connection, heartbeat: Heartbeat)
     except SystemExit as exc:
         if exc.code in (None, 0):
             return FINISHED, {"result": {}}
-        return FAILED, {"error": f"SystemExit: {exc.code}", "traceback": traceback.format_exc()}
+        return FAILED, _bounded_failure(f"SystemExit: {exc.code}", traceback.format_exc())
     except Exception as exc:  # noqa: BLE001 - any failure of the user's script is recorded
-        return FAILED, {"error": _describe(exc), "traceback": traceback.format_exc()}
+        return FAILED, _bounded_failure(_describe(exc), traceback.format_exc())
     finally:
         watcher_done.set()
+
+
+def _record(records: Records, claimed: dict, status: str, fields: dict[str, Any]) -> bool:
+    """Write the outcome (conditional on the claim), retrying a store that is briefly unavailable.
+
+    An outcome the store refuses (too large for a record, say) fails the task with that error
+    instead, so a task is never left ``running`` for the next runner to trip over.
+    """
+    update = {"status": status, **fields}
+    push = None
+    if status == FAILED:
+        fields["error"] = _clip(str(fields.get("error", "")), ERROR_CHARS, keep="start")
+        if len(claimed.get("errors") or []) < MAX_ERRORS:
+            push = {"errors": {"attempt": claimed["attempts"], "exit_code": fields.get("exit_code"),
+                               "error": _clip(fields["error"], ERRORS_ENTRY_CHARS, keep="start")}}
+    for attempt in range(RECORD_ATTEMPTS):
+        try:
+            return finish(records, claimed, update, push=push)
+        except SerializationError as exc:
+            log.warning("task %s: its outcome cannot be stored: %s", claimed["_id"], exc)
+            update = {"status": FAILED, **_bounded_failure(f"its outcome could not be stored: {exc}")}
+            push = {"errors": {"attempt": claimed["attempts"], "error": _clip(update["error"], ERRORS_ENTRY_CHARS)}}
+        except BackendUnavailableError:
+            if attempt == RECORD_ATTEMPTS - 1:
+                raise
+            log.warning("task %s: recording its outcome failed; retrying", claimed["_id"], exc_info=True)
+            time.sleep(min(5.0, 0.1 * 2 ** attempt))
+    return False
+
+
+#: tries of writing a task's outcome when the store is unavailable or refuses it
+RECORD_ATTEMPTS = 6
 
 
 def run_claimed(records: Records, claimed: dict, connection: Connection, lease: float = DEFAULT_LEASE,
@@ -231,6 +373,8 @@ def run_claimed(records: Records, claimed: dict, connection: Connection, lease: 
 
     A ``KeyboardInterrupt`` (a runner told to stop) hands the task back to ``pending`` and
     propagates. ``isolate`` is ignored (in-process) for stores other processes cannot open.
+    A task whose lease was lost (another runner may run it now) is stopped and nothing is
+    recorded; the status returned is then ``"lost"``.
     """
     isolate = isolate and records.index.shared_across_processes and records.blobs.shared_across_processes
     log.info("task %s (%s): attempt %d%s", claimed["_id"], claimed["task_name"], claimed["attempts"],
@@ -245,10 +389,9 @@ def run_claimed(records: Records, claimed: dict, connection: Connection, lease: 
         log.info("task %s handed back to pending", claimed["_id"])
         raise
     heartbeat.stop()
-    finish(records, claimed, {"status": status, **fields})
-    if status == FAILED:
-        records.index.update_many(COLLECTION, {"_id": claimed["_id"]},
-                                  {"$push": {"errors": {"attempt": claimed["attempts"], "error": fields["error"],
-                                                        "exit_code": fields.get("exit_code")}}})
+    if status == LOST:
+        log.warning("task %s: lease lost; its process was stopped and its outcome not recorded", claimed["_id"])
+        return status
+    _record(records, claimed, status, fields)
     log.info("task %s %s%s", claimed["_id"], status, f": {fields.get('error')}" if status != FINISHED else "")
     return status

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
+import math
 import os
 import socket
 import threading
@@ -44,6 +45,12 @@ INTERNAL_FIELDS = frozenset({
     "errors", "owner", "claim_id", "started_at", "lease_expires_at", "finished_at", "cancel_requested", "result",
     "error", "traceback", "exit_code", "stdout_tail", "stderr_tail",
 })
+
+
+def is_seconds(value: Any, zero: bool = False) -> bool:
+    """Whether ``value`` is a finite number of seconds > 0 (>= 0 with ``zero``); a bool is not."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and (value > 0 or (zero and value == 0)))
 
 
 def read_script(script: str | os.PathLike[str]) -> tuple[str, str]:
@@ -90,12 +97,14 @@ def create_tasks(records: Records, task_name: str, script: str | os.PathLike[str
         if point is not None and not isinstance(point, Mapping):
             raise InvalidArgumentError("hyper_parameters must be a dict of global names to values, e.g. "
                                        f"{{'n_units': 800}}, got {point!r}")
-    if not isinstance(max_attempts, int) or max_attempts < 1:
+    # booleans are ints in Python, but never a count or a duration here (True would mean 1)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts < 2 ** 31:
         raise InvalidArgumentError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
     if isinstance(priority, bool) or not isinstance(priority, (int, float)) or priority != priority:
         raise InvalidArgumentError(f"priority must be a number (higher runs first, default 0), got {priority!r}")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise InvalidArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if timeout is not None and not is_seconds(timeout):
+        raise InvalidArgumentError(f"timeout must be a positive finite number of seconds (None: no timeout), "
+                                   f"got {timeout!r}")
     path, text = read_script(script)
     documents = []
     for point in points:
@@ -171,6 +180,8 @@ def _expire_now_and_then(records: Records, query: Mapping[str, Any]) -> None:
 def claim_task(records: Records, query: Mapping[str, Any], sort: Any = None, lease: float = DEFAULT_LEASE,
                owner: dict | None = None) -> dict | None:
     """Atomically take the first claimable task (pending, or running with an expired lease)."""
+    if not is_seconds(lease):
+        raise InvalidArgumentError(f"lease must be a finite number of seconds > 0, got {lease!r}")
     _expire_now_and_then(records, query)
     now = utcnow()
     update = {"$set": {"status": RUNNING, "owner": owner or worker_identity(), "claim_id": ObjectId(),
@@ -195,10 +206,14 @@ def _is_mine(claimed: dict) -> dict:
     return {"_id": claimed["_id"], "claim_id": claimed["claim_id"]}
 
 
-def finish(records: Records, claimed: dict, update: Mapping[str, Any]) -> bool:
-    """Write a task's outcome if this runner still holds the claim; False if the lease was lost."""
-    done = records.index.update_many(COLLECTION, _is_mine(claimed), {"$set": {**update, "finished_at": utcnow()},
-                                                                      "$unset": {"lease_expires_at": ""}})
+def finish(records: Records, claimed: dict, update: Mapping[str, Any],
+           push: Mapping[str, Any] | None = None) -> bool:
+    """Write a task's outcome (and ``push`` onto its lists) if this runner still holds the claim;
+    False if the lease was lost."""
+    change: dict[str, Any] = {"$set": {**update, "finished_at": utcnow()}, "$unset": {"lease_expires_at": ""}}
+    if push:
+        change["$push"] = dict(push)
+    done = records.index.update_many(COLLECTION, _is_mine(claimed), change)
     if not done:
         log.warning("task %s: lease lost before it ended; its outcome was not recorded", claimed["_id"])
     return bool(done)
@@ -212,29 +227,71 @@ def release(records: Records, claimed: dict) -> None:
 
 
 class Heartbeat(threading.Thread):
-    """Renews a claim's lease every ``lease / 3`` seconds until stopped."""
+    """Renews a claim's lease until stopped: every third of the lease, and sooner after a failure.
+
+    A renewal that fails (store unavailable, compare-and-swap conflicts it gave up on) is retried
+    within a second or two rather than at the next beat, so a lease survives several failures in
+    a row. A renewal that matches nothing is checked by reading the task back: only a task whose
+    ``claim_id`` is no longer ours (another runner took it over after the lease ran out, or it
+    was deleted) sets :attr:`lost`; the runner then stops its copy. Deadlines are measured on the
+    monotonic clock from the moment each renewal was sent, so a slow reply can only make the
+    runner renew earlier, never later.
+    """
 
     def __init__(self, records: Records, claimed: dict, lease: float) -> None:
         super().__init__(name=f"tensorhub-heartbeat-{claimed['_id']}", daemon=True)
         self.records, self.claimed, self.lease = records, claimed, lease
         self.stopped = threading.Event()
         self.cancel_requested = threading.Event()
+        self.lost = threading.Event()
+        expires = claimed.get("lease_expires_at")
+        remaining = lease
+        if isinstance(expires, dt.datetime):  # the claim may have taken a while: count from its expiry
+            if expires.tzinfo is None:
+                expires = expires.replace(tzinfo=dt.timezone.utc)
+            remaining = min(lease, max(0.0, (expires - utcnow()).total_seconds()))
+        #: monotonic time by which the lease we hold runs out
+        self.deadline = time.monotonic() + remaining
+
+    def _next_wait(self, failures: int) -> float:
+        if failures:
+            return min(RETRY_MAX_WAIT, 0.2 * 2 ** (failures - 1), self.lease / 10)
+        return max(0.0, min(self.lease / 3, (self.deadline - time.monotonic()) / 3))
 
     def run(self) -> None:
-        while not self.stopped.wait(self.lease / 3):
+        failures = 0
+        while not self.stopped.wait(self._next_wait(failures)):
+            sent = time.monotonic()
             try:
                 renewed = self.records.index.find_one_and_update(
                     COLLECTION, _is_mine(self.claimed),
                     {"$set": {"lease_expires_at": utcnow() + dt.timedelta(seconds=self.lease)}})
-            except Exception:  # a transient store error must not kill the task; the next beat retries
-                log.warning("task %s: lease renewal failed", self.claimed["_id"], exc_info=True)
+                if renewed is None and self._still_mine():
+                    raise RuntimeError("the renewal matched nothing, but the claim is still ours")
+            except Exception:  # noqa: BLE001 - a transient failure must not cost the lease: retry soon
+                failures += 1
+                late = " (its lease may have run out)" if time.monotonic() > self.deadline else ""
+                log.warning("task %s: lease renewal failed (%d in a row)%s; retrying", self.claimed["_id"],
+                            failures, late, exc_info=failures == 1)
                 continue
             if renewed is None:
-                log.warning("task %s: lease lost", self.claimed["_id"])
+                log.warning("task %s: lease lost (another runner took the task, or it was deleted)",
+                            self.claimed["_id"])
+                self.lost.set()
                 return
+            failures = 0
+            self.deadline = sent + self.lease
             if renewed.get("cancel_requested"):
                 self.cancel_requested.set()
+
+    def _still_mine(self) -> bool:
+        found = self.records.index.find(COLLECTION, {"_id": self.claimed["_id"]}, limit=1)
+        return bool(found) and found[0].get("claim_id") == self.claimed["claim_id"]
 
     def stop(self) -> None:
         self.stopped.set()
         self.join()
+
+
+#: longest wait between retries of a failed lease renewal (seconds)
+RETRY_MAX_WAIT = 2.0

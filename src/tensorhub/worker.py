@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tensorhub import tasks as _tasks
+from tensorhub.errors import InvalidArgumentError
 from tensorhub.hub import TensorHub
 from tensorhub.runner import run_claimed
 
@@ -35,6 +36,17 @@ class WorkerOptions:
     max_tasks: int | None = None
     sort: Any = None
     in_process: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse options that are not finite numbers (booleans included: True is not 1 second)."""
+        for name, zero, optional in (("lease", False, False), ("poll", False, False), ("idle_exit", True, True)):
+            value = getattr(self, name)
+            if not (optional and value is None) and not _tasks.is_seconds(value, zero=zero):
+                bound = ">= 0" if zero else "> 0"
+                raise InvalidArgumentError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+        if self.max_tasks is not None and (isinstance(self.max_tasks, bool) or not isinstance(self.max_tasks, int)
+                                           or self.max_tasks < 1):
+            raise InvalidArgumentError(f"max_tasks must be an int >= 1 (or None: no limit), got {self.max_tasks!r}")
 
 
 class Worker:

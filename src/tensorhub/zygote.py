@@ -6,32 +6,155 @@ unsafe (it has threads: heartbeats, driver monitors), and multiprocessing's fork
 the user's ``__main__`` script in every child. So the runner starts this small single-threaded
 helper once (``python -m tensorhub._zygote_main FD``), and asks it over a socket to fork each task.
 
-Lifetimes: the helper is killed when its runner dies (``PR_SET_PDEATHSIG``, and it exits on
-EOF of its socket), and each task process is killed when the helper dies, so no task outlives
-its runner. The helper ignores SIGINT: a Ctrl-C is the runner's to handle.
+Process tree of a task (every process a task starts dies with the task; no task can stop its
+runner)::
+
+    runner ── helper (subreaper) ── shepherd (own session, subreaper) ── task ── its children...
+
+* The *shepherd* is forked per task: it calls ``setsid()`` (the task's signals to its process
+  group, ``os.killpg(0, ...)``, stay inside the task) and becomes a child subreaper, so every
+  orphaned descendant of the task (``fork`` + ``setsid`` daemons included) is re-parented to it.
+  It forks the *task* process, waits for it, then kills whatever the task left behind and exits
+  with the task's status. ``os.kill(os.getppid(), ...)`` from the task hits the shepherd, not the
+  helper: the task ends (its attempt counts), the runner carries on.
+* The *helper* is a subreaper too: descendants of a shepherd that was SIGKILLed (timeout, cancel,
+  a runner shutting down) land on it, and it kills every child it did not start itself.
+* Stopping a task (``kill``) kills its whole tree: every descendant of its shepherd (a ``/proc``
+  walk) and its process group, then the orphans swept from the helper.
+* Lifetimes: the helper gets SIGTERM when its runner dies (``PR_SET_PDEATHSIG``) and stops on
+  EOF of its socket (``close()``, an exiting runner); either way it kills every task tree first.
+  A shepherd gets SIGTERM when the helper dies and kills its tree; a task process is SIGKILLed
+  when its shepherd dies.
+
+Guarantees: on Linux all of the above. Elsewhere (no ``/proc``, subreapers or parent-death
+signals) a task's process group is killed, but descendants that started their own session and
+processes of a task whose runner was SIGKILLed may survive. A task that deliberately hunts down
+and SIGKILLs the helper itself (its grandparent) ends with its tree killed by the runner's
+fallback (its process group), and the runner starts a new helper.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+#: rounds of killing a tree before giving up on processes that keep forking (each round sleeps briefly)
+KILL_ROUNDS = 100
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (elsewhere a no-op)."""
+def _prctl(option: int, value: int) -> bool:
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
+        return False
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (elsewhere a no-op)."""
+    _prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process (Linux >= 3.4); False elsewhere."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+# ---------------------------------------------------------------------------- process trees
+def _children_map() -> dict[int, list[int]]:
+    """parent pid -> child pids, from ``/proc`` (empty where there is no ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return children
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rfind(b")") + 2:].split()  # the command name may hold spaces and parentheses
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def descendants(root: int) -> list[int]:
+    """Every living descendant of ``root`` (Linux; empty elsewhere), parents before children."""
+    tree = _children_map()
+    found, todo = [], list(tree.get(root, []))
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(tree.get(pid, []))
+    return found
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a living (not zombie) process is in process group ``pgid``."""
+    if not os.path.isdir("/proc/self"):
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2:].split()
+            if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+                return True
+    return False
+
+
+def _kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
         pass
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_descendants(root: int, reap: Any = None) -> None:
+    """SIGKILL every descendant of ``root`` until none is left (bounded), reaping with ``reap()``."""
+    for _ in range(KILL_ROUNDS):
+        pids = descendants(root)
+        if not pids:
+            return
+        for pid in pids:
+            _kill(pid)
+        if reap is not None:
+            reap()
+        time.sleep(0.002)
+
+
+# ---------------------------------------------------------------------------- runner side
+class ZygoteLost(RuntimeError):
+    """The helper process died (killed from outside, or by a task that hunted it down)."""
 
 
 class Zygote:
@@ -41,34 +164,61 @@ class Zygote:
         ours, theirs = socket.socketpair()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tensorhub._zygote_main", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: die_with_parent(signal.SIGTERM),
         )
         theirs.close()
-        self._conn = Connection(ours.detach())
+        self._sock = ours
+        self._conn = Connection(os.dup(ours.fileno()))
         self._lock = threading.Lock()
+        self._broken = False
+        self.active: set[int] = set()  # started, not yet seen ended
 
-    def _ask(self, *request: Any) -> Any:
+    def _ask(self, *request: Any, fds: list[int] | None = None) -> Any:
         with self._lock:
-            self._conn.send(request)
-            return self._conn.recv()
+            if self._broken:
+                raise ZygoteLost("the task helper process is gone")
+            try:
+                self._conn.send(request)
+                if fds is not None:
+                    socket.send_fds(self._sock, [b"F"], fds)
+                return self._conn.recv()
+            except (EOFError, OSError) as exc:
+                self._broken = True
+                raise ZygoteLost("the task helper process died") from exc
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return not self._broken and self.process.poll() is None
 
-    def start(self, target: str, *args: Any) -> int:
-        """Fork a process that runs ``target`` (``"module:function"``) with ``args``; return its pid."""
-        return self._ask("start", target, args)
+    def start(self, target: str, args: tuple, stdout: int, stderr: int) -> int:
+        """Fork a task that runs ``target`` (``"module:function"``) with ``args``, its stdout and
+        stderr on the given fds; return the pid of its shepherd (the task's handle)."""
+        pid = self._ask("start", target, args, fds=[stdout, stderr])
+        self.active.add(pid)
+        return pid
 
     def exit_code(self, pid: int) -> int | None:
-        """The exit code of a started process (negative: killed by that signal), None while it runs."""
-        return self._ask("status", pid)
+        """The exit code of a started task (negative: killed by that signal), None while it runs."""
+        code = self._ask("status", pid)
+        if code is not None:
+            self.active.discard(pid)
+        return code
+
+    def kill(self, pid: int) -> None:
+        """Kill a task's whole process tree (the helper reaps it; ``exit_code`` then reports it)."""
+        self._ask("kill", pid)
 
     def close(self) -> None:
-        self._conn.close()
+        """Stop the helper (it kills every task tree on EOF) and reap it."""
+        with self._lock:
+            self._broken = True
+            self._conn.close()
+            self._sock.close()
         try:
-            self.process.wait(5)
+            self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
 
 
 _zygote: Zygote | None = None
@@ -80,10 +230,28 @@ def shared_zygote() -> Zygote:
     global _zygote
     with _zygote_lock:
         if _zygote is None or not _zygote.alive():
+            if _zygote is not None:
+                _zygote.close()  # reap the dead one
+            else:
+                atexit.register(stop_shared_zygote)
             _zygote = Zygote()
         return _zygote
 
 
+def stop_shared_zygote(only_if_idle: bool = False) -> None:
+    """Stop and reap this process's helper (``TensorHub.close`` and interpreter exit).
+
+    ``only_if_idle``: keep it while a task of this process runs (another hub may be running one).
+    """
+    global _zygote
+    with _zygote_lock:
+        if _zygote is None or (only_if_idle and _zygote.active and _zygote.alive()):
+            return
+        zygote, _zygote = _zygote, None
+    zygote.close()
+
+
+# ---------------------------------------------------------------------------- helper side
 def _resolve(target: str) -> Any:
     import importlib
 
@@ -91,51 +259,182 @@ def _resolve(target: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def _status(status: int) -> int:
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _shepherd(target: str, args: tuple, fds: list[int]) -> int:
+    """A task's shepherd (forked by the helper): own session, subreaper; run the task in a child,
+    kill what it leaves behind, return its wait status as an exit code (or die by its signal)."""
+    os.setsid()
+    become_subreaper()
+    for fd, target_fd in zip(fds, (1, 2)):
+        os.dup2(fd, target_fd)
+        os.close(fd)
+    task = 0
+
+    def stop(signum: int, _frame: Any) -> None:  # the helper died, or the task signalled its own group
+        kill_descendants(os.getpid())
+        _die_like(-signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() == 1:  # the helper died before the line above
+        _die_like(-signal.SIGTERM)
+    task = os.fork()
+    if task == 0:
+        code = 1
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            die_with_parent(signal.SIGKILL)
+            _resolve(target)(*args)
+            code = 0
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    code = None
+    while code is None:  # reap the task, and orphans re-parented to us meanwhile
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid == task:
+            code = _status(status)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    kill_descendants(os.getpid(), reap=_reap_any)  # the helper kills the process group once we are gone
+    return 1 if code is None else code
+
+
+def _reap_any() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _die_like(code: int) -> None:
+    """Exit with ``code``, or be killed by the signal ``-code`` (so the helper sees the task's end)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if code >= 0:
+        os._exit(code)
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+        signal.signal(-code, signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass  # SIGKILL and SIGSTOP cannot be caught anyway
+    os.kill(os.getpid(), -code)
+    os._exit(128 - code)  # a signal that does not terminate (never sent to a task process by us)
+
+
 def serve(fd: int) -> None:
-    """The helper's loop: fork on ``start``, reap children, answer ``status``; exit on EOF."""
-    die_with_parent()
+    """The helper's loop: fork a shepherd on ``start``, kill trees on ``kill``, reap and answer
+    ``status``; on EOF (or SIGTERM: the runner died) kill every task tree and exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import tensorhub.runner  # noqa: F401 - preload what every task needs before forking
 
     conn = Connection(fd)
+    sock = socket.socket(fileno=os.dup(fd))
     finished: dict[int, int] = {}
     running: set[int] = set()
+    subreaper = become_subreaper()
+    dirty = [False]  # a shepherd ended since the last sweep: strays may have been re-parented to us
 
     def reap() -> None:
-        for pid in list(running):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
+        """Reap every exited child: shepherds (their status is kept) and swept orphans."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in running:
                 running.discard(pid)
-                finished[pid] = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+                finished[pid] = _status(status)
+                dirty[0] = True
+                # what is left in the task's process group (everywhere; /proc walks are Linux only).
+                # Safe from pid reuse: a pid is not reused while a process group of that id exists.
+                kill_group(pid)
 
+    def sweep() -> None:
+        """Kill children we did not start: what a killed shepherd's tree left re-parented to us."""
+        if not subreaper:
+            return
+        dirty[0] = False
+        for _ in range(KILL_ROUNDS):
+            reap()
+            strays = [pid for pid in _children_map().get(os.getpid(), []) if pid not in running]
+            if not strays:
+                return
+            for pid in strays:
+                for child in descendants(pid):
+                    _kill(child)
+                _kill(pid)
+            time.sleep(0.002)
+
+    def kill_tree(pid: int) -> None:
+        if pid not in running:
+            return
+        kill_group(pid)  # the shepherd leads the task's session and process group
+        kill_descendants(pid, reap=reap)
+        _kill(pid)
+        deadline = time.monotonic() + 10
+        while pid in running and time.monotonic() < deadline:
+            reap()
+            time.sleep(0.002)
+        sweep()
+
+    def shutdown(*_: Any) -> None:
+        for pid in list(running):
+            kill_tree(pid)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, shutdown)
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() == 1:
+        shutdown()
     while True:
         try:
+            if not conn.poll(1.0):  # idle: a backstop sweep, only after a task ended (a /proc scan costs ~ms)
+                reap()
+                if dirty[0]:
+                    sweep()
+                continue
             request = conn.recv()
         except (EOFError, OSError):
             break
         if request[0] == "start":
             _, target, args = request
+            _, fds, _, _ = socket.recv_fds(sock, 1, 2)
             pid = os.fork()
             if pid == 0:
                 code = 1
                 try:
                     conn.close()
+                    sock.close()
                     signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    die_with_parent()
-                    _resolve(target)(*args)
-                    code = 0
+                    code = _shepherd(target, args, fds)
                 finally:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                    os._exit(code)
+                    _die_like(code)
+            for received in fds:
+                os.close(received)
             running.add(pid)
             conn.send(pid)
         elif request[0] == "status":
             reap()
             pid = request[1]
-            conn.send(finished.pop(pid, None) if pid not in running else None)
-    for pid in running:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            code = finished.pop(pid, None) if pid not in running else None
+            if code is not None:
+                sweep()
+            conn.send(code)
+        elif request[0] == "kill":
+            kill_tree(request[1])
+            conn.send(None)
+    shutdown()

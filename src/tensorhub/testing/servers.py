@@ -3,13 +3,19 @@
 * MongoDB: ``$TENSORHUB_TEST_MONGODB_URI`` when set; otherwise SecantusDB (PyPI ``secantusdb``,
   GPL-2, a test-only dependency) embedded in this process, storage in memory.
 * S3: moto's ``ThreadedMotoServer``, driven through boto3 over real HTTP exactly as AWS.
+  moto checks a conditional PUT's ``If-Match``/``If-None-Match`` and then writes, with no lock
+  between (moto 5.x): two concurrent compare-and-swaps on one key can both succeed, and one
+  update is lost. AWS S3 does not do that, and the S3 index relies on it (a task ran twice under
+  CPU load, issue 10 item 10), so :func:`s3_server` serialises moto's object PUTs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
+import threading
 from collections.abc import Iterator
 
 ENV_MONGODB = "TENSORHUB_TEST_MONGODB_URI"
@@ -39,10 +45,32 @@ def mongodb_server() -> Iterator[str]:
         server.stop()
 
 
+_PUT_LOCK = threading.Lock()
+
+
+def _make_conditional_puts_atomic() -> None:
+    """Run moto's PutObject (condition check + write) under one lock, as S3 does atomically."""
+    from moto.s3.responses import S3Response
+
+    put = S3Response.put_object
+    if getattr(put, "_tensorhub_atomic", False):
+        return
+
+    @functools.wraps(put)
+    def atomic_put(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with _PUT_LOCK:
+            return put(self, *args, **kwargs)
+
+    atomic_put._tensorhub_atomic = True  # type: ignore[attr-defined]
+    S3Response.put_object = atomic_put
+
+
 @contextlib.contextmanager
 def s3_server() -> Iterator[str]:
     """Yield the endpoint URL of a moto S3 server; sets dummy AWS credentials for the block."""
     from moto.server import ThreadedMotoServer
+
+    _make_conditional_puts_atomic()
 
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
