@@ -22,7 +22,7 @@ from tensorhub import models as _models
 from tensorhub import runner as _runner
 from tensorhub import tasks as _tasks
 from tensorhub.context import Connection, default_connection, inside_task
-from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
+from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, TaskTimeoutError
 from tensorhub.ownership import claim_blobs
 from tensorhub.progress import progress_bar
 from tensorhub.records import Records
@@ -46,7 +46,8 @@ def _tensorlayer_uri(ip: str, port: int, dbname: str, username: str | None, pass
     except (TypeError, ValueError):
         valid = False
     if not valid:
-        raise InvalidArgumentError(f"port must be a TCP port number (1-65535, MongoDB's is 27017), got {port!r}")
+        wrong_type = isinstance(port, (bool, float)) or not isinstance(port, (int, str))
+        raise (InvalidArgumentTypeError if wrong_type else InvalidArgumentError)(f"port must be a TCP port number (1-65535, MongoDB's is 27017), got {port!r}")
     auth = f"{quote(username, safe='')}:{quote(password or '', safe='')}@" if username else ""
     return f"mongodb://{auth}{ip}:{int(port)}/{dbname}"
 
@@ -56,7 +57,8 @@ def _check_seconds(name: str, value: Any, zero: bool) -> None:
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             or value < 0 or (value == 0 and not zero)):
         bound = ">= 0" if zero else "> 0"
-        raise InvalidArgumentError(f"{name} must be a number of seconds {bound}, got {value!r}")
+        wrong_type = isinstance(value, bool) or not isinstance(value, (int, float))
+        raise (InvalidArgumentTypeError if wrong_type else InvalidArgumentError)(f"{name} must be a number of seconds {bound}, got {value!r}")
 
 
 class TensorHub:
@@ -89,7 +91,8 @@ class TensorHub:
         if project_name is None:
             project_name = env_project or _default_project_name()
         if not isinstance(project_name, str) or not project_name:
-            raise InvalidArgumentError(f"project_name must be a non-empty string, got {project_name!r}")
+            error = InvalidArgumentError if isinstance(project_name, str) else InvalidArgumentTypeError
+            raise error(f"project_name must be a non-empty string, got {project_name!r}")
         self.uri, self.blobs_uri, self.project_name = uri, blobs, project_name
         stores = open_stores(uri, index=True, blobs=blobs is None)
         blob_store = stores.blobs
@@ -145,7 +148,8 @@ class TensorHub:
         Also ``tensorhub gc`` on the command line.
         """
         if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or older_than < 0:
-            raise InvalidArgumentError(f"older_than must be a number of seconds >= 0, got {older_than!r}")
+            wrong_type = isinstance(older_than, bool) or not isinstance(older_than, (int, float))
+            raise (InvalidArgumentTypeError if wrong_type else InvalidArgumentError)(f"older_than must be a number of seconds >= 0, got {older_than!r}")
         return self._records.collect_garbage(dt.timedelta(seconds=older_than), dry_run=dry_run)
 
     def close(self) -> None:
