@@ -156,7 +156,8 @@ def test_item06_every_error_class_is_exported_and_documented_with_its_builtins()
 
 def test_item06_argument_errors_are_value_errors_and_type_errors_where_python_says_so() -> None:
     assert issubclass(InvalidArgumentError, ValueError) and not issubclass(InvalidArgumentError, TypeError)
-    assert issubclass(InvalidArgumentTypeError, TypeError) and issubclass(InvalidArgumentTypeError, InvalidArgumentError)
+    assert issubclass(InvalidArgumentTypeError, TypeError)
+    assert issubclass(InvalidArgumentTypeError, InvalidArgumentError)
     assert issubclass(DuplicateKeyError, ConflictError) and not issubclass(ConflictError, BackendUnavailableError)
     assert issubclass(ScriptNotFoundError, FileNotFoundError) and issubclass(ScriptSyntaxError, ValueError)
     assert issubclass(ScriptNotFoundError, ScriptError) and issubclass(ScriptSyntaxError, ScriptError)
@@ -310,4 +311,5 @@ def test_item07_cli_still_offers_format_table() -> None:
     from tensorhub import cli, table
 
     assert cli.format_table is table.format_table
-    assert table.format_table([{"a": 1.23456, "b": None}], ["a", "b"]).splitlines() == ["a      b", "-----  -", "1.235   "]
+    lines = table.format_table([{"a": 1.23456, "b": None}], ["a", "b"]).splitlines()
+    assert lines == ["a      b", "-----  -", "1.235   "]

@@ -151,7 +151,8 @@ class ChunkWriter:
 
     def __init__(self, blobs: BlobStore, chunk_bytes: int = DEFAULT_CHUNK_BYTES, desc: str = "saving") -> None:
         if not isinstance(chunk_bytes, int) or chunk_bytes < 1:
-            raise (InvalidArgumentError if isinstance(chunk_bytes, int) else InvalidArgumentTypeError)(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
+            raise (InvalidArgumentError if isinstance(chunk_bytes, int) else InvalidArgumentTypeError)(
+                f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
         self.blobs = blobs
         self.chunk_bytes = chunk_bytes
         self.refs: list[str] = []

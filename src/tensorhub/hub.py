@@ -47,7 +47,8 @@ def _tensorlayer_uri(ip: str, port: int, dbname: str, username: str | None, pass
         valid = False
     if not valid:
         wrong_type = isinstance(port, (bool, float)) or not isinstance(port, (int, str))
-        raise (InvalidArgumentTypeError if wrong_type else InvalidArgumentError)(f"port must be a TCP port number (1-65535, MongoDB's is 27017), got {port!r}")
+        error = InvalidArgumentTypeError if wrong_type else InvalidArgumentError
+        raise error(f"port must be a TCP port number (1-65535, MongoDB's is 27017), got {port!r}")
     auth = f"{quote(username, safe='')}:{quote(password or '', safe='')}@" if username else ""
     return f"mongodb://{auth}{ip}:{int(port)}/{dbname}"
 
@@ -58,7 +59,8 @@ def _check_seconds(name: str, value: Any, zero: bool) -> None:
             or value < 0 or (value == 0 and not zero)):
         bound = ">= 0" if zero else "> 0"
         wrong_type = isinstance(value, bool) or not isinstance(value, (int, float))
-        raise (InvalidArgumentTypeError if wrong_type else InvalidArgumentError)(f"{name} must be a number of seconds {bound}, got {value!r}")
+        error = InvalidArgumentTypeError if wrong_type else InvalidArgumentError
+        raise error(f"{name} must be a number of seconds {bound}, got {value!r}")
 
 
 class TensorHub:
@@ -149,7 +151,8 @@ class TensorHub:
         """
         if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or older_than < 0:
             wrong_type = isinstance(older_than, bool) or not isinstance(older_than, (int, float))
-            raise (InvalidArgumentTypeError if wrong_type else InvalidArgumentError)(f"older_than must be a number of seconds >= 0, got {older_than!r}")
+            error = InvalidArgumentTypeError if wrong_type else InvalidArgumentError
+            raise error(f"older_than must be a number of seconds >= 0, got {older_than!r}")
         return self._records.collect_garbage(dt.timedelta(seconds=older_than), dry_run=dry_run)
 
     def close(self) -> None:

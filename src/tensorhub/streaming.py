@@ -50,11 +50,14 @@ class DatasetStream:
                  seed: int | None = None, epochs: int = 1, buffer_chunks: int = 2, prefetch: int = 2,
                  drop_last: bool = False, blobs: BlobStore | None = None) -> None:
         if not _is_int(batch_size) or batch_size < 1:
-            raise (InvalidArgumentError if _is_int(batch_size) else InvalidArgumentTypeError)(f"batch_size must be a positive int, got {batch_size!r}")
+            raise (InvalidArgumentError if _is_int(batch_size) else InvalidArgumentTypeError)(
+                f"batch_size must be a positive int, got {batch_size!r}")
         if not _is_int(epochs) or epochs < 1:
-            raise (InvalidArgumentError if _is_int(epochs) else InvalidArgumentTypeError)(f"epochs must be a positive int, got {epochs!r}")
+            raise (InvalidArgumentError if _is_int(epochs) else InvalidArgumentTypeError)(
+                f"epochs must be a positive int, got {epochs!r}")
         if seed is not None and (not _is_int(seed) or seed < 0):
-            raise (InvalidArgumentError if _is_int(seed) else InvalidArgumentTypeError)(f"seed must be None or an int >= 0, got {seed!r}")
+            raise (InvalidArgumentError if _is_int(seed) else InvalidArgumentTypeError)(
+                f"seed must be None or an int >= 0, got {seed!r}")
         batch_size, epochs = int(batch_size), int(epochs)
         seed = None if seed is None else int(seed)
         if record.get("pickled"):

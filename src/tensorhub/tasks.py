@@ -55,7 +55,7 @@ def read_script(script: str | os.PathLike[str]) -> tuple[str, str]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ScriptNotFoundError(f"task script {str(path)!r} does not exist (cwd: {os.getcwd()}); "
-                          "pass the path of a Python file") from exc
+                                  "pass the path of a Python file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ScriptNotFoundError(f"cannot read task script {str(path)!r}: {exc}") from exc
     try:

@@ -29,7 +29,7 @@ If it changes: saving with ``example_inputs=`` or loading an exported program fa
 ``expr_str``/``guards_code`` are renamed, the program check would no longer see the code torch
 evaluates (``test_item08_torch_program_json_keys`` fails first); if the hook dicts move, loads
 take the slower ``load_state_dict`` path or fail with ``AttributeError``. Each function has
-one test in ``tests/test_issue11_errors.py`` (``test_item08_torch_*``) that fails when torch changes it.
+one test in ``tests/test_compat_torch.py`` (``test_item08_torch_*``) that fails when torch changes it.
 torch is imported inside the functions: importing this module does not import torch.
 """
 

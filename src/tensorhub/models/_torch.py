@@ -38,9 +38,9 @@ def check_into(into: Any) -> None:
     """``into=`` must be a built ``torch.nn.Module`` (or None): say so instead of failing inside torch."""
     torch = sys.modules.get("torch")
     if into is not None and not (torch is not None and isinstance(into, torch.nn.Module)):
-        raise InvalidArgumentTypeError(f"into= must be a built torch.nn.Module (an instance of the model's class) whose "
-                                   f"parameters are overwritten, or None to rebuild the model; got a "
-                                   f"{type(into).__qualname__}")
+        raise InvalidArgumentTypeError(f"into= must be a built torch.nn.Module (an instance of the model's class) "
+                                       f"whose parameters are overwritten, or None to rebuild the model; got a "
+                                       f"{type(into).__qualname__}")
 
 
 #: integer dtypes of each width, to store tensors whose dtype numpy lacks (bfloat16, float8...)

@@ -110,7 +110,8 @@ class Views:
     def prefix(self, collection: str) -> str:
         """The key prefix of a collection (checks the name: it becomes part of S3 keys)."""
         if not isinstance(collection, str) or not _COLLECTION_NAME.match(collection):
-            raise (InvalidArgumentError if isinstance(collection, str) else InvalidArgumentTypeError)(f"collection names are letters, digits, '_', '.', '-'; got {collection!r}")
+            raise (InvalidArgumentError if isinstance(collection, str) else InvalidArgumentTypeError)(
+                f"collection names are letters, digits, '_', '.', '-'; got {collection!r}")
         return f"{self._root}{collection}/"
 
     def seg_key(self, collection: str, sid: str) -> str:
