@@ -35,7 +35,7 @@ from blake3 import blake3
 from numcodecs import Blosc
 
 from tensorhub.backends.base import BlobStore
-from tensorhub.errors import CorruptDataError, InvalidArgumentError, NotFoundError
+from tensorhub.errors import CorruptDataError, InvalidArgumentError, InvalidArgumentTypeError, NotFoundError
 from tensorhub.progress import progress_bar
 
 CHUNK_PREFIX = "chunks/"
@@ -151,7 +151,9 @@ class ChunkWriter:
 
     def __init__(self, blobs: BlobStore, chunk_bytes: int = DEFAULT_CHUNK_BYTES, desc: str = "saving") -> None:
         if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
-            raise InvalidArgumentError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
+            wrong_type = isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int)
+            raise (InvalidArgumentTypeError if wrong_type else InvalidArgumentError)(
+                f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
         self.blobs = blobs
         self.chunk_bytes = chunk_bytes
         self.refs: list[str] = []
@@ -411,7 +413,7 @@ class ChunkedArray:
             if indices.dtype == bool:
                 indices = np.flatnonzero(indices)
             if indices.dtype.kind not in "iu":
-                raise InvalidArgumentError(f"cannot index a ChunkedArray with {first!r}")
+                raise InvalidArgumentTypeError(f"cannot index a ChunkedArray with {first!r}")
             indices = np.where(indices < 0, indices + n, indices)
             if indices.size and (indices.min() < 0 or indices.max() >= n):
                 raise IndexError(f"an index is out of bounds for axis 0 with size {n}")

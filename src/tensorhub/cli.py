@@ -6,7 +6,6 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import click
 
@@ -17,29 +16,11 @@ from tensorhub.errors import InvalidArgumentError
 from tensorhub.hub import TensorHub
 from tensorhub.records import COMMON_INTERNAL_FIELDS
 from tensorhub.registry import DEFAULT_URI
+from tensorhub.table import format_table
+
+__all__ = ["format_table", "list_records", "main"]  # format_table: re-exported from tensorhub.table
 
 KINDS = ("datasets", "models", "tasks", "logs", "training-logs", "validation-logs", "testing-logs")
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Rows as a plain-text table with the given columns (missing values shown empty)."""
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        if hasattr(value, "strftime"):
-            return value.strftime("%Y-%m-%d %H:%M:%S")
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
-        return text if len(text) <= 40 else text[:37] + "..."
-
-    cells = [[cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
 
 
 def _shape_summary(record: dict) -> str:

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from tensorhub.chunks import DEFAULT_CHUNK_BYTES, ChunkCache, ChunkedArray, ChunkWriter, Manifest, read_all, read_rows
-from tensorhub.errors import InvalidArgumentError, NotFoundError, SerializationError, TensorHubError
+from tensorhub.errors import (
+    ConflictError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    NotFoundError,
+    SerializationError,
+    TensorHubError,
+)
 from tensorhub.records import REFS_FIELD, Records, blob_prefix
 from tensorhub.structure import array_paths, dumps_spec, flatten, loads_spec, unflatten
 
@@ -32,7 +39,8 @@ def _pickle_blob(i: int) -> str:
 
 def check_name(value: Any, what: str = "dataset_name") -> str:
     if not isinstance(value, str) or not value:
-        raise InvalidArgumentError(f"{what} must be a non-empty string, got {value!r}")
+        error = InvalidArgumentError if isinstance(value, str) else InvalidArgumentTypeError
+        raise error(f"{what} must be a non-empty string, got {value!r}")
     return value
 
 
@@ -51,7 +59,7 @@ def save_dataset(records: Records, dataset: Any, dataset_name: str, allow_pickle
     """Store ``dataset`` under ``dataset_name`` with ``fields`` as queryable tags; return the id."""
     check_name(dataset_name)
     if dataset is None:  # find_dataset's "no such dataset": a saved None could not be told apart from it
-        raise InvalidArgumentError(f"dataset {dataset_name!r} is None; pass a numpy array or a list/tuple/dict of "
+        raise InvalidArgumentTypeError(f"dataset {dataset_name!r} is None; pass a numpy array or a list/tuple/dict of "
                                    "arrays and JSON values")
     # validates fields before any work or write
     record = records.new_record(fields, INTERNAL_FIELDS, "dataset", {"dataset_name": dataset_name})
@@ -190,7 +198,8 @@ def append_dataset(records: Records, dataset_name: str, rows: Any, sort: Any = N
             lengths = [s["shape"][0] for s in schema if s["shape"]]
             return max(lengths) if lengths else 0
         records.release_chunks(set(writer.refs) - set(record.get(REFS_FIELD, ())))  # lost a race: retry
-    raise TensorHubError(f"could not append to {dataset_name!r}: {APPEND_RETRIES} concurrent updates in a row")
+    raise ConflictError(f"could not append to {dataset_name!r}: {APPEND_RETRIES} concurrent updates in a row "
+                        "changed it first; nothing was appended, try again")
 
 
 def _dtype_name(dtype: str) -> str:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tensorhub.cli import format_table
 from tensorhub.context import ENV_URI
 from tensorhub.errors import BackendNotInstalledError
 from tensorhub.hub import TensorHub
+from tensorhub.table import format_table
 
 log = logging.getLogger(__name__)
 

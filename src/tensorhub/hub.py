@@ -23,7 +23,7 @@ from tensorhub import runner as _runner
 from tensorhub import tasks as _tasks
 from tensorhub.context import Connection, default_connection, inside_task
 from tensorhub.zygote import stop_shared_zygote
-from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
+from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, TaskTimeoutError
 from tensorhub.ownership import claim_blobs
 from tensorhub.progress import progress_bar
 from tensorhub.records import Records
@@ -47,7 +47,9 @@ def _tensorlayer_uri(ip: str, port: int, dbname: str, username: str | None, pass
     except (TypeError, ValueError):
         valid = False
     if not valid:
-        raise InvalidArgumentError(f"port must be a TCP port number (1-65535, MongoDB's is 27017), got {port!r}")
+        wrong_type = isinstance(port, (bool, float)) or not isinstance(port, (int, str))
+        error = InvalidArgumentTypeError if wrong_type else InvalidArgumentError
+        raise error(f"port must be a TCP port number (1-65535, MongoDB's is 27017), got {port!r}")
     auth = f"{quote(username, safe='')}:{quote(password or '', safe='')}@" if username else ""
     return f"mongodb://{auth}{ip}:{int(port)}/{dbname}"
 
@@ -57,7 +59,9 @@ def _check_seconds(name: str, value: Any, zero: bool) -> None:
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             or value < 0 or (value == 0 and not zero)):
         bound = ">= 0" if zero else "> 0"
-        raise InvalidArgumentError(f"{name} must be a number of seconds {bound}, got {value!r}")
+        wrong_type = isinstance(value, bool) or not isinstance(value, (int, float))
+        error = InvalidArgumentTypeError if wrong_type else InvalidArgumentError
+        raise error(f"{name} must be a number of seconds {bound}, got {value!r}")
 
 
 class TensorHub:
@@ -90,7 +94,8 @@ class TensorHub:
         if project_name is None:
             project_name = env_project or _default_project_name()
         if not isinstance(project_name, str) or not project_name:
-            raise InvalidArgumentError(f"project_name must be a non-empty string, got {project_name!r}")
+            error = InvalidArgumentError if isinstance(project_name, str) else InvalidArgumentTypeError
+            raise error(f"project_name must be a non-empty string, got {project_name!r}")
         self.uri, self.blobs_uri, self.project_name = uri, blobs, project_name
         stores = open_stores(uri, index=True, blobs=blobs is None)
         blob_store = stores.blobs

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tensorhub.errors import InvalidArgumentError
+from tensorhub.errors import InvalidArgumentTypeError
 from tensorhub.records import Records
 
 #: log kind -> collection
@@ -21,11 +21,11 @@ INTERNAL_FIELDS: frozenset[str] = frozenset()
 def save_logs(records: Records, kind: str, rows: Iterable[Mapping[str, Any]]) -> list[Any]:
     """Insert many log rows at once (one durable batch); return their ids in order."""
     if isinstance(rows, Mapping) or isinstance(rows, (str, bytes)):
-        raise InvalidArgumentError("save_*_logs takes an iterable of dicts, e.g. [{'loss': 0.3}, {'loss': 0.2}]")
+        raise InvalidArgumentTypeError("save_*_logs takes an iterable of dicts, e.g. [{'loss': 0.3}, {'loss': 0.2}]")
     documents = []
     for row in rows:
         if not isinstance(row, Mapping):
-            raise InvalidArgumentError(f"each log row must be a dict, got {type(row).__name__}")
+            raise InvalidArgumentTypeError(f"each log row must be a dict, got {type(row).__name__}")
         documents.append(records.new_record(row, INTERNAL_FIELDS, "log"))
     if documents:
         records.index.insert_many(COLLECTIONS[kind], documents)

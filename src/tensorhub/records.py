@@ -31,7 +31,7 @@ from bson import ObjectId
 
 from tensorhub.backends.base import BlobStore, Document, IndexStore
 from tensorhub.documents import normalize_document, plain_numbers
-from tensorhub.errors import InvalidArgumentError, InvalidQueryError
+from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, InvalidQueryError
 from tensorhub.query import normalize_sort, validate_filter
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def blob_prefix(collection: str, record_id: Any) -> str:
     record's blobs, or all chunks.
     """
     if not isinstance(record_id, ObjectId):
-        raise InvalidArgumentError(f"records of tensorhub have ObjectId ids, got {record_id!r}")
+        raise InvalidArgumentTypeError(f"records of tensorhub have ObjectId ids, got {record_id!r}")
     return f"{collection}/{record_id}/"
 
 
@@ -93,7 +93,8 @@ def as_object_id(value: Any) -> ObjectId:
         return value
     if isinstance(value, str) and ObjectId.is_valid(value):
         return ObjectId(value)
-    raise InvalidArgumentError(f"expected a record id (ObjectId or its 24-hex string) or a record, got {value!r}")
+    error = InvalidArgumentError if isinstance(value, str) else InvalidArgumentTypeError
+    raise error(f"expected a record id (ObjectId or its 24-hex string) or a record, got {value!r}")
 
 
 class Records:
@@ -129,7 +130,8 @@ class Records:
         """
         for key in fields:
             if not isinstance(key, str) or key.startswith("$"):
-                raise InvalidArgumentError(f"record field names must be plain strings not starting with '$', got {key!r}")
+                error = InvalidArgumentError if isinstance(key, str) else InvalidArgumentTypeError
+                raise error(f"record field names must be plain strings not starting with '$', got {key!r}")
         if "time" in fields or fields.get("project_name", self.project_name) != self.project_name:
             clash = "time" if "time" in fields else "project_name"
             raise InvalidArgumentError(
@@ -263,7 +265,9 @@ class Records:
     ) -> list[Document]:
         """Matching records of this project, newest first unless ``sort`` says otherwise."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise InvalidArgumentError(f"limit must be a non-negative int, got {limit!r}")
+            wrong_type = isinstance(limit, bool) or not isinstance(limit, int)
+            raise (InvalidArgumentTypeError if wrong_type else InvalidArgumentError)(
+                f"limit must be a non-negative int, got {limit!r}")
         order = normalize_sort(sort) or NEWEST_FIRST
         if all(field != "_id" for field, _ in order):
             # ties (same millisecond) break by insertion order, in the direction asked for time

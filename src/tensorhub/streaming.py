@@ -28,7 +28,7 @@ from tensorhub.backends.base import BlobStore
 from tensorhub.chunks import ChunkCache, Manifest, read_rows
 from tensorhub.context import Connection
 from tensorhub.datasets import require_rows
-from tensorhub.errors import InvalidArgumentError
+from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.structure import loads_spec, unflatten
 
 
@@ -50,11 +50,14 @@ class DatasetStream:
                  seed: int | None = None, epochs: int = 1, buffer_chunks: int = 2, prefetch: int = 2,
                  drop_last: bool = False, blobs: BlobStore | None = None) -> None:
         if not _is_int(batch_size) or batch_size < 1:
-            raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise (InvalidArgumentError if _is_int(batch_size) else InvalidArgumentTypeError)(
+                f"batch_size must be a positive int, got {batch_size!r}")
         if not _is_int(epochs) or epochs < 1:
-            raise InvalidArgumentError(f"epochs must be a positive int, got {epochs!r}")
+            raise (InvalidArgumentError if _is_int(epochs) else InvalidArgumentTypeError)(
+                f"epochs must be a positive int, got {epochs!r}")
         if seed is not None and (not _is_int(seed) or seed < 0):
-            raise InvalidArgumentError(f"seed must be None or an int >= 0, got {seed!r}")
+            raise (InvalidArgumentError if _is_int(seed) else InvalidArgumentTypeError)(
+                f"seed must be None or an int >= 0, got {seed!r}")
         batch_size, epochs = int(batch_size), int(epochs)
         seed = None if seed is None else int(seed)
         if record.get("pickled"):

@@ -26,7 +26,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from tensorhub.errors import InvalidArgumentError, ScriptError
+from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, ScriptNotFoundError, ScriptSyntaxError
 from tensorhub.records import Records, utcnow
 
 log = logging.getLogger(__name__)
@@ -56,19 +56,19 @@ def is_seconds(value: Any, zero: bool = False) -> bool:
 def read_script(script: str | os.PathLike[str]) -> tuple[str, str]:
     """``(path, text)`` of a task script; a clear :class:`ScriptError` if it cannot be read."""
     if not isinstance(script, (str, os.PathLike)):
-        raise InvalidArgumentError(f"script must be the path of a Python file, got {type(script).__name__}")
+        raise InvalidArgumentTypeError(f"script must be the path of a Python file, got {type(script).__name__}")
     path = Path(script)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise ScriptError(f"task script {str(path)!r} does not exist (cwd: {os.getcwd()}); "
-                          "pass the path of a Python file") from exc
+        raise ScriptNotFoundError(f"task script {str(path)!r} does not exist (cwd: {os.getcwd()}); "
+                                  "pass the path of a Python file") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise ScriptError(f"cannot read task script {str(path)!r}: {exc}") from exc
+        raise ScriptNotFoundError(f"cannot read task script {str(path)!r}: {exc}") from exc
     try:
         compile(text, str(path), "exec")
     except SyntaxError as exc:
-        raise ScriptError(f"task script {str(path)!r} has a syntax error: {exc}") from exc
+        raise ScriptSyntaxError(f"task script {str(path)!r} has a syntax error: {exc}") from exc
     return str(path), text
 
 

@@ -42,6 +42,7 @@ from tensorhub.errors import (
     BackendUnavailableError,
     ConfigurationError,
     CorruptDataError,
+    DuplicateKeyError,
     InvalidArgumentError,
     NotFoundError,
 )
@@ -437,7 +438,7 @@ class SQLiteIndexStore(IndexStore):
             try:
                 conn.executemany("INSERT INTO documents (collection, id, doc, fields) VALUES (?, ?, ?, ?)", rows)
             except sqlite3.IntegrityError as exc:
-                raise InvalidArgumentError(f"a record with this _id already exists in {collection}: {exc}") from exc
+                raise DuplicateKeyError(f"a record with this _id already exists in {collection}: {exc}") from exc
 
     def find(
         self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None, limit: int | None = None

@@ -12,9 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, BinaryIO
+from urllib.parse import unquote_plus
 
 import gridfs
 import pymongo
@@ -27,7 +29,7 @@ from tensorhub.errors import (
     BackendUnavailableError,
     ConfigurationError,
     CorruptDataError,
-    InvalidArgumentError,
+    DuplicateKeyError,
     InvalidQueryError,
     NotFoundError,
     SerializationError,
@@ -36,6 +38,12 @@ from tensorhub.query import normalize_sort, validate_update
 from tensorhub.redaction import redact_uri, scrub, shows_secret
 
 DEFAULT_DATABASE = "tensorhub"
+#: MongoDB's error code for a duplicate key (E11000)
+_DUPLICATE_KEY = 11000
+#: MongoDB's naming rule for databases, as it refuses them (on every platform; Windows forbids more)
+DATABASE_RULE = ("a MongoDB database name is 1 to 63 bytes long and has none of the characters "
+                 "/ \\ . space \" $ or NUL")
+_BAD_DATABASE_CHARS = re.compile(r'[/\\. "$\x00]')
 BLOB_BUCKET = "blobs"
 #: seconds to wait for a server before giving up (TENSORHUB_MONGO_TIMEOUT overrides)
 SERVER_TIMEOUT = float(os.environ.get("TENSORHUB_MONGO_TIMEOUT", "5"))
@@ -51,7 +59,12 @@ def translate_errors(where: str) -> Iterator[None]:
     except gridfs.errors.CorruptGridFile as exc:  # a piece (fs.chunks document) of a blob is missing or cut short
         raise CorruptDataError(f"a blob in GridFS at {where} is damaged ({exc}); save the data again") from exc
     except pymongo.errors.DuplicateKeyError as exc:
-        raise InvalidArgumentError(f"a record with this _id already exists: {exc}") from exc
+        raise DuplicateKeyError(f"a record with this _id already exists at {where}: {exc}") from exc
+    except pymongo.errors.BulkWriteError as exc:  # insert_many reports a duplicate _id inside its batch error
+        if any(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", ())):
+            raise DuplicateKeyError(f"a record with this _id already exists at {where}: "
+                                    f"{str(exc.details.get('writeErrors'))[:300]}") from exc
+        raise InvalidQueryError(f"MongoDB rejected the operation: {exc}") from exc
     except (pymongo.errors.ConnectionFailure, pymongo.errors.ConfigurationError) as exc:
         raise BackendUnavailableError(
             f"MongoDB at {where} is unreachable ({exc.__class__.__name__}: {str(exc)[:200]}). "
@@ -288,14 +301,37 @@ def _starting_with(prefix: str) -> dict[str, Any]:
     return {"filename": {"$regex": "^" + re.escape(prefix)}}
 
 
+def check_database_name(uri: str) -> None:
+    """Refuse a database in ``uri`` that MongoDB would refuse, naming the rule, before any connection.
+
+    The URI is split where pymongo splits it (``pymongo.uri_parser_shared``): the path runs
+    from the first ``/`` to the first ``?``. pymongo would read ``/a.b`` as database ``a`` and
+    collection ``b``, and leaves a name that is too long to the server: tensorhub takes the
+    whole path as the database, so both are refused here, as a configuration error rather
+    than as an unreachable server or a failed first write.
+    """
+    scheme_free = uri.split("://", 1)[-1]
+    host_and_path = scheme_free.partition("?")[0]
+    if "/" not in host_and_path:
+        return
+    database = unquote_plus(host_and_path.partition("/")[2])
+    if database and (_BAD_DATABASE_CHARS.search(database) or len(database.encode("utf-8")) > 63):
+        # the name is not quoted: with a raw '/' in the password, pymongo's path starts inside the password
+        raise ConfigurationError(f"invalid MongoDB URI {redact_uri(uri)}: its path is not a valid MongoDB database "
+                                 f"name: {DATABASE_RULE}. Pick another name (a password holding '/', '?' or '@' "
+                                 "must be percent-encoded)")
+
+
 def connect(uri: str) -> Any:
     """A pinged ``MongoClient`` for ``uri`` (fails fast when the server is unreachable).
 
-    A URI pymongo refuses is a :class:`~tensorhub.errors.ConfigurationError`; the driver's
-    message is scrubbed of the URI's secrets (and not chained when it quoted one).
+    A URI pymongo refuses, or whose database MongoDB would refuse (:func:`check_database_name`),
+    is a :class:`~tensorhub.errors.ConfigurationError`; the driver's message is scrubbed of the
+    URI's secrets (and not chained when it quoted one).
     """
     timeout_ms = int(SERVER_TIMEOUT * 1000)
     where = redact_uri(uri)
+    check_database_name(uri)
     try:
         client = pymongo.MongoClient(
             uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms

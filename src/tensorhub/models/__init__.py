@@ -35,17 +35,20 @@ One module per job:
 
 from __future__ import annotations
 
+from typing import Any
+
 from tensorhub.models._arrays import ModelReader, write_arrays
 from tensorhub.models._base import CHUNKS_FORMAT, ModelAdapter, SavedModel
 from tensorhub.models._params import ParamsAdapter, ParamsDict, ParamsList, ParamsTuple
-from tensorhub.models._registry import adapter_for, adapter_named, register_model_adapter
+from tensorhub.models._registry import adapter_fields, adapter_for, adapter_named, register_model_adapter
 from tensorhub.models._repository import (
     COLLECTION,
-    INTERNAL_FIELDS,
     LINEAGE,
+    MODEL_FIELDS,
     attach_record,
     check_load_options,
     compare_models,
+    internal_fields,
     lineage,
     lineage_query,
     load_model,
@@ -56,8 +59,15 @@ from tensorhub.models._sklearn import SklearnAdapter
 from tensorhub.models._torch import TorchAdapter, numpy_to_tensor, tensor_to_numpy
 
 __all__ = [
-    "CHUNKS_FORMAT", "COLLECTION", "INTERNAL_FIELDS", "LINEAGE", "ModelAdapter", "ModelReader", "ParamsAdapter",
-    "ParamsDict", "ParamsList", "ParamsTuple", "SavedModel", "SklearnAdapter", "TorchAdapter", "adapter_for",
-    "adapter_named", "attach_record", "check_load_options", "compare_models", "lineage", "lineage_query",
-    "load_model", "metric_fields", "numpy_to_tensor", "register_model_adapter", "save_model", "tensor_to_numpy", "write_arrays",
+    "CHUNKS_FORMAT", "COLLECTION", "INTERNAL_FIELDS", "LINEAGE", "MODEL_FIELDS", "ModelAdapter", "ModelReader",
+    "ParamsAdapter", "ParamsDict", "ParamsList", "ParamsTuple", "SavedModel", "SklearnAdapter", "TorchAdapter",
+    "adapter_fields", "adapter_for", "adapter_named", "attach_record", "check_load_options", "compare_models",
+    "internal_fields", "lineage", "lineage_query", "load_model", "metric_fields", "numpy_to_tensor",
+    "register_model_adapter", "save_model", "tensor_to_numpy", "write_arrays",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "INTERNAL_FIELDS":  # computed when read: adapters registered later count
+        return internal_fields()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,6 +32,10 @@ class ModelAdapter(ABC):
 
     #: stored in the record's ``adapter`` field; must be unique
     name: str = ""
+    #: the record fields :meth:`save` may write (beyond ``format``, which every adapter writes): the
+    #: repository refuses user fields of these names for every model, so a user's tag is never
+    #: replaced by an adapter's field, nor taken for one on load
+    record_fields: frozenset[str] = frozenset()
 
     @abstractmethod
     def can_save(self, network: Any) -> bool:

@@ -29,6 +29,7 @@ class ParamsAdapter(ModelAdapter):
     """Parameter sets: (nested) lists, tuples and dicts of numpy arrays, one chunked array per leaf."""
 
     name = "params"
+    record_fields = frozenset({"spec", "parameters", "parameter_count", "pickled"})
 
     def can_save(self, network: Any) -> bool:
         return isinstance(network, (list, tuple, dict))

@@ -20,6 +20,7 @@ import keyword
 import re
 from typing import Any
 
+from tensorhub._compat import torch as torch_compat
 from tensorhub.errors import CorruptDataError, SerializationError
 
 #: one token of an expression; anything else (``.``, ``[``, ``"``, ``;``...) is refused
@@ -38,8 +39,8 @@ MAX_EXPRESSION = 20_000  # characters: real shape expressions are far shorter
 def _callable_names() -> frozenset[str]:
     """Names an expression may use: sympy and torch symbolic-shape classes and constants (all inert)."""
     import sympy
-    import torch.utils._sympy.functions as shape_functions
 
+    shape_functions = torch_compat.symbolic_shape_functions()
     names = set()
     for namespace in (vars(sympy), vars(shape_functions)):
         for name, value in namespace.items():
@@ -99,13 +100,13 @@ def checked_program(graph: bytes, where: str) -> bytes:
                                "save the model again") from exc
     if not isinstance(program, dict):
         raise CorruptDataError(f"{where}: its exported program is not a JSON object; save the model again")
-    program.pop("guards_code", None)
+    program.pop(torch_compat.GUARDS_KEY, None)
     stack: list[Any] = [program]
     while stack:  # iterative: a hostile program may nest deeper than Python's recursion limit
         node = stack.pop()
         if isinstance(node, dict):
             for key, value in node.items():
-                if key == "expr_str":
+                if key == torch_compat.EXPRESSION_KEY:
                     check_expression(value, where)
                 else:
                     stack.append(value)

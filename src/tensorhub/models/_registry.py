@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tensorhub.errors import InvalidArgumentError, SerializationError
+from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, SerializationError
 from tensorhub.models._base import ModelAdapter
 from tensorhub.models._params import ParamsAdapter
 from tensorhub.models._sklearn import SklearnAdapter
@@ -17,8 +17,14 @@ _adapters: list[ModelAdapter] = [TorchAdapter(), SklearnAdapter(), ParamsAdapter
 def register_model_adapter(adapter: ModelAdapter) -> None:
     """Add an adapter; it is tried before the built-in ones, and replaces one of the same name."""
     if not isinstance(adapter, ModelAdapter) or not adapter.name:
-        raise InvalidArgumentError("an adapter must be a ModelAdapter instance with a non-empty name")
+        error = InvalidArgumentError if isinstance(adapter, ModelAdapter) else InvalidArgumentTypeError
+        raise error("an adapter must be a ModelAdapter instance with a non-empty name")
     _adapters[:] = [adapter] + [a for a in _adapters if a.name != adapter.name]
+
+
+def adapter_fields() -> frozenset[str]:
+    """The record fields every registered adapter declares (:attr:`ModelAdapter.record_fields`), now."""
+    return frozenset().union(*(frozenset(a.record_fields) for a in _adapters))
 
 
 def adapter_for(network: Any) -> ModelAdapter:

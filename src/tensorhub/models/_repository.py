@@ -9,24 +9,34 @@ from typing import Any
 from tensorhub.arrays import checksum
 from tensorhub.chunks import ChunkWriter
 from tensorhub.context import ENV_TASK_ID, current_task_id
-from tensorhub.errors import ConfigurationError, InvalidArgumentError, NotFoundError
+from tensorhub.errors import ConfigurationError, InvalidArgumentError, InvalidArgumentTypeError, NotFoundError
 from tensorhub.models._arrays import ModelReader, write_arrays
-from tensorhub.models._registry import adapter_for, adapter_named
+from tensorhub.models._registry import adapter_fields, adapter_for, adapter_named
 from tensorhub.models._torch import check_into
 from tensorhub.models._trust import check_trusted
-from tensorhub.records import as_object_id
+from tensorhub.records import COMMON_INTERNAL_FIELDS, as_object_id
 
 log = logging.getLogger("tensorhub.models")  # the package's logger, as before the split into modules
 
 COLLECTION = "models"
 #: lineage fields: the dataset a model was trained on and the task that trained it
 LINEAGE = {"dataset": ("dataset_id", "datasets"), "task": ("task_id", "tasks")}
-#: fields save_model writes itself; every other field is the user's (tags and metrics)
-INTERNAL_FIELDS = frozenset({
-    "_id", "project_name", "time", "model_name", "adapter", "format", "spec", "parameters", "parameter_count",
-    "arrays", "blob_refs", "blob_prefix", "blob_sha256", "class_path", "init_kwargs", "torch_architecture",
-    "torch_program", "torch_version", "sklearn_version", "estimator_class", "pickled", "dataset_id", "task_id",
-})
+#: fields save_model writes itself whatever the adapter; each adapter declares its own
+#: (:attr:`~tensorhub.models.ModelAdapter.record_fields`), see :func:`internal_fields`
+MODEL_FIELDS = frozenset({"model_name", "adapter", "format", "arrays", "blob_sha256", "dataset_id", "task_id"})
+
+
+def internal_fields() -> frozenset[str]:
+    """Every field a model record owns: the common ones, :data:`MODEL_FIELDS` and the fields of every
+    adapter registered now (so one registered later with ``register_model_adapter`` counts);
+    every other field is the user's (tags and metrics)."""
+    return COMMON_INTERNAL_FIELDS | MODEL_FIELDS | adapter_fields()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "INTERNAL_FIELDS":  # the list as it is now: adapters can be registered at any time
+        return internal_fields()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def attach_record(model: Any, record: dict) -> Any:
@@ -59,8 +69,8 @@ def lineage(records: Any, dataset: Any = None, task: Any = None) -> dict[str, An
         key, collection = LINEAGE[kind]
         try:
             oid = as_object_id(value)
-        except InvalidArgumentError:
-            raise InvalidArgumentError(
+        except InvalidArgumentError as exc:
+            raise type(exc)(
                 f"{kind}= must be a {kind} record or its id (ObjectId or 24-hex string), got {value!r}; to tag "
                 f"a model with a name, use another field, e.g. {kind}_name=...") from None
         if not records.index.find(collection, {"_id": oid}, limit=1):
@@ -99,10 +109,11 @@ def save_model(records: Any, network: Any, model_name: str, allow_pickle: bool =
     the arrays' chunks are written first and listed in ``blob_refs``.
     """
     if not isinstance(model_name, str) or not model_name:
-        raise InvalidArgumentError(f"model_name must be a non-empty string, got {model_name!r}")
+        error = InvalidArgumentError if isinstance(model_name, str) else InvalidArgumentTypeError
+        raise error(f"model_name must be a non-empty string, got {model_name!r}")
     dataset = fields.pop("dataset_id", None) if dataset is None else dataset
     task = fields.pop("task_id", None) if task is None else task
-    records.new_record(fields, INTERNAL_FIELDS, "model")  # refuses internal fields before the adapter's work
+    records.new_record(fields, internal_fields(), "model")  # refuses internal fields before the adapter's work
     adapter = adapter_for(network)
     options = {"allow_pickle": allow_pickle}
     if example_inputs is not None:
@@ -110,7 +121,9 @@ def save_model(records: Any, network: Any, model_name: str, allow_pickle: bool =
     if dynamic_shapes is not None:
         options["dynamic_shapes"] = dynamic_shapes
     saved = adapter.save(network, **options)
-    record = records.new_record(fields, INTERNAL_FIELDS, "model", {  # validates every field before any write
+    # the fields the adapter wrote, declared or not: a user's tag of that name would be replaced silently
+    owned = internal_fields() | frozenset(saved.fields)
+    record = records.new_record(fields, owned, "model", {  # validates every field before any write
         **saved.fields,
         **lineage(records, dataset, task),
         "model_name": model_name,
@@ -159,9 +172,10 @@ def _get(record: Mapping[str, Any], key: str) -> Any:
 def metric_fields(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """The user's numeric fields across ``records`` (first seen first): what a comparison shows."""
     keys: dict[str, None] = {}
+    internal = internal_fields()
     for record in records:
         for key, value in record.items():
-            if key not in INTERNAL_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key not in internal and isinstance(value, (int, float)) and not isinstance(value, bool):
                 keys.setdefault(key)
     return list(keys)
 
@@ -177,7 +191,8 @@ def compare_models(records: Any, model_name: str | None = None, keys: Sequence[s
     if isinstance(keys, str):
         keys = [keys]
     if keys is not None and (not all(isinstance(k, str) and k for k in keys)):
-        raise InvalidArgumentError(f"keys must be field names, got {keys!r}")
+        error = InvalidArgumentError if all(isinstance(k, str) for k in keys) else InvalidArgumentTypeError
+        raise error(f"keys must be field names, got {keys!r}")
     query = lineage_query(query)
     if model_name is not None:
         query["model_name"] = model_name

@@ -23,6 +23,7 @@ class SklearnAdapter(ModelAdapter):
     """
 
     name = "sklearn"
+    record_fields = frozenset({"estimator_class", "sklearn_version"})
 
     def can_save(self, network: Any) -> bool:
         sklearn_base = sys.modules.get("sklearn.base")

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from tensorhub.errors import CorruptDataError, InvalidArgumentError, SerializationError
+from tensorhub._compat import torch as torch_compat
+from tensorhub.errors import CorruptDataError, InvalidArgumentError, InvalidArgumentTypeError, SerializationError
 from tensorhub.models._arrays import ModelReader
 from tensorhub.models._base import CHUNKS_FORMAT, ModelAdapter, SavedModel
 from tensorhub.models._program_check import checked_program
@@ -37,9 +38,9 @@ def check_into(into: Any) -> None:
     """``into=`` must be a built ``torch.nn.Module`` (or None): say so instead of failing inside torch."""
     torch = sys.modules.get("torch")
     if into is not None and not (torch is not None and isinstance(into, torch.nn.Module)):
-        raise InvalidArgumentError(f"into= must be a built torch.nn.Module (an instance of the model's class) whose "
-                                   f"parameters are overwritten, or None to rebuild the model; got a "
-                                   f"{type(into).__qualname__}")
+        raise InvalidArgumentTypeError(f"into= must be a built torch.nn.Module (an instance of the model's class) "
+                                       f"whose parameters are overwritten, or None to rebuild the model; got a "
+                                       f"{type(into).__qualname__}")
 
 
 #: integer dtypes of each width, to store tensors whose dtype numpy lacks (bfloat16, float8...)
@@ -107,15 +108,10 @@ def _plain_tensor(value: Any) -> bool:
 def _fast_fill_ok(module: Any, targets: dict[str, Any], params: dict[str, dict]) -> bool:
     """Whether the stored tensors can be written straight into ``targets`` (same names, shapes, dtypes)
     without skipping anything ``load_state_dict`` would do (hooks, custom loaders, extra state)."""
-    import torch
-
     if set(targets) != set(params):
         return False
     for sub in module.modules():
-        if sub._load_state_dict_pre_hooks or sub._load_state_dict_post_hooks:
-            return False
-        loader = type(sub)._load_from_state_dict  # torch's own loaders (BatchNorm's...) only migrate old keys
-        if loader is not torch.nn.Module._load_from_state_dict and not loader.__module__.startswith("torch."):
+        if torch_compat.has_load_state_dict_hooks(sub) or torch_compat.has_custom_state_loader(sub):
             return False
     return all(
         _plain_tensor(t) and t.device.type == "cpu" and t.is_contiguous()
@@ -138,13 +134,16 @@ class TorchAdapter(ModelAdapter):
     Why not ``torch.export.save``/``load``: ``torch.export.load`` unpickles (example inputs
     fall back to ``torch.load(weights_only=False)``, and tensor subclasses and opaque
     constants are pickles). tensorhub stores what ``torch.export.save`` puts in its archive's
-    ``models/model.json`` (the program as JSON, written and read by ``torch._export.serde``),
+    ``models/model.json`` (the program as JSON, written and read by ``torch._export.serde``, private
+    API reached only through :mod:`tensorhub._compat.torch`),
     and the weights and constants as plain arrays, so loading runs no pickle. Programs that
     hold non-tensor constants can only be stored whole, as a ``.pt2`` archive, with
     ``allow_pickle=True`` (and loaded with it).
     """
 
     name = "torch"
+    record_fields = frozenset({"torch_architecture", "class_path", "init_kwargs", "parameters", "parameter_count",
+                               "torch_version", "pickled", "torch_program"})
 
     def can_save(self, network: Any) -> bool:
         torch = sys.modules.get("torch")
@@ -157,7 +156,7 @@ class TorchAdapter(ModelAdapter):
         cls = type(network)
         init_kwargs = getattr(network, "tensorhub_init_kwargs", None)
         if init_kwargs is not None and not isinstance(init_kwargs, dict):
-            raise InvalidArgumentError("tensorhub_init_kwargs must be a dict of JSON-able constructor arguments")
+            raise InvalidArgumentTypeError("tensorhub_init_kwargs must be a dict of JSON-able constructor arguments")
         arrays: list[tuple[str, np.ndarray]] = []
         blobs: list[tuple[str, bytes]] = []
         params: list[dict] = []
@@ -222,11 +221,7 @@ class TorchAdapter(ModelAdapter):
             torch.export.save(exported, buffer)
             program["format"] = "pt2"
             return program, [("program.pt2", np.frombuffer(buffer.getvalue(), np.uint8))], []
-        from torch._export.serde.schema import SCHEMA_VERSION
-        from torch._export.serde.serialize import serialize
-
-        graph = serialize(exported, serialize_state_dict=False, serialize_constants=False,
-                          serialize_example_inputs=False).exported_program
+        graph = torch_compat.serialize_program_graph(exported)
         arrays = [("program.json", np.frombuffer(graph, np.uint8))]
         tensors = []
         for kind, values in (("state", exported.state_dict), ("constant", exported.constants)):
@@ -238,7 +233,8 @@ class TorchAdapter(ModelAdapter):
                     arrays.append((name, tensor_to_numpy(value, where=f"program {kind} {key!r}")))
                 tensors.append({"kind": kind, "path": key, "array": name, "dtype": str(value.dtype),
                                 "parameter": key in parameters, "requires_grad": bool(value.requires_grad)})
-        program.update(format="torch.export-json", schema_version=list(SCHEMA_VERSION), tensors=tensors)
+        program.update(format="torch.export-json", schema_version=torch_compat.program_schema_version(),
+                       tensors=tensors)
         return program, arrays, []
 
     def load(self, record: dict, reader: ModelReader, **options: Any) -> Any:
@@ -302,8 +298,7 @@ class TorchAdapter(ModelAdapter):
 
             return torch.export.load(io.BytesIO(reader.array("program.pt2").tobytes())).module()
         try:
-            from torch._export.serde import schema
-            from torch._export.serde.serialize import ExportedProgramDeserializer, _bytes_to_dataclass
+            deserialize = torch_compat.program_deserializer()
         except ImportError as exc:
             raise SerializationError(f"this torch ({torch.__version__}) cannot read exported programs saved by "
                                      f"torch {record.get('torch_version')}: {exc}; pass into=<a built module> to "
@@ -319,8 +314,7 @@ class TorchAdapter(ModelAdapter):
             (state if entry["kind"] == "state" else constants)[entry["path"]] = tensor
         graph = checked_program(arrays["program.json"].tobytes(), reader.describe())  # before torch evals it
         try:
-            serialized = _bytes_to_dataclass(schema.ExportedProgram, graph)
-            exported = ExportedProgramDeserializer().deserialize(serialized, state, constants, None)
+            exported = deserialize(graph, state, constants)
         except Exception as exc:  # noqa: BLE001 - a version mismatch or a damaged program: say which
             raise SerializationError(
                 f"cannot rebuild the exported program of {reader.describe()} (saved with torch "

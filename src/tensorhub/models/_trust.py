@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any, Union
 
-from tensorhub.errors import InvalidArgumentError, SerializationError
+from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, SerializationError
 
 #: ``trusted=`` once checked: False (nothing beyond the defaults), True (everything), or module prefixes
 Trust = Union[bool, tuple[str, ...]]
@@ -40,7 +40,9 @@ def check_trusted(trusted: Any) -> Trust:
         prefixes = tuple(prefixes)
         if all(isinstance(p, str) and _DOTTED.match(p) for p in prefixes):
             return prefixes
-    raise InvalidArgumentError(
+    error = InvalidArgumentError if isinstance(prefixes, tuple) and all(isinstance(p, str) for p in prefixes) \
+        else InvalidArgumentTypeError
+    raise error(
         f"trusted= must be True or a list of module prefixes such as ['mypkg.models'], got {trusted!r}")
 
 

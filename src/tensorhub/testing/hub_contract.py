@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 
 from tensorhub import TensorHub
+from tensorhub import datasets as _datasets
 from tensorhub.errors import (
+    BackendUnavailableError,
+    ConflictError,
     InvalidArgumentError,
+    InvalidArgumentTypeError,
     InvalidQueryError,
+    NotFoundError,
     ScriptError,
+    ScriptNotFoundError,
+    ScriptSyntaxError,
     SerializationError,
     TensorHubError,
 )
@@ -710,6 +717,72 @@ class HubContract:
         assert len(list(hub.stream_dataset("aligned", batch_size=5))) == 3
         hub.save_dataset([np.ones((4, 2)), np.ones(3)], "ragged")  # no shared rows to keep
         assert hub.append_dataset("ragged", [np.ones((1, 2)), np.ones(2)]) == 5
+
+    # ------------------------------------------------------------------ the error taxonomy (errors.py)
+    def test_wrong_calls_raise_the_documented_class_and_builtin(self, hub: TensorHub, tmp_path: Path) -> None:
+        """Each representative wrong call raises the class ``errors.py`` documents, and its builtin."""
+        hub.create_task("t", _script(tmp_path, "x = 1\n"))
+        hub.save_dataset(np.arange(3), "d")
+        values = [  # a wrong value: ValueError, not TypeError
+            lambda: hub.run_task("t", lease=-1),
+            lambda: hub.wait_for_tasks("t", timeout=-1),
+            lambda: hub.find_dataset(""),
+            lambda: hub.find_training_logs(limit=-1),
+            lambda: hub.save_model([np.ones(2)], ""),
+            lambda: hub.save_dataset(np.ones(2), "d2", schema="mine"),  # a field tensorhub owns
+            lambda: hub.find_model(dataset="not-an-id"),
+            lambda: hub.append_dataset("d", np.ones((2, 2))),
+        ]
+        for call in values:
+            with pytest.raises(InvalidArgumentError) as caught:
+                call()
+            assert isinstance(caught.value, ValueError) and not isinstance(caught.value, TypeError), caught.value
+        types = [  # a wrong type: TypeError (and, through InvalidArgumentError, ValueError)
+            lambda: hub.run_task("t", lease="60"),
+            lambda: hub.find_dataset(3),
+            lambda: hub.find_training_logs(limit="3"),
+            lambda: hub.save_model([np.ones(2)], 3),
+            lambda: hub.save_training_logs([3]),
+            lambda: hub.save_dataset(None, "d3"),
+        ]
+        for call in types:
+            with pytest.raises(InvalidArgumentTypeError) as caught:
+                call()
+            assert isinstance(caught.value, TypeError) and isinstance(caught.value, InvalidArgumentError)
+        with pytest.raises(NotFoundError) as missing:
+            hub.append_dataset("absent", np.ones(2))
+        assert isinstance(missing.value, LookupError)
+        assert [t["status"] for t in hub.find_tasks("t")] == ["pending"] and hub.find_dataset_records("d2") == []
+
+    def test_script_errors_are_split_by_cause(self, hub: TensorHub, tmp_path: Path) -> None:
+        with pytest.raises(ScriptNotFoundError) as missing:
+            hub.create_task("t", tmp_path / "missing.py")
+        assert isinstance(missing.value, ScriptError) and isinstance(missing.value, FileNotFoundError)
+        with pytest.raises(ScriptSyntaxError) as broken:
+            hub.create_task("t", _script(tmp_path, "def broken(:\n"))
+        assert isinstance(broken.value, ScriptError) and isinstance(broken.value, ValueError)
+        assert not isinstance(broken.value, FileNotFoundError)
+        assert hub.find_tasks() == []
+
+    def test_append_that_loses_every_race_is_a_conflict(self, hub: TensorHub,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+        hub.save_dataset(np.arange(4), "raced")
+        monkeypatch.setattr(_datasets, "APPEND_RETRIES", 3)
+        real = hub.index.find_one_and_update
+        lost: list[str] = []
+
+        def always_lost(collection: str, *args: object, **kwargs: object) -> object:
+            if collection == _datasets.COLLECTION:  # another writer swapped the record first, every time
+                lost.append(collection)
+                return None
+            return real(collection, *args, **kwargs)
+
+        monkeypatch.setattr(hub.index, "find_one_and_update", always_lost)
+        with pytest.raises(ConflictError) as caught:
+            hub.append_dataset("raced", np.arange(2))
+        assert not isinstance(caught.value, BackendUnavailableError) and len(lost) == 3
+        monkeypatch.undo()
+        assert list(hub.find_dataset("raced")) == [0, 1, 2, 3]  # nothing was appended
 
     def test_a_cancelled_task_whose_runner_died_ends_cancelled(self, hub: TensorHub, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:

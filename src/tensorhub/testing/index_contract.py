@@ -9,7 +9,13 @@ import pytest
 from bson import ObjectId
 
 from tensorhub.backends.base import IndexStore
-from tensorhub.errors import InvalidQueryError, TensorHubError, UnsupportedOperationError
+from tensorhub.errors import (
+    ConflictError,
+    DuplicateKeyError,
+    InvalidQueryError,
+    TensorHubError,
+    UnsupportedOperationError,
+)
 
 
 def _docs(n: int) -> list[dict]:
@@ -102,6 +108,12 @@ class IndexStoreContract:
         index_store.insert_many("c", _docs(2))
         with pytest.raises((InvalidQueryError, TensorHubError)):
             index_store.update_many("c", {}, {"plain": 1})
+
+    def test_a_batch_repeating_an_id_is_a_duplicate_key_error(self, index_store: IndexStore) -> None:
+        doc = _docs(1)[0]
+        with pytest.raises(DuplicateKeyError) as caught:
+            index_store.insert_many("c", [doc, dict(doc, i=2)])
+        assert isinstance(caught.value, ConflictError)
 
     # ------------------------------------------------------------------ declared capabilities
     def test_capabilities_are_declared_flags(self, index_store: IndexStore) -> None:

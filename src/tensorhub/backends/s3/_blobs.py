@@ -20,7 +20,7 @@ from boto3.s3.transfer import TransferConfig
 from tensorhub.backends.base import FRESH_FOR, BlobStore
 from tensorhub.backends.s3._connection import S3Connection
 from tensorhub.backends.s3._errors import error_code, is_conflict, is_missing, translate_errors
-from tensorhub.errors import InvalidArgumentError, NotFoundError
+from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, NotFoundError
 
 #: blobs above this size are uploaded and downloaded in parallel parts of this size
 PART_SIZE = 8 << 20
@@ -60,7 +60,7 @@ class S3BlobStore(BlobStore):
                     return
                 data = io.BytesIO(data)
             if not hasattr(data, "read"):
-                raise InvalidArgumentError(
+                raise InvalidArgumentTypeError(
                     f"a blob must be bytes or a readable binary stream, got {type(data).__name__}")
             client.upload_fileobj(data, bucket, s3key, Config=self.transfer)
 

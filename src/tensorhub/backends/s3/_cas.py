@@ -23,7 +23,7 @@ from tensorhub.backends.base import SortSpec
 from tensorhub.backends.s3._segments import Entry, State, is_merged
 from tensorhub.backends.s3._view import Gone, View, Views, rebuild, segment_entries, select
 from tensorhub.documents import decode_document, encode_document
-from tensorhub.errors import BackendUnavailableError
+from tensorhub.errors import BackendUnavailableError, ConflictError
 from tensorhub.query import apply_update
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class StateWriter:
                 return None
             log.debug("s3 index %s/%s: CAS conflict on segment %s (attempt %d)", self.uri, collection, sid, attempt)
             time.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
-        raise BackendUnavailableError(
+        raise ConflictError(
             f"gave up updating {collection} at {self.uri} after {CAS_ATTEMPTS} conflicting concurrent writes; "
             "too many writers on the same records, try again")
 
@@ -132,8 +132,8 @@ class StateWriter:
                     if key in view.key_index:
                         regrouped.setdefault(view.key_index[key], set()).add(key)
             groups = regrouped
-        raise BackendUnavailableError(f"gave up updating {collection} at {self.uri}: its segments kept being "
-                                      "merged under the update; try again")
+        raise ConflictError(f"gave up updating {collection} at {self.uri}: its segments kept being "
+                            "merged under the update; try again")
 
     def merge_committed(self, collection: str, xid: str) -> bool:
         """Whether the merge into ``xid`` committed; one still pending is aborted (writers do not wait)."""

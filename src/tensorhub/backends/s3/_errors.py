@@ -14,7 +14,13 @@ from contextlib import contextmanager
 import boto3.exceptions
 import botocore.exceptions
 
-from tensorhub.errors import BackendUnavailableError, ConfigurationError, InvalidArgumentError, NotFoundError
+from tensorhub.errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+)
 
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -73,8 +79,8 @@ def translate_errors(where: str, key: str | None = None) -> Iterator[None]:
             raise ConfigurationError(f"the bucket of {where} is in another region ({code}: {message}); "
                                      "pass ?region=THE_BUCKET_REGION") from exc
         if is_conflict(exc):
-            raise BackendUnavailableError(f"S3 at {where}: a concurrent writer changed {key or 'an object'} "
-                                          f"({code}); try again") from exc
+            raise ConflictError(f"S3 at {where}: a concurrent writer changed {key or 'an object'} "
+                                f"({code}); try again") from exc
         raise BackendUnavailableError(f"S3 at {where} failed ({code or status}: {message})") from exc
     except (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError) as exc:
         raise ConfigurationError(

@@ -128,7 +128,7 @@ from tensorhub.backends.s3._connection import S3Connection
 from tensorhub.backends.s3._segments import Segment, State, idkey
 from tensorhub.backends.s3._view import Gone, View, Views, select, split_id_condition
 from tensorhub.documents import decode_document, encode_document
-from tensorhub.errors import BackendUnavailableError, InvalidArgumentError
+from tensorhub.errors import BackendUnavailableError, ConflictError, DuplicateKeyError, InvalidArgumentError
 from tensorhub.query import apply_update
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class S3IndexStore(IndexStore):
         segment = Segment(raws)
         keys = [idkey(d["_id"]) for d in documents]
         if len(set(keys)) != len(keys):
-            raise InvalidArgumentError(f"insert_many into {collection}: the batch repeats an _id")
+            raise DuplicateKeyError(f"insert_many into {collection}: the batch repeats an _id")
         body = b"".join(raws)
         for _ in range(3):
             sid = str(ObjectId())
@@ -191,7 +191,8 @@ class S3IndexStore(IndexStore):
                     continue
             break
         else:
-            raise BackendUnavailableError(f"could not create a new segment in {collection} at {self.uri}")
+            raise ConflictError(f"could not create a new segment in {collection} at {self.uri}: its key was "
+                                "taken every time; try again")
         view = self._views.get(collection)
         with view.lock:
             view.segments[sid] = segment
@@ -252,8 +253,8 @@ class S3IndexStore(IndexStore):
             if raws:
                 return decode_document(raws[0])
             # the first match stopped matching under us (taken by another writer): next candidate
-        raise BackendUnavailableError(f"gave up on find_one_and_update in {collection} at {self.uri}: "
-                                      "every candidate was taken by concurrent writers; try again")
+        raise ConflictError(f"gave up on find_one_and_update in {collection} at {self.uri}: "
+                            "every candidate was taken by concurrent writers; try again")
 
     def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
         groups = self._by_segment(collection, filter)

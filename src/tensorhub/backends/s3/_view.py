@@ -23,7 +23,7 @@ from bson import ObjectId
 from tensorhub.backends.base import SortSpec
 from tensorhub.backends.s3._connection import S3Connection
 from tensorhub.backends.s3._segments import Entry, Segment, State, idkey, is_merged
-from tensorhub.errors import BackendUnavailableError, InvalidArgumentError
+from tensorhub.errors import ConflictError, InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.query import matches, regex_budget, sort_documents
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,8 @@ class Views:
     def prefix(self, collection: str) -> str:
         """The key prefix of a collection (checks the name: it becomes part of S3 keys)."""
         if not isinstance(collection, str) or not _COLLECTION_NAME.match(collection):
-            raise InvalidArgumentError(f"collection names are letters, digits, '_', '.', '-'; got {collection!r}")
+            raise (InvalidArgumentError if isinstance(collection, str) else InvalidArgumentTypeError)(
+                f"collection names are letters, digits, '_', '.', '-'; got {collection!r}")
         return f"{self._root}{collection}/"
 
     def seg_key(self, collection: str, sid: str) -> str:
@@ -164,8 +165,8 @@ class Views:
                     return view
                 log.debug("s3 index %s/%s: a segment vanished during a refresh (attempt %d)", self.uri,
                           collection, attempt)
-        raise BackendUnavailableError(f"{collection} at {self.uri} kept changing while it was read "
-                                      f"({REFRESH_ATTEMPTS} attempts); try again")
+        raise ConflictError(f"{collection} at {self.uri} kept changing while it was read "
+                            f"({REFRESH_ATTEMPTS} attempts); try again")
 
     def _refresh_once(self, collection: str, prefix: str, view: View) -> bool:
         # The LIST returns seg/ keys before state/ keys and each in key order, page after page, so
