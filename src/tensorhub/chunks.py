@@ -131,7 +131,7 @@ class Manifest:
 
 def _bytes_of(array: np.ndarray) -> memoryview:
     """The bytes of a C-contiguous array of any dtype, without a copy."""
-    return memoryview(array.reshape(-1).view(np.uint8)) if array.nbytes else memoryview(b"")
+    return memoryview(array.reshape(-1).view(np.uint8)) if array.nbytes else memoryview(b"")  # type: ignore[arg-type]
 
 
 def encode(block: np.ndarray) -> tuple[str, Any]:

@@ -20,7 +20,7 @@ from bson.tz_util import utc
 from tensorhub.errors import CorruptDataError, SerializationError
 
 Document = dict[str, Any]
-CODEC_OPTIONS = CodecOptions(tz_aware=True)
+CODEC_OPTIONS: CodecOptions[Document] = CodecOptions(tz_aware=True)
 #: how deeply dicts and lists may nest in a record, and containers in a dataset or parameter set
 #: (:func:`tensorhub.structure.flatten`). Far below what breaks a reader (BSON decoders and
 #: Python's recursion give out near 1,000 levels; a dataset's spec doubles its nesting), so
@@ -67,7 +67,7 @@ def plain_numbers(value: Any) -> Any:
 
 
 #: how records are encoded: as BSON, with numpy's number scalars taken as plain numbers
-ENCODE_OPTIONS = CodecOptions(type_registry=TypeRegistry(fallback_encoder=_plain_number))
+ENCODE_OPTIONS: CodecOptions[Document] = CodecOptions(type_registry=TypeRegistry(fallback_encoder=_plain_number))
 
 
 def encode_document(document: Mapping[str, Any]) -> bytes:

@@ -614,6 +614,10 @@ def _sort_keys(value: Any, parts: Sequence[str]) -> list[Any]:
 _SORT_KEY = functools.cmp_to_key(compare_values)
 
 
+def _document_sort_key(document: Mapping[str, Any], field: str, direction: int) -> Any:
+    return _SORT_KEY(_sort_value(document, field, direction))
+
+
 def _sort_value(document: Mapping[str, Any], field: str, direction: int) -> Any:
     keys = _sort_keys(document, field.split("."))
     return min(keys, key=_SORT_KEY) if direction > 0 else max(keys, key=_SORT_KEY)
@@ -667,7 +671,8 @@ def sort_documents(documents: list[dict], sort: Any) -> list[dict]:
         if _plain_values(documents, field):  # the common case, ~20x cheaper than comparing through compare_values
             documents.sort(key=operator.itemgetter(field), reverse=direction < 0)
         else:
-            documents.sort(key=lambda d, f=field, r=direction: _SORT_KEY(_sort_value(d, f, r)), reverse=direction < 0)
+            documents.sort(key=functools.partial(_document_sort_key, field=field, direction=direction),
+                           reverse=direction < 0)
     return documents
 
 
@@ -786,7 +791,7 @@ def _updated(op: str, current: Any, value: Any, path: str) -> Any:
         items = _push_items(value)
         if current is not MISSING and not isinstance(current, list):
             raise InvalidQueryError(f"cannot $push to {path!r}: it holds a {type(current).__name__}, not an array")
-        return items if current is MISSING else current + items
+        return items if not isinstance(current, list) else current + items
     better = -1 if op == "$min" else 1
     if current is MISSING or compare_values(value, current) == better:
         return value

@@ -351,27 +351,29 @@ class SQLiteIndexStore(IndexStore):
         self.uri = redact_uri(f"file://{self.path.parent}")  # shown: a user:password@ path part is hidden
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._conn: sqlite3.Connection | None = conn  # None once closed
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(
                 "CREATE TABLE IF NOT EXISTS documents ("
                 " collection TEXT NOT NULL, id TEXT NOT NULL, doc BLOB NOT NULL, fields TEXT,"
                 " PRIMARY KEY (collection, id))"
             )
-            self._add_fields_column()
+            self._add_fields_column(conn)
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailableError(f"cannot open the index at {self.path}: {exc}") from exc
         self._lock = threading.RLock()
 
-    def _add_fields_column(self) -> None:
+    @staticmethod
+    def _add_fields_column(conn: sqlite3.Connection) -> None:
         """Give a table written before the ``fields`` column existed that column (NULL: SQL keeps every row)."""
-        if any(column[1] == "fields" for column in self._conn.execute("PRAGMA table_info(documents)")):
+        if any(column[1] == "fields" for column in conn.execute("PRAGMA table_info(documents)")):
             return
         try:
-            self._conn.execute("ALTER TABLE documents ADD COLUMN fields TEXT")
+            conn.execute("ALTER TABLE documents ADD COLUMN fields TEXT")
         except sqlite3.OperationalError:  # another process added it first
-            if not any(column[1] == "fields" for column in self._conn.execute("PRAGMA table_info(documents)")):
+            if not any(column[1] == "fields" for column in conn.execute("PRAGMA table_info(documents)")):
                 raise
 
     @contextmanager

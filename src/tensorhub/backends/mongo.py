@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 from urllib.parse import unquote_plus
 
 import gridfs
@@ -190,7 +190,7 @@ class GridFSBlobStore(BlobStore):
     def open(self, key: str) -> BinaryIO:
         where = f"{self.uri}, blob {key!r}"
         with translate_errors(where):
-            return _TranslatedStream(self._open(key), where)  # GridFS reads its pieces lazily, as the caller reads
+            return cast(BinaryIO, _TranslatedStream(self._open(key), where))  # GridFS reads its pieces lazily, as the caller reads
 
     def exists(self, key: str) -> bool:
         with translate_errors(self.uri):
@@ -333,7 +333,7 @@ def connect(uri: str) -> Any:
     where = redact_uri(uri)
     check_database_name(uri)
     try:
-        client = pymongo.MongoClient(
+        client: pymongo.MongoClient[Document] = pymongo.MongoClient(
             uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms
         )
     except (pymongo.errors.ConfigurationError, ValueError, TypeError) as exc:

@@ -35,7 +35,7 @@ from tensorhub.errors import NotFoundError
 from tensorhub.query import matches, regex_budget, validate_update
 from tensorhub.redaction import redact_uri
 
-_servers: dict[str, tuple[Any, dict[str, bytes], threading.RLock]] = {}
+_servers: dict[str, tuple[Any, dict[str, tuple[bytes, dt.datetime]], threading.RLock]] = {}
 _servers_lock = threading.Lock()
 
 
@@ -64,7 +64,7 @@ def _mongomock_misreads(value: Any) -> bool:
     if isinstance(value, float):
         return math.isnan(value)
     if isinstance(value, Decimal128):
-        return value.is_nan()
+        return value.to_decimal().is_nan()
     if isinstance(value, (re.Pattern, Regex)):
         return True
     if isinstance(value, Mapping):

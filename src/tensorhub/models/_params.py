@@ -22,7 +22,7 @@ class ParamsTuple(tuple):
     """A tuple of parameter arrays that can also carry ``tensorhub_record`` and ``_<field>`` attributes."""
 
 
-_WRAPPERS = {list: ParamsList, dict: ParamsDict, tuple: ParamsTuple}
+_WRAPPERS: dict[type, type] = {list: ParamsList, dict: ParamsDict, tuple: ParamsTuple}
 
 
 class ParamsAdapter(ModelAdapter):

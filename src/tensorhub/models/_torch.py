@@ -23,7 +23,7 @@ def _model_class(record: dict, reader: ModelReader, trust: Trust) -> Any:
     """The ``torch.nn.Module`` subclass a record's ``class_path`` names, if this process may use it."""
     import torch
 
-    return resolve_class(record.get("class_path"), torch.nn.Module, "torch.nn.Module", trust, reader.describe())
+    return resolve_class(record.get("class_path", ""), torch.nn.Module, "torch.nn.Module", trust, reader.describe())
 
 
 def _init_kwargs(record: dict, reader: ModelReader) -> dict[str, Any]:

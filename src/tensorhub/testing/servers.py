@@ -16,6 +16,7 @@ import functools
 import os
 import socket
 import threading
+from typing import Any
 from collections.abc import Iterator
 
 ENV_MONGODB = "TENSORHUB_TEST_MONGODB_URI"
@@ -57,11 +58,11 @@ def _make_conditional_puts_atomic() -> None:
         return
 
     @functools.wraps(put)
-    def atomic_put(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def atomic_put(self: Any, *args: Any, **kwargs: Any) -> Any:
         with _PUT_LOCK:
             return put(self, *args, **kwargs)
 
-    atomic_put._tensorhub_atomic = True  # type: ignore[attr-defined]
+    atomic_put._tensorhub_atomic = True
     S3Response.put_object = atomic_put
 
 

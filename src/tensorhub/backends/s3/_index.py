@@ -299,8 +299,9 @@ class S3IndexStore(IndexStore):
         view = self._views.get(collection)
         if keys is not None:
             with view.lock:
-                sids = {view.key_index.get(k) for k in keys}
-            if None not in sids and len(sids) <= ID_LOOKUP_SEGMENTS:
+                found = {view.key_index.get(k) for k in keys}
+            sids = {sid for sid in found if sid is not None}
+            if None not in found and len(sids) <= ID_LOOKUP_SEGMENTS:
                 def reload(sid: str) -> bool:
                     try:
                         return self._views.reload(collection, sid).merged_into is None
