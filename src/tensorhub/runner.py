@@ -40,16 +40,7 @@ import bson
 from tensorhub.context import ENV_TASK_ATTEMPT, ENV_TASK_ID, Connection, task_connection
 from tensorhub.documents import decode_document, encode_document, normalize_document
 from tensorhub.errors import BackendUnavailableError, SerializationError
-from tensorhub.records import Records
-from tensorhub.tasks import (
-    CANCELLED,
-    DEFAULT_LEASE,
-    FAILED,
-    FINISHED,
-    Heartbeat,
-    finish,
-    release,
-)
+from tensorhub.tasks import CANCELLED, DEFAULT_LEASE, FAILED, FINISHED, Heartbeat, TaskQueue
 from tensorhub.zygote import ZygoteLost, group_alive, kill_group, shared_zygote
 
 log = logging.getLogger(__name__)
@@ -335,25 +326,25 @@ def _run_in_process(claimed: dict, connection: Connection, heartbeat: Heartbeat)
         watcher_done.set()
 
 
-def _record(records: Records, claimed: dict, status: str, fields: dict[str, Any]) -> bool:
+def _record(queue: TaskQueue, claimed: dict, status: str, fields: dict[str, Any]) -> bool:
     """Write the outcome (conditional on the claim), retrying a store that is briefly unavailable.
 
     An outcome the store refuses (too large for a record, say) fails the task with that error
     instead, so a task is never left ``running`` for the next runner to trip over.
     """
-    update = {"status": status, **fields}
+    update = dict(fields)
     push = None
     if status == FAILED:
-        fields["error"] = _clip(str(fields.get("error", "")), ERROR_CHARS, keep="start")
+        update["error"] = _clip(str(fields.get("error", "")), ERROR_CHARS, keep="start")
         if len(claimed.get("errors") or []) < MAX_ERRORS:
             push = {"errors": {"attempt": claimed["attempts"], "exit_code": fields.get("exit_code"),
-                               "error": _clip(fields["error"], ERRORS_ENTRY_CHARS, keep="start")}}
+                               "error": _clip(update["error"], ERRORS_ENTRY_CHARS, keep="start")}}
     for attempt in range(RECORD_ATTEMPTS):
         try:
-            return finish(records, claimed, update, push=push)
+            return queue.end(claimed, status, update, push=push)  # conditional on the claim_id
         except SerializationError as exc:
             log.warning("task %s: its outcome cannot be stored: %s", claimed["_id"], exc)
-            update = {"status": FAILED, **_bounded_failure(f"its outcome could not be stored: {exc}")}
+            status, update = FAILED, dict(_bounded_failure(f"its outcome could not be stored: {exc}"))
             push = {"errors": {"attempt": claimed["attempts"], "error": _clip(update["error"], ERRORS_ENTRY_CHARS)}}
         except BackendUnavailableError:
             if attempt == RECORD_ATTEMPTS - 1:
@@ -367,7 +358,7 @@ def _record(records: Records, claimed: dict, status: str, fields: dict[str, Any]
 RECORD_ATTEMPTS = 6
 
 
-def run_claimed(records: Records, claimed: dict, connection: Connection, lease: float = DEFAULT_LEASE,
+def run_claimed(queue: TaskQueue, claimed: dict, connection: Connection, lease: float = DEFAULT_LEASE,
                 isolate: bool = True) -> str:
     """Run a claimed task under a heartbeat, record its outcome and return its final status.
 
@@ -376,22 +367,22 @@ def run_claimed(records: Records, claimed: dict, connection: Connection, lease: 
     A task whose lease was lost (another runner may run it now) is stopped and nothing is
     recorded; the status returned is then ``"lost"``.
     """
-    isolate = isolate and records.index.shared_across_processes and records.blobs.shared_across_processes
+    isolate = isolate and queue.records.shared_across_processes
     log.info("task %s (%s): attempt %d%s", claimed["_id"], claimed["task_name"], claimed["attempts"],
              "" if isolate else " (in-process)")
-    heartbeat = Heartbeat(records, claimed, lease)
+    heartbeat = Heartbeat(queue, claimed, lease)
     heartbeat.start()
     try:
         status, fields = (_run_isolated if isolate else _run_in_process)(claimed, connection, heartbeat)
     except BaseException:
         heartbeat.stop()
-        release(records, claimed)
+        queue.release(claimed)
         log.info("task %s handed back to pending", claimed["_id"])
         raise
     heartbeat.stop()
     if status == LOST:
         log.warning("task %s: lease lost; its process was stopped and its outcome not recorded", claimed["_id"])
         return status
-    _record(records, claimed, status, fields)
+    _record(queue, claimed, status, fields)
     log.info("task %s %s%s", claimed["_id"], status, f": {fields.get('error')}" if status != FINISHED else "")
     return status
