@@ -337,7 +337,7 @@ def serve(fd: int) -> None:
     """The helper's loop: fork a shepherd on ``start``, kill trees on ``kill``, reap and answer
     ``status``; on EOF (or SIGTERM: the runner died) kill every task tree and exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import tensorhub.runner  # noqa: F401 - preload what every task needs before forking
+    import tensorhub.task_script  # noqa: F401 - preload what every task needs before forking
 
     conn = Connection(fd)
     sock = socket.socket(fileno=os.dup(fd))
