@@ -56,10 +56,10 @@ def _shared_rows(schema: list[dict]) -> int | None:
     return lengths.pop() if len(lengths) == 1 else None
 
 
-def save_dataset(records: Records, dataset: Any, dataset_name: str, allow_pickle: bool = False,
+def save_dataset(records: Records, dataset: Any, dataset_name: str | None, allow_pickle: bool = False,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, **fields: Any) -> Any:
     """Store ``dataset`` under ``dataset_name`` with ``fields`` as queryable tags; return the id."""
-    check_name(dataset_name)
+    dataset_name = check_name(dataset_name)
     if dataset is None:  # find_dataset's "no such dataset": a saved None could not be told apart from it
         raise InvalidArgumentTypeError(f"dataset {dataset_name!r} is None; pass a numpy array or a list/tuple/dict of "
                                    "arrays and JSON values")
@@ -210,8 +210,8 @@ def append_dataset(records: Records, dataset_name: str, rows: Any, sort: Any = N
                       "nbytes": sum(s["nbytes"] for s in schema), "rows": _shared_rows(schema)},
              "$inc": {"revision": 1}})
         if swapped is not None:
-            lengths = [s["shape"][0] for s in schema if s["shape"]]
-            return max(lengths) if lengths else 0
+            grown = [int(s["shape"][0]) for s in schema if s["shape"]]
+            return max(grown) if grown else 0
         records.release_chunks(set(writer.refs) - set(record.get(REFS_FIELD, ())))  # lost a race: retry
     raise ConflictError(f"could not append to {dataset_name!r}: {APPEND_RETRIES} concurrent updates in a row "
                         "changed it first; nothing was appended, try again")

@@ -22,7 +22,7 @@ from tensorhub import runner as _runner
 from tensorhub import tasks as _tasks
 from tensorhub.backends.base import BlobStore, IndexStore
 from tensorhub.context import Connection, default_connection, inside_task
-from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError
+from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.ownership import claim_blobs
 from tensorhub.records import Records
 from tensorhub.redaction import redact_uri
@@ -111,22 +111,26 @@ class TensorHub:
             raise error(f"project_name must be a non-empty string, got {project_name!r}")
         self.uri, self.blobs_uri, self.project_name = uri, blobs, project_name
         stores = open_stores(uri, index=True, blobs=blobs is None)
-        blob_store = stores.blobs
-        if blobs is not None:
-            try:
+        index, blob_store = stores.index, stores.blobs
+        if index is None:  # a backend's open_stores returns what was asked for
+            raise BackendUnavailableError(f"{redact_uri(uri)} opened no index store")
+        try:
+            if blobs is not None:
                 blob_store = open_stores(blobs, index=False, blobs=True).blobs
-            except BaseException:
-                stores.index.close()
-                raise
-        try:  # one blob store serves one index, or a delete in one would free the other's chunks
-            claim_blobs(stores.index, blob_store)
+            if blob_store is None:
+                raise BackendUnavailableError(f"{redact_uri(blobs or uri)} opened no blob store")
         except BaseException:
-            stores.index.close()
+            index.close()
+            raise
+        try:  # one blob store serves one index, or a delete in one would free the other's chunks
+            claim_blobs(index, blob_store)
+        except BaseException:
+            index.close()
             blob_store.close()
             raise
         # the only way below to the index: scoped to the project (records.py); tasks change state
         # only through the queue (tasks.py)
-        self._records = Records(stores.index, blob_store, project_name)
+        self._records = Records(index, blob_store, project_name)
         self._queue = TaskQueue(self._records)
         if not inside_task():  # the hub that created the task already declared the indexes
             self._declare_indexes()

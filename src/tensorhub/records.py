@@ -4,7 +4,8 @@ Every record kind (datasets, models, logs, tasks) stores through :class:`Records
 the invariants in one place:
 
 * every record has ``_id``, ``project_name`` and ``time`` (UTC, timezone-aware), and every
-  query is scoped to the project;
+  read and write is scoped to the project: :class:`Records` (or a :class:`Collection` view of
+  it) is the only way the layers above reach the index, which it keeps private;
 * a save writes its blobs first and the record last, and removes the blobs again if anything
   fails, so a record is visible only once its bytes are complete and a failed save leaves
   nothing behind;
@@ -122,16 +123,15 @@ class Records:
 
     def scope(self, query: Mapping[str, Any] | None = None) -> Document:
         """``query`` restricted to this project (keys are validated as a MongoDB filter's)."""
-        query = dict(query or {})
-        for key in query:
+        for key in query or {}:
             if not isinstance(key, str):
                 raise InvalidQueryError(f"query keys must be strings, got {key!r}")
-        query = plain_numbers(query)  # np.int64(3) means 3 on every backend
-        validate_filter(query)
-        if "project_name" in query and query["project_name"] != self.project_name:
-            return {"$and": [query, {"project_name": self.project_name}]}
-        query["project_name"] = self.project_name
-        return query
+        scoped: Document = dict(plain_numbers(dict(query or {})))  # np.int64(3) means 3 on every backend
+        validate_filter(scoped)
+        if "project_name" in scoped and scoped["project_name"] != self.project_name:
+            return {"$and": [scoped, {"project_name": self.project_name}]}
+        scoped["project_name"] = self.project_name
+        return scoped
 
     # ------------------------------------------------------------------ store-wide, by design
     def store_index(self) -> IndexStore:

@@ -190,7 +190,7 @@ class TaskQueue:
             return self.tasks.find_one_and_update(_and(query, condition), change, sort=sort)
         return self.tasks.update_many(_and(query, condition), change)
 
-    def create(self, task_name: str, script: str | os.PathLike[str], points: Sequence[Mapping[str, Any] | None],
+    def create(self, task_name: str | None, script: str | os.PathLike[str], points: Sequence[Mapping[str, Any] | None],
                saved_result_keys: list[str] | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                timeout: float | None = None, priority: int = 0, **fields: Any) -> list[ObjectId]:
         """Queue one task per hyper-parameter dict in ``points``, all in one write (all or none)."""
@@ -327,7 +327,7 @@ class TaskQueue:
         return self.tasks.delete(query)
 
 
-def _new_tasks(records: Records, task_name: str, script: str | os.PathLike[str],
+def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLike[str],
                points: Sequence[Mapping[str, Any] | None], saved_result_keys: list[str] | None, *,
                max_attempts: int, timeout: float | None, priority: int, fields: Mapping[str, Any]) -> list[dict]:
     """The records of new tasks (state ``create`` leads to), every argument checked before any write."""

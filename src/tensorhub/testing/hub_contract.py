@@ -802,6 +802,7 @@ class HubContract:
         assert not hub.check_unfinished_task("c") and hub.wait_for_tasks("c", timeout=1)
         hub.create_task("r", _script(tmp_path, "x = 1\n"))
         claimed = hub.task_queue.claim({"task_name": "r"})
+        assert claimed is not None
         hub.cancel_tasks(task_name="r")
         assert hub.task_queue.release(claimed)  # a runner shutting down hands it back unseen
         assert hub.run_task("r") is False
