@@ -354,7 +354,7 @@ def test_item10_a_transient_renewal_failure_does_not_lose_the_lease(task_hub: Te
         time.sleep(5.5)
         attempt = current_attempt()
     """), saved_result_keys=["attempt"])
-    index = task_hub._records.index
+    index = task_hub.index
     real = index.find_one_and_update
     renewals = {"n": 0}
 
@@ -374,7 +374,7 @@ def test_item10_a_transient_renewal_failure_does_not_lose_the_lease(task_hub: Te
 
     def thief() -> None:  # another runner, after the first lease (3 s) would have run out unrenewed
         time.sleep(4.0)
-        stolen.append(tasks.claim_task(task_hub._records, {"task_name": "t10"}, lease=60.0))
+        stolen.append(task_hub.task_queue.claim({"task_name": "t10"}, lease=60.0))
 
     other = threading.Thread(target=thief)
     other.start()

@@ -209,12 +209,6 @@ def test_item06_s3_compare_and_swap_retries_running_out_is_a_conflict(
 
 
 # ------------------------------------------------------------------------------ item 7: no import cycles
-#: cycles that exist on purpose for now; each entry says who removes it
-ALLOWED_CYCLES = {
-    # issue 11 item 7: runner passes a private function to zygote by name; the task-runner helper
-    # removes it on its branch: the lead deletes this entry after merging that branch
-    frozenset({"tensorhub.runner", "tensorhub.zygote"}),
-}
 
 
 def _module_name(path: Path) -> str:
@@ -300,11 +294,11 @@ def test_item07_the_cycle_finder_finds_cycles() -> None:
     assert found == [frozenset({"a", "b", "c"})]
 
 
-def test_item07_no_import_cycles_between_modules_but_the_allowed_ones() -> None:
+def test_item07_no_import_cycles_between_modules() -> None:
     graph = _import_graph()
     assert "tensorhub.table" in graph["tensorhub.cli"] and "tensorhub.table" in graph["tensorhub.demo"]
-    unexpected = [sorted(c) for c in _cycles(graph) if c not in ALLOWED_CYCLES]
-    assert unexpected == []
+    assert "tensorhub.task_script" in graph["tensorhub.zygote"] and "tensorhub.zygote" in graph["tensorhub.runner"]
+    assert [sorted(c) for c in _cycles(graph)] == []
 
 
 def test_item07_cli_still_offers_format_table() -> None:

@@ -211,9 +211,7 @@ def test_max_attempts_ends_in_failed_for_good(task_hub: TensorHub, tmp_path: Pat
     finally:
         runner.kill()
     time.sleep(1.2)  # let the lease run out
-    from tensorhub import tasks
-
-    assert tasks.expire_exhausted(task_hub._records, {"task_name": "once"}) == 1
+    assert task_hub.task_queue.expire({"task_name": "once"}) == 1
     (task,) = task_hub.find_tasks("once")
     assert task["status"] == "failed" and "no attempts are left" in task["error"]
     assert task_hub.run_task("once") is False and not task_hub.check_unfinished_task("once")

@@ -31,6 +31,8 @@ APPEND_RETRIES = 20
 #: fields a dataset record writes itself beyond :data:`~tensorhub.records.COMMON_INTERNAL_FIELDS`: a user
 #: tag of the same name would be replaced
 INTERNAL_FIELDS = frozenset({"dataset_name", "spec", "schema", "nbytes", "rows", "pickled", "revision"})
+#: the indexes of this kind's collection (declared by the hub when it opens a store)
+INDEXES = {COLLECTION: [[("project_name", 1), ("dataset_name", 1), ("time", -1)]]}
 
 
 def _pickle_blob(i: int) -> str:
@@ -54,10 +56,10 @@ def _shared_rows(schema: list[dict]) -> int | None:
     return lengths.pop() if len(lengths) == 1 else None
 
 
-def save_dataset(records: Records, dataset: Any, dataset_name: str, allow_pickle: bool = False,
+def save_dataset(records: Records, dataset: Any, dataset_name: str | None, allow_pickle: bool = False,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, **fields: Any) -> Any:
     """Store ``dataset`` under ``dataset_name`` with ``fields`` as queryable tags; return the id."""
-    check_name(dataset_name)
+    dataset_name = check_name(dataset_name)
     if dataset is None:  # find_dataset's "no such dataset": a saved None could not be told apart from it
         raise InvalidArgumentTypeError(f"dataset {dataset_name!r} is None; pass a numpy array or a list/tuple/dict of "
                                    "arrays and JSON values")
@@ -110,11 +112,24 @@ def find_records(records: Records, dataset_name: str | None, query: dict[str, An
     return records.find(COLLECTION, query, sort=sort, limit=limit)
 
 
+def find_dataset_records(records: Records, dataset_name: Any, query: dict[str, Any], sort: Any = None,
+                         limit: int | None = None) -> list[dict]:
+    """The records of matching datasets, no blob read (``dataset_name`` may be a query, e.g. ``{"$in": [...]}``)."""
+    if dataset_name is not None:
+        query["dataset_name"] = dataset_name
+    return records.find(COLLECTION, query, sort=sort, limit=limit)
+
+
 def find_all_datasets(records: Records, dataset_name: str | None, sort: Any = None, lazy: bool = False,
                       allow_pickle: bool = False, limit: int | None = None, **query: Any) -> list:
     """Every matching dataset, newest first unless ``sort`` says otherwise."""
     found = find_records(records, dataset_name, query, sort=sort, limit=limit)
     return [load_dataset(records, r, lazy=lazy, allow_pickle=allow_pickle) for r in found]
+
+
+def delete_datasets(records: Records, query: dict[str, Any]) -> int:
+    """Delete matching datasets and their blobs (chunks no other record uses); return how many."""
+    return records.delete(COLLECTION, query)
 
 
 def _append_one(writer: ChunkWriter, records: Records, entry: dict, rows: np.ndarray) -> dict:
@@ -189,14 +204,14 @@ def append_dataset(records: Records, dataset_name: str, rows: Any, sort: Any = N
             raise
         refs = list(dict.fromkeys([*record.get(REFS_FIELD, ()), *writer.refs]))  # old tails stay until delete
         new_spec = _with_shapes(loads_spec(record["spec"]), schema)
-        swapped = records.index.find_one_and_update(
+        swapped = records.find_one_and_update(
             COLLECTION, {"_id": record["_id"], "revision": record.get("revision", 1)},
             {"$set": {"schema": schema, "spec": dumps_spec(new_spec), REFS_FIELD: refs,
                       "nbytes": sum(s["nbytes"] for s in schema), "rows": _shared_rows(schema)},
              "$inc": {"revision": 1}})
         if swapped is not None:
-            lengths = [s["shape"][0] for s in schema if s["shape"]]
-            return max(lengths) if lengths else 0
+            grown = [int(s["shape"][0]) for s in schema if s["shape"]]
+            return max(grown) if grown else 0
         records.release_chunks(set(writer.refs) - set(record.get(REFS_FIELD, ())))  # lost a race: retry
     raise ConflictError(f"could not append to {dataset_name!r}: {APPEND_RETRIES} concurrent updates in a row "
                         "changed it first; nothing was appended, try again")

@@ -9,7 +9,6 @@ import datetime as dt
 import logging
 import math
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,15 @@ from tensorhub import logs as _logs
 from tensorhub import models as _models
 from tensorhub import runner as _runner
 from tensorhub import tasks as _tasks
+from tensorhub.backends.base import BlobStore, IndexStore
 from tensorhub.context import Connection, default_connection, inside_task
-from tensorhub.zygote import stop_shared_zygote
-from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, TaskTimeoutError
+from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.ownership import claim_blobs
-from tensorhub.progress import progress_bar
 from tensorhub.records import Records
 from tensorhub.redaction import redact_uri
 from tensorhub.registry import open_stores
+from tensorhub.tasks import TaskQueue
+from tensorhub.zygote import stop_shared_zygote
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,19 @@ def _check_seconds(name: str, value: Any, zero: bool) -> None:
         wrong_type = isinstance(value, bool) or not isinstance(value, (int, float))
         error = InvalidArgumentTypeError if wrong_type else InvalidArgumentError
         raise error(f"{name} must be a number of seconds {bound}, got {value!r}")
+
+
+def _drop_sess(kwargs: dict[str, Any]) -> None:
+    """Accept and ignore TensorLayer's ``sess=`` (whatever its value, None included), with a warning."""
+    if "sess" in kwargs:
+        kwargs.pop("sess")
+        warnings.warn("sess= is ignored (TensorFlow 1 leftover)", DeprecationWarning, stacklevel=3)
+
+
+def _task_query(task_name: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if task_name is not None:
+        kwargs["task_name"] = task_name
+    return kwargs
 
 
 class TensorHub:
@@ -98,30 +111,36 @@ class TensorHub:
             raise error(f"project_name must be a non-empty string, got {project_name!r}")
         self.uri, self.blobs_uri, self.project_name = uri, blobs, project_name
         stores = open_stores(uri, index=True, blobs=blobs is None)
-        blob_store = stores.blobs
-        if blobs is not None:
-            try:
+        index, blob_store = stores.index, stores.blobs
+        if index is None:  # a backend's open_stores returns what was asked for
+            raise BackendUnavailableError(f"{redact_uri(uri)} opened no index store")
+        try:
+            if blobs is not None:
                 blob_store = open_stores(blobs, index=False, blobs=True).blobs
-            except BaseException:
-                stores.index.close()
-                raise
-        try:  # one blob store serves one index, or a delete in one would free the other's chunks
-            claim_blobs(stores.index, blob_store)
+            if blob_store is None:
+                raise BackendUnavailableError(f"{redact_uri(blobs or uri)} opened no blob store")
         except BaseException:
-            stores.index.close()
+            index.close()
+            raise
+        try:  # one blob store serves one index, or a delete in one would free the other's chunks
+            claim_blobs(index, blob_store)
+        except BaseException:
+            index.close()
             blob_store.close()
             raise
-        self._records = Records(stores.index, blob_store, project_name)
+        # the only way below to the index: scoped to the project (records.py); tasks change state
+        # only through the queue (tasks.py)
+        self._records = Records(index, blob_store, project_name)
+        self._queue = TaskQueue(self._records)
         if not inside_task():  # the hub that created the task already declared the indexes
             self._declare_indexes()
 
     def _declare_indexes(self) -> None:
-        for collection in ("datasets", "models", "tasks", *_logs.COLLECTIONS.values()):
-            name_field = {"datasets": "dataset_name", "models": "model_name", "tasks": "task_name"}.get(collection)
-            keys = [("project_name", 1)] + ([(name_field, 1)] if name_field else []) + [("time", -1)]
-            self._records.index.create_index(collection, keys)
-        self._records.index.create_index(_tasks.COLLECTION, [("project_name", 1), ("task_name", 1), ("status", 1),
-                                                             ("priority", -1), ("time", 1)])
+        """Each record kind declares its collections' indexes (its module's ``INDEXES``)."""
+        for kind in (_datasets, _models, _logs, _tasks):
+            for collection, indexes in kind.INDEXES.items():
+                for keys in indexes:
+                    self._records.create_index(collection, keys)
 
     # ------------------------------------------------------------------ connection
     @property
@@ -130,14 +149,22 @@ class TensorHub:
         return Connection(self.uri, self.blobs_uri, self.project_name)
 
     @property
-    def index(self) -> Any:
-        """The :class:`~tensorhub.backends.base.IndexStore` behind this hub."""
-        return self._records.index
+    def index(self) -> IndexStore:
+        """The :class:`~tensorhub.backends.base.IndexStore` behind this hub, unscoped (every project):
+        for inspecting the store directly; the hub's own methods are scoped to ``project_name``."""
+        return self._records.store_index()
 
     @property
-    def blobs(self) -> Any:
+    def blobs(self) -> BlobStore:
         """The :class:`~tensorhub.backends.base.BlobStore` behind this hub."""
         return self._records.blobs
+
+    @property
+    def task_queue(self) -> TaskQueue:
+        """This project's :class:`~tensorhub.tasks.TaskQueue`: every task state change (claim, renew,
+        finish, release...) goes through it; ``tensorhub worker`` claims from it. Most code wants
+        :meth:`run_task` instead."""
+        return self._queue
 
     def collect_garbage(self, older_than: float = 24 * 3600, dry_run: bool = False) -> dict[str, int]:
         """Delete blobs no record refers to (what crashed saves leave), if older than ``older_than`` seconds.
@@ -155,8 +182,7 @@ class TensorHub:
 
     def close(self) -> None:
         """Release connections and files, and stop the task helper process if no task runs."""
-        self._records.index.close()
-        self._records.blobs.close()
+        self._records.close()
         stop_shared_zygote(only_if_idle=True)
 
     def __enter__(self) -> TensorHub:
@@ -193,9 +219,7 @@ class TensorHub:
     def find_dataset_records(self, dataset_name: str | None = None, sort: Any = None, limit: int | None = None,
                              **kwargs: Any) -> list[dict]:
         """The records (schema, tags) of matching datasets, without reading any blob."""
-        if dataset_name is not None:
-            kwargs["dataset_name"] = dataset_name
-        return self._records.find(_datasets.COLLECTION, kwargs, sort=sort, limit=limit)
+        return _datasets.find_dataset_records(self._records, dataset_name, kwargs, sort=sort, limit=limit)
 
     def append_dataset(self, dataset_name: str, rows: Any, **kwargs: Any) -> int:
         """Grow the newest matching dataset along axis 0 by ``rows`` (same structure); return the new length.
@@ -229,7 +253,7 @@ class TensorHub:
 
     def delete_datasets(self, **kwargs: Any) -> int:
         """Delete matching datasets and their blobs; return how many records were deleted."""
-        return self._records.delete(_datasets.COLLECTION, kwargs)
+        return _datasets.delete_datasets(self._records, kwargs)
 
     find_top_dataset = find_dataset
     find_datasets = find_all_datasets
@@ -245,9 +269,7 @@ class TensorHub:
         by itself); ``allow_pickle=True`` for what only pickle can store. Unchanged tensors
         of an earlier save are not stored again. Returns the record id.
         """
-        if "sess" in kwargs:  # whatever its value, None included
-            kwargs.pop("sess")
-            warnings.warn("sess= is ignored (TensorFlow 1 leftover)", DeprecationWarning, stacklevel=2)
+        _drop_sess(kwargs)
         allow_pickle = bool(kwargs.pop("allow_pickle", False))
         return _models.save_model(self._records, network, model_name, allow_pickle=allow_pickle, **kwargs)
 
@@ -263,16 +285,8 @@ class TensorHub:
         ``trusted=["mypkg.models"]`` trusts those module prefixes (``mypkg`` covers
         ``mypkg.sub``, not ``mypkgevil``; for skops also exact type names).
         """
-        if "sess" in kwargs:
-            kwargs.pop("sess")
-            warnings.warn("sess= is ignored (TensorFlow 1 leftover)", DeprecationWarning, stacklevel=2)
-        options = _models.check_load_options({k: kwargs.pop(k) for k in ("allow_pickle", "into", "trusted")
-                                              if k in kwargs})
-        limit = kwargs.pop("limit", None)
-        if model_name is not None:
-            kwargs["model_name"] = _datasets.check_name(model_name, "model_name")
-        found = self._records.find(_models.COLLECTION, _models.lineage_query(kwargs), sort=sort, limit=limit)
-        return [_models.load_model(self._records, record, **options) for record in found]
+        _drop_sess(kwargs)
+        return _models.find_all_models(self._records, model_name, sort=sort, **kwargs)
 
     def find_model(self, sort: Any = None, model_name: str | None = None, **kwargs: Any) -> Any:
         """The newest (or first by ``sort``) model matching the query, or ``None``.
@@ -285,7 +299,7 @@ class TensorHub:
 
     def delete_model(self, **kwargs: Any) -> int:
         """Delete matching models; free the chunks no other record uses; return how many were deleted."""
-        return self._records.delete(_models.COLLECTION, _models.lineage_query(kwargs))
+        return _models.delete_models(self._records, kwargs)
 
     def compare_models(self, model_name: str | None = None, keys: Any = None, sort: Any = None,
                        as_frame: bool = False, limit: int | None = None, **kwargs: Any) -> Any:
@@ -303,56 +317,55 @@ class TensorHub:
     delete_models = delete_model
 
     # ------------------------------------------------------------------ logs
-    def _save_log(self, kind: str, fields: dict[str, Any]) -> Any:
-        return _logs.save_logs(self._records, kind, [fields])[0]
-
+    # one line each, over the table logs.COLLECTIONS: the names, signatures and docstrings stay
+    # visible to help() and to type checkers
     def save_training_log(self, **kwargs: Any) -> Any:
-        """Record one training log row, e.g. ``hub.save_training_log(epoch=3, loss=0.2)``."""
-        return self._save_log("training", kwargs)
+        """Record one training log row, e.g. ``hub.save_training_log(epoch=3, loss=0.2)``; return its id."""
+        return _logs.save_logs(self._records, "training", [kwargs])[0]
 
     def save_validation_log(self, **kwargs: Any) -> Any:
-        """Record one validation log row."""
-        return self._save_log("validation", kwargs)
+        """Record one validation log row, e.g. ``hub.save_validation_log(epoch=3, acc=0.9)``; return its id."""
+        return _logs.save_logs(self._records, "validation", [kwargs])[0]
 
     def save_testing_log(self, **kwargs: Any) -> Any:
-        """Record one testing log row."""
-        return self._save_log("testing", kwargs)
+        """Record one testing log row, e.g. ``hub.save_testing_log(acc=0.97)``; return its id."""
+        return _logs.save_logs(self._records, "testing", [kwargs])[0]
 
     def save_training_logs(self, rows: Any) -> list:
-        """Record many training log rows in one batch (one durable write)."""
+        """Record many training log rows (an iterable of dicts) in one batch (one durable write)."""
         return _logs.save_logs(self._records, "training", rows)
 
     def save_validation_logs(self, rows: Any) -> list:
-        """Record many validation log rows in one batch."""
+        """Record many validation log rows (an iterable of dicts) in one batch (one durable write)."""
         return _logs.save_logs(self._records, "validation", rows)
 
     def save_testing_logs(self, rows: Any) -> list:
-        """Record many testing log rows in one batch."""
+        """Record many testing log rows (an iterable of dicts) in one batch (one durable write)."""
         return _logs.save_logs(self._records, "testing", rows)
 
     def find_training_logs(self, sort: Any = None, limit: int | None = None, **kwargs: Any) -> list[dict]:
-        """Training log rows matching the query, newest first."""
-        return self._records.find(_logs.COLLECTIONS["training"], kwargs, sort=sort, limit=limit)
+        """Training log rows matching the query (kwargs), newest first unless ``sort``."""
+        return _logs.find_logs(self._records, "training", kwargs, sort=sort, limit=limit)
 
     def find_validation_logs(self, sort: Any = None, limit: int | None = None, **kwargs: Any) -> list[dict]:
-        """Validation log rows matching the query, newest first."""
-        return self._records.find(_logs.COLLECTIONS["validation"], kwargs, sort=sort, limit=limit)
+        """Validation log rows matching the query (kwargs), newest first unless ``sort``."""
+        return _logs.find_logs(self._records, "validation", kwargs, sort=sort, limit=limit)
 
     def find_testing_logs(self, sort: Any = None, limit: int | None = None, **kwargs: Any) -> list[dict]:
-        """Testing log rows matching the query, newest first."""
-        return self._records.find(_logs.COLLECTIONS["testing"], kwargs, sort=sort, limit=limit)
+        """Testing log rows matching the query (kwargs), newest first unless ``sort``."""
+        return _logs.find_logs(self._records, "testing", kwargs, sort=sort, limit=limit)
 
     def delete_training_log(self, **kwargs: Any) -> int:
-        """Delete matching training logs (all of this project's when no kwargs)."""
-        return self._records.delete(_logs.COLLECTIONS["training"], kwargs)
+        """Delete matching training logs (all of this project's when no kwargs); return how many."""
+        return _logs.delete_logs(self._records, "training", kwargs)
 
     def delete_validation_log(self, **kwargs: Any) -> int:
-        """Delete matching validation logs (all of this project's when no kwargs)."""
-        return self._records.delete(_logs.COLLECTIONS["validation"], kwargs)
+        """Delete matching validation logs (all of this project's when no kwargs); return how many."""
+        return _logs.delete_logs(self._records, "validation", kwargs)
 
     def delete_testing_log(self, **kwargs: Any) -> int:
-        """Delete matching testing logs (all of this project's when no kwargs)."""
-        return self._records.delete(_logs.COLLECTIONS["testing"], kwargs)
+        """Delete matching testing logs (all of this project's when no kwargs); return how many."""
+        return _logs.delete_logs(self._records, "testing", kwargs)
 
     # ------------------------------------------------------------------ tasks
     def create_task(self, task_name: str | None = None, script: Any = None, hyper_parameters: dict | None = None,
@@ -364,12 +377,7 @@ class TensorHub:
 
             hub.create_task("mnist", "task_script.py", dict(n_units=800), saved_result_keys=["test_accuracy"])
         """
-        return _tasks.create_task(self._records, task_name, script, hyper_parameters, saved_result_keys, **kwargs)
-
-    def _task_query(self, task_name: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        if task_name is not None:
-            kwargs["task_name"] = task_name
-        return kwargs
+        return self._queue.create(task_name, script, [hyper_parameters], saved_result_keys, **kwargs)[0]
 
     def create_sweep(self, task_name: str, script: Any, grid: dict[str, list] | None = None,
                      points: list[dict] | None = None, saved_result_keys: list[str] | None = None,
@@ -379,8 +387,7 @@ class TensorHub:
         Example: ``hub.create_sweep("mnist", "train.py", grid={"lr": [0.1, 0.01], "units": [400, 800]})``
         creates 4 tasks, in one write (all or none). Returns their ids.
         """
-        return _tasks.create_tasks(self._records, task_name, script, _tasks.sweep_points(grid, points),
-                                   saved_result_keys, **kwargs)
+        return self._queue.create(task_name, script, _tasks.sweep_points(grid, points), saved_result_keys, **kwargs)
 
     def run_task(self, task_name: str | None = None, sort: Any = None, lease: float = _tasks.DEFAULT_LEASE,
                  in_process: bool = False, **kwargs: Any) -> bool:
@@ -391,24 +398,22 @@ class TensorHub:
         ``cancelled``.
         """
         _check_seconds("lease", lease, zero=False)
-        claimed = _tasks.claim_task(self._records, self._task_query(task_name, kwargs), sort=sort, lease=lease)
+        claimed = self._queue.claim(_task_query(task_name, kwargs), sort=sort, lease=lease)
         if claimed is None:
             return False
-        _runner.run_claimed(self._records, claimed, self.connection, lease=lease, isolate=not in_process)
+        _runner.run_claimed(self._queue, claimed, self.connection, lease=lease, isolate=not in_process)
         return True
 
     run_top_task = run_task
 
     def check_unfinished_task(self, task_name: str | None = None, **kwargs: Any) -> bool:
         """Whether any matching task is still ``pending`` or ``running``."""
-        query = self._task_query(task_name, kwargs)
-        query["status"] = {"$in": _tasks.UNFINISHED}
-        return bool(self._records.find(_tasks.COLLECTION, query, limit=1))
+        return self._queue.has_unfinished(_task_query(task_name, kwargs))
 
     def find_tasks(self, task_name: str | None = None, sort: Any = None, **kwargs: Any) -> list[dict]:
         """Task records matching the query (newest first unless ``sort``)."""
         limit = kwargs.pop("limit", None)
-        return self._records.find(_tasks.COLLECTION, self._task_query(task_name, kwargs), sort=sort, limit=limit)
+        return self._queue.find(_task_query(task_name, kwargs), sort=sort, limit=limit)
 
     def wait_for_tasks(self, task_name: str | None = None, timeout: float | None = None, poll: float = 0.5,
                        **kwargs: Any) -> list[dict]:
@@ -419,36 +424,15 @@ class TensorHub:
         if timeout is not None:
             _check_seconds("timeout", timeout, zero=True)
         _check_seconds("poll", poll, zero=False)
-        query = self._task_query(task_name, kwargs)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        total = len(self._records.find(_tasks.COLLECTION, query))
-        with progress_bar(total=total, desc="tasks", unit="task") as bar:
-            while True:
-                tasks = self._records.find(_tasks.COLLECTION, query)
-                done = sum(t["status"] not in _tasks.UNFINISHED for t in tasks)
-                bar.total = len(tasks)
-                bar.n = done
-                bar.refresh()
-                if done == len(tasks):
-                    return tasks
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TaskTimeoutError(f"{len(tasks) - done} task(s) still unfinished after {timeout}s")
-                time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+        return self._queue.wait(_task_query(task_name, kwargs), timeout=timeout, poll=poll)
 
     def cancel_tasks(self, **kwargs: Any) -> int:
         """Cancel matching tasks: pending ones never start, running ones are asked to stop.
 
         Returns the number of tasks affected.
         """
-        pending = self._records.index.update_many(
-            _tasks.COLLECTION, self._records.scope({**kwargs, "status": _tasks.PENDING}),
-            {"$set": {"status": _tasks.CANCELLED, "finished_at": _tasks.utcnow()}})
-        running = self._records.index.update_many(
-            _tasks.COLLECTION,  # a task already asked to stop is not counted again
-            self._records.scope({**kwargs, "status": _tasks.RUNNING, "cancel_requested": {"$ne": True}}),
-            {"$set": {"cancel_requested": True}})
-        return pending + running
+        return self._queue.cancel(kwargs)
 
     def delete_tasks(self, **kwargs: Any) -> int:
         """Delete matching task records; return how many were deleted."""
-        return self._records.delete(_tasks.COLLECTION, kwargs)
+        return self._queue.delete(kwargs)

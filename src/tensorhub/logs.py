@@ -9,13 +9,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from tensorhub.errors import InvalidArgumentTypeError
+from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.records import Records
 
 #: log kind -> collection
 COLLECTIONS = {"training": "training_logs", "validation": "validation_logs", "testing": "testing_logs"}
 #: fields a log row writes itself beyond :data:`~tensorhub.records.COMMON_INTERNAL_FIELDS`: none
 INTERNAL_FIELDS: frozenset[str] = frozenset()
+#: the indexes of this kind's collections (declared by the hub when it opens a store)
+INDEXES = {collection: [[("project_name", 1), ("time", -1)]] for collection in COLLECTIONS.values()}
+
+
+def _collection(kind: str) -> str:
+    if kind not in COLLECTIONS:
+        raise InvalidArgumentError(f"log kinds are {sorted(COLLECTIONS)}, not {kind!r}")
+    return COLLECTIONS[kind]
 
 
 def save_logs(records: Records, kind: str, rows: Iterable[Mapping[str, Any]]) -> list[Any]:
@@ -28,5 +36,16 @@ def save_logs(records: Records, kind: str, rows: Iterable[Mapping[str, Any]]) ->
             raise InvalidArgumentTypeError(f"each log row must be a dict, got {type(row).__name__}")
         documents.append(records.new_record(row, INTERNAL_FIELDS, "log"))
     if documents:
-        records.index.insert_many(COLLECTIONS[kind], documents)
+        records.insert_many(_collection(kind), documents)
     return [d["_id"] for d in documents]
+
+
+def find_logs(records: Records, kind: str, query: Mapping[str, Any], sort: Any = None,
+              limit: int | None = None) -> list[dict]:
+    """Log rows of ``kind`` matching ``query``, newest first unless ``sort``."""
+    return records.find(_collection(kind), query, sort=sort, limit=limit)
+
+
+def delete_logs(records: Records, kind: str, query: Mapping[str, Any]) -> int:
+    """Delete matching log rows of ``kind`` (all of the project's when ``query`` is empty); return how many."""
+    return records.delete(_collection(kind), query)

@@ -4,7 +4,8 @@ Every record kind (datasets, models, logs, tasks) stores through :class:`Records
 the invariants in one place:
 
 * every record has ``_id``, ``project_name`` and ``time`` (UTC, timezone-aware), and every
-  query is scoped to the project;
+  read and write is scoped to the project: :class:`Records` (or a :class:`Collection` view of
+  it) is the only way the layers above reach the index, which it keeps private;
 * a save writes its blobs first and the record last, and removes the blobs again if anything
   fails, so a record is visible only once its bytes are complete and a failed save leaves
   nothing behind;
@@ -98,25 +99,68 @@ def as_object_id(value: Any) -> ObjectId:
 
 
 class Records:
-    """Scoped, blob-aware access to one project's records in an index store and a blob store."""
+    """Scoped, blob-aware access to one project's records in an index store and a blob store.
+
+    The only way the layers above (datasets, models, logs, tasks, the runner, the hub) touch the
+    index: every read and write here ANDs the project into its filter (:meth:`scope`), every
+    insert must carry the project (records come from :meth:`new_record`), and no update may
+    change a record's ``_id`` or ``project_name``. :meth:`collection` gives the same operations
+    bound to one collection. The raw index is private (``_index``); the few operations that
+    legitimately cross projects are named so and say why in their docstrings:
+    :meth:`create_index`, :meth:`exists_in_any_project`, :meth:`release_chunks`,
+    :meth:`collect_garbage` (chunks are shared store-wide), and :meth:`store_index` (the
+    hub's ``index`` property, for users and tests).
+    """
 
     def __init__(self, index: IndexStore, blobs: BlobStore, project_name: str) -> None:
-        self.index = index
+        self._index = index
         self.blobs = blobs
         self.project_name = project_name
 
+    def collection(self, name: str) -> Collection:
+        """This project's records of collection ``name``: a :class:`Collection` view."""
+        return Collection(self, name)
+
     def scope(self, query: Mapping[str, Any] | None = None) -> Document:
         """``query`` restricted to this project (keys are validated as a MongoDB filter's)."""
-        query = dict(query or {})
-        for key in query:
+        for key in query or {}:
             if not isinstance(key, str):
                 raise InvalidQueryError(f"query keys must be strings, got {key!r}")
-        query = plain_numbers(query)  # np.int64(3) means 3 on every backend
-        validate_filter(query)
-        if "project_name" in query and query["project_name"] != self.project_name:
-            return {"$and": [query, {"project_name": self.project_name}]}
-        query["project_name"] = self.project_name
-        return query
+        scoped: Document = dict(plain_numbers(dict(query or {})))  # np.int64(3) means 3 on every backend
+        validate_filter(scoped)
+        if "project_name" in scoped and scoped["project_name"] != self.project_name:
+            return {"$and": [scoped, {"project_name": self.project_name}]}
+        scoped["project_name"] = self.project_name
+        return scoped
+
+    # ------------------------------------------------------------------ store-wide, by design
+    def store_index(self) -> IndexStore:
+        """The raw index, unscoped: only for ``TensorHub.index`` (users' and tests' direct door to the
+        store). The repository layer never uses it: it goes through the scoped methods."""
+        return self._index
+
+    @property
+    def shared_across_processes(self) -> bool:
+        """Whether another process opening the same URI sees these stores (not ``mongomock://``)."""
+        return self._index.shared_across_processes and self.blobs.shared_across_processes
+
+    def create_index(self, collection: str, keys: Sequence[tuple[str, int]]) -> None:
+        """Declare an index on ``collection``. Store-wide by nature: one index serves every project
+        (each kind's indexes start with ``project_name``)."""
+        self._index.create_index(collection, list(keys))
+
+    def exists_in_any_project(self, collection: str, record_id: ObjectId) -> bool:
+        """Whether a record with this ``_id`` exists in ``collection``, in any project.
+
+        Unscoped on purpose: a model's lineage may name a dataset or task of another project
+        (``save_model(dataset=...)``); only existence is read, never the record.
+        """
+        return bool(self._index.find(collection, {"_id": record_id}, limit=1))
+
+    def close(self) -> None:
+        """Close both stores."""
+        self._index.close()
+        self.blobs.close()
 
     def new_record(self, fields: Mapping[str, Any], internal: Iterable[str], kind: str,
                    own: Mapping[str, Any] | None = None) -> Document:
@@ -174,7 +218,8 @@ class Records:
                 written.append(key)
             if written:
                 record[BLOB_PREFIX_FIELD] = prefix
-            self.index.insert_one(collection, record)
+            self._check_insert(record)
+            self._index.insert_one(collection, record)
         except BaseException:
             self._remove_blobs(written)
             self.release_chunks(refs)
@@ -193,7 +238,8 @@ class Records:
         if not candidates:
             return 0
         for collection in REF_COLLECTIONS:
-            for record in self.index.find(collection, {REFS_FIELD: {"$in": sorted(candidates)}}):
+            # every project: chunks are shared store-wide, so a chunk another project lists stays
+            for record in self._index.find(collection, {REFS_FIELD: {"$in": sorted(candidates)}}):
                 candidates.difference_update(record.get(REFS_FIELD) or ())
         self._remove_blobs(chunk_key(d) for d in candidates if isinstance(d, str) and _DIGEST.fullmatch(d))
         return len(candidates)
@@ -220,7 +266,7 @@ class Records:
         listing = list(self.blobs.list_modified(""))  # before reading records: one saved meanwhile is seen
         referenced: set[str] = set()
         for collection in REF_COLLECTIONS:
-            for record in self.index.find(collection, {REFS_FIELD: {"$exists": True}}):
+            for record in self._index.find(collection, {REFS_FIELD: {"$exists": True}}):  # every project
                 referenced.update(record.get(REFS_FIELD, ()))
         doomed, young = [], 0
         by_record: dict[tuple[str, str], list[str]] = {}
@@ -239,7 +285,7 @@ class Records:
         chunks, record_blobs = len(doomed), 0
         for collection in {c for c, _ in by_record}:
             ids = [ObjectId(i) for c, i in by_record if c == collection]
-            alive = {str(r["_id"]) for r in self.index.find(collection, {"_id": {"$in": ids}})}
+            alive = {str(r["_id"]) for r in self._index.find(collection, {"_id": {"$in": ids}})}
             for (c, i), keys in by_record.items():
                 if c == collection and i not in alive:
                     doomed += keys
@@ -260,6 +306,7 @@ class Records:
             except Exception:  # best effort: the original error matters more
                 log.warning("could not remove blob %s after a failed save", key, exc_info=True)
 
+    # ------------------------------------------------------------------ scoped: this project only
     def find(
         self, collection: str, query: Mapping[str, Any] | None = None, sort: Any = None, limit: int | None = None
     ) -> list[Document]:
@@ -272,18 +319,40 @@ class Records:
         if all(field != "_id" for field, _ in order):
             # ties (same millisecond) break by insertion order, in the direction asked for time
             order.append(("_id", dict(order).get("time", -1)))
-        return self.index.find(collection, self.scope(query), sort=order, limit=limit or None)
+        return self._index.find(collection, self.scope(query), sort=order, limit=limit or None)
 
     def find_one(self, collection: str, query: Mapping[str, Any] | None = None, sort: Any = None) -> Document | None:
+        """The first matching record of this project (newest unless ``sort``), or None."""
         found = self.find(collection, query, sort=sort, limit=1)
         return found[0] if found else None
 
+    def count(self, collection: str, query: Mapping[str, Any] | None = None) -> int:
+        """How many records of this project match."""
+        return self._index.count(collection, self.scope(query))
+
+    def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
+        """Insert records made by :meth:`new_record` (of this project), all in one write."""
+        for document in documents:
+            self._check_insert(document)
+        self._index.insert_many(collection, documents)
+
+    def update_many(self, collection: str, query: Mapping[str, Any], update: Mapping[str, Any]) -> int:
+        """Apply ``update`` to this project's matching records; return how many matched."""
+        return self._index.update_many(collection, self.scope(query), self._checked_update(update))
+
+    def find_one_and_update(self, collection: str, query: Mapping[str, Any], update: Mapping[str, Any],
+                            sort: Any = None) -> Document | None:
+        """Atomically update the first of this project's matching records; return it after the
+        update, or None when nothing matched."""
+        return self._index.find_one_and_update(collection, self.scope(query), self._checked_update(update),
+                                               sort=sort)
+
     def delete(self, collection: str, query: Mapping[str, Any] | None = None) -> int:
-        """Delete matching records, then their blobs; return the number of records deleted."""
-        records = self.index.find(collection, self.scope(query))
+        """Delete matching records of this project, then their blobs; return the number deleted."""
+        records = self._index.find(collection, self.scope(query))
         if not records:
             return 0
-        deleted = self.index.delete_many(collection, {"_id": {"$in": [r["_id"] for r in records]}})
+        deleted = self._index.delete_many(collection, self.scope({"_id": {"$in": [r["_id"] for r in records]}}))
         if collection not in REF_COLLECTIONS:  # logs and tasks never have blobs or chunks: a field saying so is a lie
             return deleted
         for record in records:
@@ -292,3 +361,58 @@ class Records:
                 self.blobs.delete_prefix(blob_prefix(collection, record["_id"]))
         self.release_chunks(d for record in records for d in chunk_digests(record))
         return deleted
+
+    def _check_insert(self, document: Mapping[str, Any]) -> None:
+        """A record to insert must be of this project and have an ``_id`` (made by :meth:`new_record`)."""
+        if document.get("project_name") != self.project_name or "_id" not in document:
+            raise InvalidArgumentError(f"records of project {self.project_name!r} are made by Records.new_record; "
+                                       f"got one of project {document.get('project_name')!r}")
+
+    @staticmethod
+    def _checked_update(update: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Refuse an update that would change a record's identity or move it to another project."""
+        for operator, fields in update.items():
+            paths = fields if isinstance(fields, Mapping) else {}
+            for path in paths:
+                if str(path).split(".", 1)[0] in ("_id", "project_name"):
+                    raise InvalidArgumentError(f"an update may not change {path!r} ({operator}): records keep "
+                                               "their id and project")
+        return update
+
+
+class Collection:
+    """One collection of one project (from :meth:`Records.collection`): the scoped operations of
+    :class:`Records` with the collection bound, so a record kind names its collection once."""
+
+    def __init__(self, records: Records, name: str) -> None:
+        self.records, self.name = records, name
+
+    def find(self, query: Mapping[str, Any] | None = None, sort: Any = None,
+             limit: int | None = None) -> list[Document]:
+        """See :meth:`Records.find`."""
+        return self.records.find(self.name, query, sort=sort, limit=limit)
+
+    def find_one(self, query: Mapping[str, Any] | None = None, sort: Any = None) -> Document | None:
+        """See :meth:`Records.find_one`."""
+        return self.records.find_one(self.name, query, sort=sort)
+
+    def count(self, query: Mapping[str, Any] | None = None) -> int:
+        """See :meth:`Records.count`."""
+        return self.records.count(self.name, query)
+
+    def insert(self, documents: Sequence[Document]) -> None:
+        """See :meth:`Records.insert_many`."""
+        self.records.insert_many(self.name, documents)
+
+    def update_many(self, query: Mapping[str, Any], update: Mapping[str, Any]) -> int:
+        """See :meth:`Records.update_many`."""
+        return self.records.update_many(self.name, query, update)
+
+    def find_one_and_update(self, query: Mapping[str, Any], update: Mapping[str, Any],
+                            sort: Any = None) -> Document | None:
+        """See :meth:`Records.find_one_and_update`."""
+        return self.records.find_one_and_update(self.name, query, update, sort=sort)
+
+    def delete(self, query: Mapping[str, Any] | None = None) -> int:
+        """See :meth:`Records.delete`."""
+        return self.records.delete(self.name, query)

@@ -31,132 +31,41 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import bson
-
-from tensorhub.context import ENV_TASK_ATTEMPT, ENV_TASK_ID, Connection, task_connection
-from tensorhub.documents import decode_document, encode_document, normalize_document
+from tensorhub.context import Connection
+from tensorhub.documents import decode_document, encode_document
 from tensorhub.errors import BackendUnavailableError, SerializationError
-from tensorhub.records import Records
-from tensorhub.tasks import (
-    CANCELLED,
-    DEFAULT_LEASE,
-    FAILED,
-    FINISHED,
-    Heartbeat,
-    finish,
-    release,
+from tensorhub.task_script import (
+    ERROR_CHARS,
+    RESULT_BYTES,
+    TRACEBACK_CHARS,
+    bounded_failure,
+    check_result_size,
+    clip,
+    collect_results,
+    describe,
+    execute_script,
 )
+from tensorhub.tasks import CANCELLED, DEFAULT_LEASE, FAILED, FINISHED, Heartbeat, TaskQueue
 from tensorhub.zygote import ZygoteLost, group_alive, kill_group, shared_zygote
 
 log = logging.getLogger(__name__)
 
 #: bytes of a task's stdout and of its stderr that are kept (the tail)
 TAIL_BYTES = 4096
-#: the largest result (its BSON) a task may store: fits every backend (MongoDB's limit is 16 MB a document)
-RESULT_BYTES = 8 << 20
-#: characters of an error message and of a traceback that are stored
-ERROR_CHARS = 16 << 10
-TRACEBACK_CHARS = 64 << 10
 #: errors kept per task (one per failed attempt), and characters of each
 MAX_ERRORS = 100
 ERRORS_ENTRY_CHARS = 2000
 #: ``_run_isolated``'s status when the lease was lost: nothing is recorded
 LOST = "lost"
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and arrays -> Python values, so results store as ordinary record fields."""
-    if hasattr(value, "tolist") and type(value).__module__ == "numpy":
-        return value.tolist()
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def collect_results(namespace: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:
-    """The globals named in ``saved_result_keys``; a clear error if one is missing or unstorable."""
-    missing = [k for k in keys if k not in namespace]
-    if missing:
-        raise SerializationError(f"the script never set the result variable(s) {missing}; "
-                                 "assign them at the top level of the script")
-    return normalize_document({k: _plain(namespace[k]) for k in keys})
-
-
-def execute_script(claimed: dict, connection: Connection) -> dict[str, Any]:
-    """Run a task's script in this process with its hyper-parameters as globals; return its results."""
-    path = claimed.get("script_path", "<task>")
-    namespace: dict[str, Any] = {"__name__": "__main__", "__file__": path}
-    namespace.update(claimed.get("hyper_parameters") or {})
-    code = compile(claimed["script"], path, "exec")
-    with task_connection(connection, str(claimed["_id"]), claimed.get("attempts")):
-        exec(code, namespace)  # noqa: S102 - running the user's task is the point
-    return collect_results(namespace, claimed.get("saved_result_keys") or [])
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-# ---------------------------------------------------------------------------- bounds on what is stored
-def _clip(text: str, limit: int, keep: str = "end") -> str:
-    """``text`` cut to about ``limit`` characters (keeping its end, or its start), saying so."""
-    if len(text) <= limit:
-        return text
-    cut = len(text) - limit
-    if keep == "end":
-        return f"[... {cut} characters cut ...]\n" + text[-limit:]
-    return text[:limit] + f" [... {cut} characters cut]"
-
-
-def _bounded_failure(error: str, trace: str = "") -> dict[str, str]:
-    return {"error": _clip(error, ERROR_CHARS, keep="start"), "traceback": _clip(trace, TRACEBACK_CHARS)}
-
-
-def check_result_size(result: dict[str, Any]) -> None:
-    """Refuse a result whose stored form exceeds :data:`RESULT_BYTES` (it could not be recorded everywhere)."""
-    size = len(encode_document({"result": result}))
-    if size > RESULT_BYTES:
-        raise SerializationError(f"result too large: {size} bytes (the limit is {RESULT_BYTES} bytes); save big "
-                                 "outputs with save_dataset/save_model and keep their names or ids as results")
-
-
-# ---------------------------------------------------------------------------- child process side
-def _child_main(claimed_bson: bytes, connection: Connection, workdir: str, environ: dict[str, str]) -> None:
-    """Entry point of a task's process: run the script, write ``result.bson``.
-
-    ``environ`` is the runner's environment now (the helper that forked us has the one of its start).
-    Its stdout and stderr are pipes the runner reads (it keeps only their tails).
-    """
-    os.environ.clear()
-    os.environ.update(environ)
-    claimed = decode_document(claimed_bson)
-    os.environ.update(connection.environ())
-    os.environ[ENV_TASK_ID] = str(claimed["_id"])
-    os.environ[ENV_TASK_ATTEMPT] = str(claimed.get("attempts", 1))
-    try:
-        result = execute_script(claimed, connection)
-        check_result_size(result)
-        outcome: dict[str, Any] = {"ok": True, "result": result}
-    except SystemExit as exc:
-        if exc.code in (None, 0):
-            outcome = {"ok": True, "result": {}}
-        else:
-            outcome = {"ok": False, **_bounded_failure(f"SystemExit: {exc.code}", traceback.format_exc())}
-    except BaseException as exc:  # noqa: BLE001 - every failure of the script is reported
-        traceback.print_exc()
-        outcome = {"ok": False, **_bounded_failure(_describe(exc), traceback.format_exc())}
-    try:
-        data = encode_document(outcome)
-    except SerializationError as exc:
-        data = bson.encode({"ok": False, **_bounded_failure(str(exc))})
-    Path(workdir, "result.bson.tmp").write_bytes(data)
-    os.replace(Path(workdir, "result.bson.tmp"), Path(workdir, "result.bson"))
+#: what the helper runs in a task's process (a public function of a module that imports neither this
+#: module nor the helper's, so neither depends on the other)
+CHILD_MAIN = "tensorhub.task_script:child_main"
+#: re-exported: they were defined here before the script side moved to :mod:`tensorhub.task_script`
+__all__ = ["CHILD_MAIN", "ERROR_CHARS", "RESULT_BYTES", "TAIL_BYTES", "TRACEBACK_CHARS", "check_result_size",
+           "collect_results", "execute_script", "run_claimed"]
 
 
 class _TailReader(threading.Thread):
@@ -211,10 +120,10 @@ class _TaskProcess:
         self.readers = [_TailReader(out_r, "stdout"), _TailReader(err_r, "stderr")]
         try:
             try:
-                self.pid = self.zygote.start("tensorhub.runner:_child_main", args, out_w, err_w)
+                self.pid = self.zygote.start(CHILD_MAIN, args, out_w, err_w)
             except ZygoteLost:  # it died between tasks: start a new one
                 self.zygote = shared_zygote()
-                self.pid = self.zygote.start("tensorhub.runner:_child_main", args, out_w, err_w)
+                self.pid = self.zygote.start(CHILD_MAIN, args, out_w, err_w)
         except BaseException:
             os.close(out_r)
             os.close(err_r)
@@ -328,33 +237,33 @@ def _run_in_process(claimed: dict, connection: Connection, heartbeat: Heartbeat)
     except SystemExit as exc:
         if exc.code in (None, 0):
             return FINISHED, {"result": {}}
-        return FAILED, _bounded_failure(f"SystemExit: {exc.code}", traceback.format_exc())
+        return FAILED, bounded_failure(f"SystemExit: {exc.code}", traceback.format_exc())
     except Exception as exc:  # noqa: BLE001 - any failure of the user's script is recorded
-        return FAILED, _bounded_failure(_describe(exc), traceback.format_exc())
+        return FAILED, bounded_failure(describe(exc), traceback.format_exc())
     finally:
         watcher_done.set()
 
 
-def _record(records: Records, claimed: dict, status: str, fields: dict[str, Any]) -> bool:
+def _record(queue: TaskQueue, claimed: dict, status: str, fields: dict[str, Any]) -> bool:
     """Write the outcome (conditional on the claim), retrying a store that is briefly unavailable.
 
     An outcome the store refuses (too large for a record, say) fails the task with that error
     instead, so a task is never left ``running`` for the next runner to trip over.
     """
-    update = {"status": status, **fields}
+    update = dict(fields)
     push = None
     if status == FAILED:
-        fields["error"] = _clip(str(fields.get("error", "")), ERROR_CHARS, keep="start")
+        update["error"] = clip(str(fields.get("error", "")), ERROR_CHARS, keep="start")
         if len(claimed.get("errors") or []) < MAX_ERRORS:
             push = {"errors": {"attempt": claimed["attempts"], "exit_code": fields.get("exit_code"),
-                               "error": _clip(fields["error"], ERRORS_ENTRY_CHARS, keep="start")}}
+                               "error": clip(update["error"], ERRORS_ENTRY_CHARS, keep="start")}}
     for attempt in range(RECORD_ATTEMPTS):
         try:
-            return finish(records, claimed, update, push=push)
+            return queue.end(claimed, status, update, push=push)  # conditional on the claim_id
         except SerializationError as exc:
             log.warning("task %s: its outcome cannot be stored: %s", claimed["_id"], exc)
-            update = {"status": FAILED, **_bounded_failure(f"its outcome could not be stored: {exc}")}
-            push = {"errors": {"attempt": claimed["attempts"], "error": _clip(update["error"], ERRORS_ENTRY_CHARS)}}
+            status, update = FAILED, dict(bounded_failure(f"its outcome could not be stored: {exc}"))
+            push = {"errors": {"attempt": claimed["attempts"], "error": clip(update["error"], ERRORS_ENTRY_CHARS)}}
         except BackendUnavailableError:
             if attempt == RECORD_ATTEMPTS - 1:
                 raise
@@ -367,7 +276,7 @@ def _record(records: Records, claimed: dict, status: str, fields: dict[str, Any]
 RECORD_ATTEMPTS = 6
 
 
-def run_claimed(records: Records, claimed: dict, connection: Connection, lease: float = DEFAULT_LEASE,
+def run_claimed(queue: TaskQueue, claimed: dict, connection: Connection, lease: float = DEFAULT_LEASE,
                 isolate: bool = True) -> str:
     """Run a claimed task under a heartbeat, record its outcome and return its final status.
 
@@ -376,22 +285,22 @@ def run_claimed(records: Records, claimed: dict, connection: Connection, lease: 
     A task whose lease was lost (another runner may run it now) is stopped and nothing is
     recorded; the status returned is then ``"lost"``.
     """
-    isolate = isolate and records.index.shared_across_processes and records.blobs.shared_across_processes
+    isolate = isolate and queue.records.shared_across_processes
     log.info("task %s (%s): attempt %d%s", claimed["_id"], claimed["task_name"], claimed["attempts"],
              "" if isolate else " (in-process)")
-    heartbeat = Heartbeat(records, claimed, lease)
+    heartbeat = Heartbeat(queue, claimed, lease)
     heartbeat.start()
     try:
         status, fields = (_run_isolated if isolate else _run_in_process)(claimed, connection, heartbeat)
     except BaseException:
         heartbeat.stop()
-        release(records, claimed)
+        queue.release(claimed)
         log.info("task %s handed back to pending", claimed["_id"])
         raise
     heartbeat.stop()
     if status == LOST:
         log.warning("task %s: lease lost; its process was stopped and its outcome not recorded", claimed["_id"])
         return status
-    _record(records, claimed, status, fields)
+    _record(queue, claimed, status, fields)
     log.info("task %s %s%s", claimed["_id"], status, f": {fields.get('error')}" if status != FINISHED else "")
     return status

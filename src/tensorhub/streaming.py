@@ -28,7 +28,7 @@ from tensorhub.backends.base import BlobStore
 from tensorhub.chunks import ChunkCache, Manifest, read_rows
 from tensorhub.context import Connection
 from tensorhub.datasets import require_rows
-from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError
+from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.structure import loads_spec, unflatten
 
 
@@ -98,7 +98,10 @@ class DatasetStream:
             from tensorhub.registry import open_stores
 
             uri = self.connection.blobs or self.connection.uri
-            self._blobs = open_stores(uri, index=False, blobs=True).blobs
+            blobs = open_stores(uri, index=False, blobs=True).blobs
+            if blobs is None:  # a backend's open_stores returns what was asked for
+                raise BackendUnavailableError(f"could not open the blob store of {self.connection}")
+            self._blobs = blobs
         return self._blobs
 
     def __len__(self) -> int:
@@ -137,6 +140,8 @@ class DatasetStream:
         carry: list[np.ndarray] | None = None
         bs = self.batch_size
         for g in range(len(groups)):
+            if pending is None:  # only when there is no group, and then no iteration
+                break
             buffers, futures = pending
             for future in futures:
                 future.result()

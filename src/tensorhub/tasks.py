@@ -5,8 +5,15 @@ A task record holds the script's text, so runners need no copy. Status moves
 ``-> cancelled``. A claim is a lease: the runner records itself as ``owner``, a
 ``lease_expires_at`` and a fresh ``claim_id``, and a heartbeat thread renews the lease while
 the script runs. A task whose lease ran out is claimable again until ``max_attempts`` claims
-were used; then it is ``failed``. The final write is conditional on the ``claim_id``, so a
-runner that lost its lease can never overwrite the outcome of the runner that took over.
+were used; then it is ``failed``.
+
+:class:`TaskQueue` owns every change of a task's state. The changes allowed are the rows of
+:data:`TRANSITIONS` and nothing else: each is one method whose write is a single conditional
+update whose filter holds the from-state (so an illegal change matches nothing and is a no-op),
+and the changes only the runner holding a claim may make (:data:`CLAIM_HOLDER_EVENTS`: renew,
+finish, fail, stop, release) also hold its ``claim_id``, so a runner that lost its lease can
+never overwrite the outcome of the runner that took over. Every write goes through
+:class:`~tensorhub.records.Records`, so it is scoped to the hub's project.
 """
 
 from __future__ import annotations
@@ -20,13 +27,20 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bson import ObjectId
 
-from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, ScriptNotFoundError, ScriptSyntaxError
+from tensorhub.errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ScriptNotFoundError,
+    ScriptSyntaxError,
+    TaskTimeoutError,
+)
+from tensorhub.progress import progress_bar
 from tensorhub.records import Records, utcnow
 
 log = logging.getLogger(__name__)
@@ -34,6 +48,33 @@ log = logging.getLogger(__name__)
 COLLECTION = "tasks"
 PENDING, RUNNING, FINISHED, FAILED, CANCELLED = "pending", "running", "finished", "failed", "cancelled"
 UNFINISHED = [PENDING, RUNNING]
+#: the indexes of the tasks collection: listings by name, and the queue order of claims
+INDEXES = {COLLECTION: [[("project_name", 1), ("task_name", 1), ("time", -1)],
+                        [("project_name", 1), ("task_name", 1), ("status", 1), ("priority", -1), ("time", 1)]]}
+#: the state of a task before its record exists
+NEW = "new"
+#: every change a task's state can make: (from-state, event) -> to-state. Nothing else is allowed:
+#: each event's write is conditional on one of its from-states, so a task in any other state is left alone.
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (NEW, "create"): PENDING,                # create_task / create_sweep
+    (PENDING, "claim"): RUNNING,             # a runner takes it: owner, fresh claim_id, lease; an attempt counts
+    (RUNNING, "reclaim"): RUNNING,           # its lease ran out (runner died or stalled): requeued and taken by
+                                             # the next runner in the same write, under a new claim_id
+    (RUNNING, "renew"): RUNNING,             # heartbeat of the claim holder: the lease is extended
+    (RUNNING, "finish"): FINISHED,           # the claim holder records the result
+    (RUNNING, "fail"): FAILED,               # the claim holder records the error (pushed onto errors)
+    (RUNNING, "stop"): CANCELLED,            # the claim holder obeyed a cancel request
+    (RUNNING, "release"): PENDING,           # the claim holder shuts down: handed back, the attempt not counted
+    (PENDING, "cancel"): CANCELLED,          # cancel_tasks: a pending task never starts
+    (RUNNING, "request_cancel"): RUNNING,    # cancel_tasks: the runner sees the request at its next renewal
+    (RUNNING, "expire"): FAILED,             # its lease ran out and no attempts are left
+    (RUNNING, "expire_cancelled"): CANCELLED,  # asked to stop, and its runner died (lease ran out)
+    (PENDING, "expire_cancelled"): CANCELLED,  # asked to stop, and its runner handed it back
+}
+#: events only the runner holding the claim may cause: their filter holds its ``claim_id``
+CLAIM_HOLDER_EVENTS = frozenset({"renew", "finish", "fail", "stop", "release"})
+#: the event by which a runner records each final status
+OUTCOME_EVENTS = {FINISHED: "finish", FAILED: "fail", CANCELLED: "stop"}
 #: queue order: highest priority first, then oldest first
 QUEUE_ORDER = [("priority", -1), ("time", 1), ("_id", 1)]
 DEFAULT_LEASE = 60.0
@@ -72,31 +113,238 @@ def read_script(script: str | os.PathLike[str]) -> tuple[str, str]:
     return str(path), text
 
 
-def create_task(records: Records, task_name: str, script: str | os.PathLike[str],
-                hyper_parameters: Mapping[str, Any] | None = None, saved_result_keys: list[str] | None = None,
-                **options: Any) -> ObjectId:
-    """Queue a task; see :meth:`tensorhub.TensorHub.create_task`."""
-    return create_tasks(records, task_name, script, [hyper_parameters], saved_result_keys, **options)[0]
+def sweep_points(grid: Mapping[str, list] | None, points: list[dict] | None) -> list[dict]:
+    """Hyper-parameter dicts: every combination of ``grid``'s values, then each of ``points``."""
+    if grid is None and points is None:
+        raise InvalidArgumentError("a sweep needs grid={'name': [values]} and/or points=[{...}, ...]")
+    combos: list[dict] = []
+    if grid is not None:
+        if not isinstance(grid, Mapping) or not all(isinstance(v, (list, tuple)) and v for v in grid.values()):
+            raise InvalidArgumentError("grid must map each hyper-parameter to a non-empty list of values")
+        combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    if points is not None:
+        if not all(isinstance(p, Mapping) for p in points):
+            raise InvalidArgumentError("points must be a list of hyper-parameter dicts")
+        combos += [dict(p) for p in points]
+    return combos
 
 
-def create_tasks(records: Records, task_name: str, script: str | os.PathLike[str],
-                 points: list[Mapping[str, Any] | None], saved_result_keys: list[str] | None = None,
-                 *, max_attempts: int = DEFAULT_MAX_ATTEMPTS, timeout: float | None = None, priority: int = 0,
-                 **fields: Any) -> list[ObjectId]:
-    """Queue one task per hyper-parameter dict in ``points``, all in one write (all or none)."""
+def worker_identity(worker_id: str | None = None) -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "worker_id": worker_id or uuid.uuid4().hex[:12]}
+
+
+
+#: seconds between two expiry sweeps (:meth:`TaskQueue.expire`) made by the claims of one queue
+EXPIRY_INTERVAL = 5.0
+
+
+def _sources(event: str) -> list[str]:
+    return [source for source, name in TRANSITIONS if name == event]
+
+
+def _target(event: str) -> str:
+    (target,) = {TRANSITIONS[(source, event)] for source in _sources(event)}
+    return target
+
+
+def _and(query: Mapping[str, Any], condition: Mapping[str, Any]) -> dict[str, Any]:
+    """``query`` AND ``condition``: one flat filter when they share no key (served by indexes as
+    it is), else ``$and`` (a user's ``status=`` must not widen a transition's from-state)."""
+    if not query:
+        return dict(condition)
+    if set(query) & set(condition) or any(k.startswith("$") for k in query):
+        return {"$and": [dict(query), dict(condition)]}
+    return {**query, **condition}
+
+
+class TaskQueue:
+    """The task state machine of one project: every transition of :data:`TRANSITIONS`, one method each.
+
+    A method's write is a single conditional update: its filter holds the from-state(s) of the
+    event (from the table), plus the claim's ``_id`` and ``claim_id`` for the events of the
+    claim holder (:data:`CLAIM_HOLDER_EVENTS`); an illegal change matches nothing and returns
+    None / False / 0, changing nothing. One queue per hub (so per store): the expiry sweep that
+    claims run now and then is throttled on the instance, not in a global.
+    """
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
+        self.tasks = records.collection(COLLECTION)
+        self.expiry_interval = EXPIRY_INTERVAL
+        self._expired_at: float | None = None  # monotonic time of the last expiry sweep
+
+    # ------------------------------------------------------------------ the transitions
+    def _transition(self, event: str, query: Mapping[str, Any], update: Mapping[str, Any] | None = None,
+                    claimed: Mapping[str, Any] | None = None, one: bool = False, sort: Any = None) -> Any:
+        """Apply ``event`` to the tasks matching ``query`` that are in one of its from-states (and held
+        by ``claimed``'s claim for the claim holder's events), in one conditional write."""
+        sources = _sources(event)
+        condition: dict[str, Any] = {"status": sources[0] if len(sources) == 1 else {"$in": sources}}
+        if event in CLAIM_HOLDER_EVENTS:
+            if claimed is None:
+                raise InvalidArgumentError(f"{event!r} is the claim holder's: pass the claimed task")
+            condition.update({"_id": claimed["_id"], "claim_id": claimed["claim_id"]})
+        change: dict[str, Any] = {key: dict(value) for key, value in (update or {}).items()}
+        change.setdefault("$set", {})["status"] = _target(event)
+        if one:
+            return self.tasks.find_one_and_update(_and(query, condition), change, sort=sort)
+        return self.tasks.update_many(_and(query, condition), change)
+
+    def create(self, task_name: str | None, script: str | os.PathLike[str], points: Sequence[Mapping[str, Any] | None],
+               saved_result_keys: list[str] | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+               timeout: float | None = None, priority: int = 0, **fields: Any) -> list[ObjectId]:
+        """Queue one task per hyper-parameter dict in ``points``, all in one write (all or none)."""
+        documents = _new_tasks(self.records, task_name, script, points, saved_result_keys,
+                               max_attempts=max_attempts, timeout=timeout, priority=priority, fields=fields)
+        self.tasks.insert(documents)
+        return [d["_id"] for d in documents]
+
+    def claim(self, query: Mapping[str, Any], sort: Any = None, lease: float = DEFAULT_LEASE,
+              owner: dict | None = None) -> dict | None:
+        """Atomically take the first claimable task: running with an expired lease (``reclaim``), else
+        pending (``claim``); None when there is none. Runs the expiry sweep now and then first."""
+        if not is_seconds(lease):
+            error = InvalidArgumentTypeError if isinstance(lease, bool) or not isinstance(
+                lease, (int, float)) else InvalidArgumentError
+            raise error(f"lease must be a finite number of seconds > 0, got {lease!r}")
+        self._expire_now_and_then(query)
+        now = utcnow()
+        update = {"$set": {"owner": owner or worker_identity(), "claim_id": ObjectId(), "started_at": now,
+                           "lease_expires_at": now + dt.timedelta(seconds=lease)},
+                  "$inc": {"attempts": 1, "attempts_left": -1}}
+        base = _and(query, {"attempts_left": {"$gt": 0}, "cancel_requested": {"$ne": True}})
+        # two simple filters rather than one $or: each is served by the (status, priority, time)
+        # index on MongoDB. Abandoned tasks (few: at most one per dead runner) go first.
+        claimed = self._transition("reclaim", _and(base, {"lease_expires_at": {"$lt": now}}), update,
+                                   one=True, sort=sort or QUEUE_ORDER)
+        if claimed is None:
+            claimed = self._transition("claim", base, update, one=True, sort=sort or QUEUE_ORDER)
+        if claimed is not None and claimed["attempts"] > 1 and len(claimed.get("errors", [])) < claimed["attempts"] - 1:
+            note = {"attempt": claimed["attempts"] - 1, "error": "lease expired: the runner died or stalled"}
+            self.tasks.update_many({"_id": claimed["_id"], "claim_id": claimed["claim_id"], "status": RUNNING},
+                                   {"$push": {"errors": note}})
+        return claimed
+
+    def renew(self, claimed: Mapping[str, Any], lease: float) -> dict | None:
+        """Extend the lease of a task this runner holds; the task after the write (its
+        ``cancel_requested`` says whether to stop), or None if the claim is no longer ours."""
+        return self._transition("renew", {}, {"$set": {"lease_expires_at": utcnow() + dt.timedelta(seconds=lease)}},
+                                claimed=claimed, one=True)
+
+    def still_mine(self, claimed: Mapping[str, Any]) -> bool:
+        """Whether the task is still held under ``claimed``'s claim (a read: tells "lost" from a glitch)."""
+        found = self.tasks.find_one({"_id": claimed["_id"]})
+        return found is not None and found.get("claim_id") == claimed["claim_id"]
+
+    def end(self, claimed: Mapping[str, Any], status: str, fields: Mapping[str, Any],
+            push: Mapping[str, Any] | None = None) -> bool:
+        """Record a claimed task's outcome: ``finished`` (finish), ``failed`` (fail) or ``cancelled``
+        (stop), with ``fields`` set and ``push`` pushed onto its lists; False (nothing written) if
+        this runner no longer holds the claim or the task is no longer running."""
+        if status not in OUTCOME_EVENTS:
+            raise InvalidArgumentError(f"a task ends {sorted(OUTCOME_EVENTS)}, not {status!r}")
+        change: dict[str, Any] = {"$set": {**fields, "finished_at": utcnow()}, "$unset": {"lease_expires_at": ""}}
+        change["$set"].pop("status", None)
+        if push:
+            change["$push"] = dict(push)
+        done = self._transition(OUTCOME_EVENTS[status], {}, change, claimed=claimed)
+        if not done:
+            log.warning("task %s: lease lost before it ended; its outcome was not recorded", claimed["_id"])
+        return bool(done)
+
+    def finish(self, claimed: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+        """``finish``: see :meth:`end`."""
+        return self.end(claimed, FINISHED, fields)
+
+    def fail(self, claimed: Mapping[str, Any], fields: Mapping[str, Any], push: Mapping[str, Any] | None = None) -> bool:
+        """``fail``: see :meth:`end`."""
+        return self.end(claimed, FAILED, fields, push)
+
+    def stop(self, claimed: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
+        """``stop`` (the runner obeyed a cancel request): see :meth:`end`."""
+        return self.end(claimed, CANCELLED, fields)
+
+    def release(self, claimed: Mapping[str, Any]) -> bool:
+        """Hand a claimed task back to ``pending`` (runner shutting down); the attempt is not counted."""
+        return bool(self._transition("release", {}, {
+            "$unset": {"owner": "", "claim_id": "", "lease_expires_at": ""},
+            "$inc": {"attempts": -1, "attempts_left": 1}}, claimed=claimed))
+
+    def cancel(self, query: Mapping[str, Any]) -> int:
+        """Cancel matching tasks: pending ones never start (``cancel``), running ones are asked to stop
+        (``request_cancel``; one already asked is not counted again). Returns how many were affected."""
+        pending = self._transition("cancel", query, {"$set": {"finished_at": utcnow()}})
+        running = self._transition("request_cancel", _and(query, {"cancel_requested": {"$ne": True}}),
+                                   {"$set": {"cancel_requested": True}})
+        return int(pending) + int(running)
+
+    def expire(self, query: Mapping[str, Any] | None = None) -> int:
+        """End what no runner will: tasks asked to stop whose runner died or handed them back
+        (``expire_cancelled``), and running tasks whose lease ran out with no attempts left (``expire``)."""
+        query = query or {}
+        now = utcnow()
+        ended = self._transition("expire_cancelled", _and(query, {"cancel_requested": True, "$or": [
+            {"status": PENDING}, {"lease_expires_at": {"$lt": now}}]}),
+            {"$set": {"finished_at": now, "error": "cancelled while running; the runner stopped"}})
+        return int(ended) + int(self._transition(
+            "expire", _and(query, {"lease_expires_at": {"$lt": now}, "attempts_left": {"$lte": 0}}),
+            {"$set": {"finished_at": now, "error": "the runner stopped renewing its lease and no attempts are left"}}))
+
+    def _expire_now_and_then(self, query: Mapping[str, Any]) -> None:
+        """:meth:`expire` at most every :attr:`expiry_interval` seconds (it scans running tasks)."""
+        now = time.monotonic()
+        if self._expired_at is None or now - self._expired_at >= self.expiry_interval:
+            self._expired_at = now
+            self.expire(query)
+
+    # ------------------------------------------------------------------ reads
+    def find(self, query: Mapping[str, Any] | None = None, sort: Any = None, limit: int | None = None) -> list[dict]:
+        """Matching task records, newest first unless ``sort``."""
+        return self.tasks.find(query, sort=sort, limit=limit)
+
+    def has_unfinished(self, query: Mapping[str, Any]) -> bool:
+        """Whether any matching task is ``pending`` or ``running``."""
+        return bool(self.tasks.find(_and(query, {"status": {"$in": UNFINISHED}}), limit=1))
+
+    def wait(self, query: Mapping[str, Any], timeout: float | None = None, poll: float = 0.5) -> list[dict]:
+        """Poll until no matching task is unfinished; return the matching tasks. A progress bar shows
+        when a person watches; :class:`TaskTimeoutError` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with progress_bar(total=len(self.tasks.find(query)), desc="tasks", unit="task") as bar:
+            while True:
+                tasks = self.tasks.find(query)
+                done = sum(t["status"] not in UNFINISHED for t in tasks)
+                bar.total, bar.n = len(tasks), done
+                bar.refresh()
+                if done == len(tasks):
+                    return tasks
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TaskTimeoutError(f"{len(tasks) - done} task(s) still unfinished after {timeout}s")
+                time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+    def delete(self, query: Mapping[str, Any] | None = None) -> int:
+        """Delete matching task records (whatever their state); return how many."""
+        return self.tasks.delete(query)
+
+
+def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLike[str],
+               points: Sequence[Mapping[str, Any] | None], saved_result_keys: list[str] | None, *,
+               max_attempts: int, timeout: float | None, priority: int, fields: Mapping[str, Any]) -> list[dict]:
+    """The records of new tasks (state ``create`` leads to), every argument checked before any write."""
     if not isinstance(task_name, str) or not task_name:
-        raise InvalidArgumentError(f"task_name must be a non-empty string, got {task_name!r}")
+        error = InvalidArgumentError if isinstance(task_name, str) else InvalidArgumentTypeError
+        raise error(f"task_name must be a non-empty string, got {task_name!r}")
     records.refuse_internal(fields, INTERNAL_FIELDS, "task")
     if saved_result_keys is None:
         saved_result_keys = []
     if (isinstance(saved_result_keys, (str, bytes, Mapping)) or not isinstance(saved_result_keys, Iterable)
             or not all(isinstance(k, str) for k in saved_result_keys)):
-        raise InvalidArgumentError("saved_result_keys must be a list of variable names, e.g. ['test_accuracy'], "
-                                   f"got {saved_result_keys!r}")
+        raise InvalidArgumentTypeError("saved_result_keys must be a list of variable names, e.g. "
+                                       f"['test_accuracy'], got {saved_result_keys!r}")
     for point in points:
         if point is not None and not isinstance(point, Mapping):
-            raise InvalidArgumentError("hyper_parameters must be a dict of global names to values, e.g. "
-                                       f"{{'n_units': 800}}, got {point!r}")
+            raise InvalidArgumentTypeError("hyper_parameters must be a dict of global names to values, e.g. "
+                                           f"{{'n_units': 800}}, got {point!r}")
     # booleans are ints in Python, but never a count or a duration here (True would mean 1)
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts < 2 ** 31:
         raise InvalidArgumentError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
@@ -118,7 +366,7 @@ def create_tasks(records: Records, task_name: str, script: str | os.PathLike[str
             "script_path": path,
             "hyper_parameters": hyper_parameters,
             "saved_result_keys": list(saved_result_keys),
-            "status": PENDING,
+            "status": TRANSITIONS[(NEW, "create")],
             "priority": priority,
             "max_attempts": max_attempts,
             "attempts_left": max_attempts,
@@ -126,104 +374,7 @@ def create_tasks(records: Records, task_name: str, script: str | os.PathLike[str
             "timeout": timeout,
             "errors": [],
         }))
-    records.index.insert_many(COLLECTION, documents)
-    return [d["_id"] for d in documents]
-
-
-def sweep_points(grid: Mapping[str, list] | None, points: list[dict] | None) -> list[dict]:
-    """Hyper-parameter dicts: every combination of ``grid``'s values, then each of ``points``."""
-    if grid is None and points is None:
-        raise InvalidArgumentError("a sweep needs grid={'name': [values]} and/or points=[{...}, ...]")
-    combos: list[dict] = []
-    if grid is not None:
-        if not isinstance(grid, Mapping) or not all(isinstance(v, (list, tuple)) and v for v in grid.values()):
-            raise InvalidArgumentError("grid must map each hyper-parameter to a non-empty list of values")
-        combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    if points is not None:
-        if not all(isinstance(p, Mapping) for p in points):
-            raise InvalidArgumentError("points must be a list of hyper-parameter dicts")
-        combos += [dict(p) for p in points]
-    return combos
-
-
-def worker_identity(worker_id: str | None = None) -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "worker_id": worker_id or uuid.uuid4().hex[:12]}
-
-
-def expire_exhausted(records: Records, query: Mapping[str, Any]) -> int:
-    """Mark running tasks whose lease ran out with no attempts left as ``failed`` for good, and tasks
-    cancelled while running whose runner died (lease run out) or handed them back as ``cancelled``."""
-    now = utcnow()
-    ended = 0
-    for abandoned in ({"status": RUNNING, "lease_expires_at": {"$lt": now}}, {"status": PENDING}):
-        ended += records.index.update_many(COLLECTION, records.scope({**query, **abandoned, "cancel_requested": True}),
-                                           {"$set": {"status": CANCELLED, "finished_at": now,
-                                                     "error": "cancelled while running; the runner stopped"}})
-    return ended + records.index.update_many(COLLECTION, records.scope({
-        **query, "status": RUNNING, "lease_expires_at": {"$lt": now}, "attempts_left": {"$lte": 0},
-    }), {"$set": {"status": FAILED, "finished_at": now,
-                  "error": "the runner stopped renewing its lease and no attempts are left"}})
-
-
-_last_expiry: dict[int, float] = {}
-EXPIRY_INTERVAL = 5.0
-
-
-def _expire_now_and_then(records: Records, query: Mapping[str, Any]) -> None:
-    """Run :func:`expire_exhausted` at most every few seconds per store (it scans running tasks)."""
-    now = time.monotonic()
-    if now - _last_expiry.get(id(records.index), -EXPIRY_INTERVAL) >= EXPIRY_INTERVAL:
-        _last_expiry[id(records.index)] = now
-        expire_exhausted(records, query)
-
-
-def claim_task(records: Records, query: Mapping[str, Any], sort: Any = None, lease: float = DEFAULT_LEASE,
-               owner: dict | None = None) -> dict | None:
-    """Atomically take the first claimable task (pending, or running with an expired lease)."""
-    if not is_seconds(lease):
-        raise InvalidArgumentError(f"lease must be a finite number of seconds > 0, got {lease!r}")
-    _expire_now_and_then(records, query)
-    now = utcnow()
-    update = {"$set": {"status": RUNNING, "owner": owner or worker_identity(), "claim_id": ObjectId(),
-                       "started_at": now, "lease_expires_at": now + dt.timedelta(seconds=lease)},
-              "$inc": {"attempts": 1, "attempts_left": -1}}
-    base = {**query, "attempts_left": {"$gt": 0}, "cancel_requested": {"$ne": True}}
-    # two simple filters rather than one $or: each is served by the (status, priority, time)
-    # index on MongoDB. Abandoned tasks (few: at most one per dead runner) go first.
-    claimed = None
-    for claimable in ({"status": RUNNING, "lease_expires_at": {"$lt": now}}, {"status": PENDING}):
-        claimed = records.index.find_one_and_update(COLLECTION, records.scope({**base, **claimable}), update,
-                                                    sort=sort or QUEUE_ORDER)
-        if claimed is not None:
-            break
-    if claimed is not None and claimed["attempts"] > 1 and len(claimed.get("errors", [])) < claimed["attempts"] - 1:
-        note = {"attempt": claimed["attempts"] - 1, "error": "lease expired: the runner died or stalled"}
-        records.index.update_many(COLLECTION, {"_id": claimed["_id"]}, {"$push": {"errors": note}})
-    return claimed
-
-
-def _is_mine(claimed: dict) -> dict:
-    return {"_id": claimed["_id"], "claim_id": claimed["claim_id"]}
-
-
-def finish(records: Records, claimed: dict, update: Mapping[str, Any],
-           push: Mapping[str, Any] | None = None) -> bool:
-    """Write a task's outcome (and ``push`` onto its lists) if this runner still holds the claim;
-    False if the lease was lost."""
-    change: dict[str, Any] = {"$set": {**update, "finished_at": utcnow()}, "$unset": {"lease_expires_at": ""}}
-    if push:
-        change["$push"] = dict(push)
-    done = records.index.update_many(COLLECTION, _is_mine(claimed), change)
-    if not done:
-        log.warning("task %s: lease lost before it ended; its outcome was not recorded", claimed["_id"])
-    return bool(done)
-
-
-def release(records: Records, claimed: dict) -> None:
-    """Hand a claimed task back to ``pending`` (runner shutting down); the attempt is not counted."""
-    records.index.update_many(COLLECTION, _is_mine(claimed), {
-        "$set": {"status": PENDING}, "$unset": {"owner": "", "claim_id": "", "lease_expires_at": ""},
-        "$inc": {"attempts": -1, "attempts_left": 1}})
+    return documents
 
 
 class Heartbeat(threading.Thread):
@@ -238,9 +389,9 @@ class Heartbeat(threading.Thread):
     runner renew earlier, never later.
     """
 
-    def __init__(self, records: Records, claimed: dict, lease: float) -> None:
+    def __init__(self, queue: TaskQueue, claimed: dict, lease: float) -> None:
         super().__init__(name=f"tensorhub-heartbeat-{claimed['_id']}", daemon=True)
-        self.records, self.claimed, self.lease = records, claimed, lease
+        self.queue, self.claimed, self.lease = queue, claimed, lease
         self.stopped = threading.Event()
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
@@ -263,10 +414,8 @@ class Heartbeat(threading.Thread):
         while not self.stopped.wait(self._next_wait(failures)):
             sent = time.monotonic()
             try:
-                renewed = self.records.index.find_one_and_update(
-                    COLLECTION, _is_mine(self.claimed),
-                    {"$set": {"lease_expires_at": utcnow() + dt.timedelta(seconds=self.lease)}})
-                if renewed is None and self._still_mine():
+                renewed = self.queue.renew(self.claimed, self.lease)
+                if renewed is None and self.queue.still_mine(self.claimed):
                     raise RuntimeError("the renewal matched nothing, but the claim is still ours")
             except Exception:  # noqa: BLE001 - a transient failure must not cost the lease: retry soon
                 failures += 1
@@ -283,10 +432,6 @@ class Heartbeat(threading.Thread):
             self.deadline = sent + self.lease
             if renewed.get("cancel_requested"):
                 self.cancel_requested.set()
-
-    def _still_mine(self) -> bool:
-        found = self.records.index.find(COLLECTION, {"_id": self.claimed["_id"]}, limit=1)
-        return bool(found) and found[0].get("claim_id") == self.claimed["claim_id"]
 
     def stop(self) -> None:
         self.stopped.set()

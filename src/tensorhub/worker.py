@@ -73,13 +73,13 @@ class Worker:
     def run_one(self) -> bool:
         """Claim and run one task; False when none was available."""
         query = {"task_name": self.options.task_name} if self.options.task_name else {}
-        claimed = _tasks.claim_task(self.hub._records, query, sort=self.options.sort, lease=self.options.lease,
-                                    owner=self.owner)
+        queue = self.hub.task_queue
+        claimed = queue.claim(query, sort=self.options.sort, lease=self.options.lease, owner=self.owner)
         if claimed is None:
             return False
         self._busy = True
         try:
-            run_claimed(self.hub._records, claimed, self.hub.connection, lease=self.options.lease,
+            run_claimed(queue, claimed, self.hub.connection, lease=self.options.lease,
                         isolate=not self.options.in_process)
         finally:
             self._busy = False

@@ -282,6 +282,7 @@ def _shepherd(target: str, args: tuple, fds: list[int]) -> int:
     die_with_parent(signal.SIGTERM)
     if os.getppid() == 1:  # the helper died before the line above
         _die_like(-signal.SIGTERM)
+    code: int | None = None
     task = os.fork()
     if task == 0:
         code = 1
@@ -295,7 +296,6 @@ def _shepherd(target: str, args: tuple, fds: list[int]) -> int:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    code = None
     while code is None:  # reap the task, and orphans re-parented to us meanwhile
         try:
             pid, status = os.waitpid(-1, 0)
@@ -337,7 +337,7 @@ def serve(fd: int) -> None:
     """The helper's loop: fork a shepherd on ``start``, kill trees on ``kill``, reap and answer
     ``status``; on EOF (or SIGTERM: the runner died) kill every task tree and exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    import tensorhub.runner  # noqa: F401 - preload what every task needs before forking
+    import tensorhub.task_script  # noqa: F401 - preload what every task needs before forking
 
     conn = Connection(fd)
     sock = socket.socket(fileno=os.dup(fd))
@@ -430,10 +430,10 @@ def serve(fd: int) -> None:
         elif request[0] == "status":
             reap()
             pid = request[1]
-            code = finished.pop(pid, None) if pid not in running else None
-            if code is not None:
+            status_code: int | None = finished.pop(pid, None) if pid not in running else None
+            if status_code is not None:
                 sweep()
-            conn.send(code)
+            conn.send(status_code)
         elif request[0] == "kill":
             kill_tree(request[1])
             conn.send(None)

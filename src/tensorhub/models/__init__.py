@@ -43,11 +43,14 @@ from tensorhub.models._params import ParamsAdapter, ParamsDict, ParamsList, Para
 from tensorhub.models._registry import adapter_fields, adapter_for, adapter_named, register_model_adapter
 from tensorhub.models._repository import (
     COLLECTION,
+    INDEXES,
     LINEAGE,
     MODEL_FIELDS,
     attach_record,
     check_load_options,
     compare_models,
+    delete_models,
+    find_all_models,
     internal_fields,
     lineage,
     lineage_query,
@@ -59,10 +62,12 @@ from tensorhub.models._sklearn import SklearnAdapter
 from tensorhub.models._torch import TorchAdapter, numpy_to_tensor, tensor_to_numpy
 
 __all__ = [
-    "CHUNKS_FORMAT", "COLLECTION", "INTERNAL_FIELDS", "LINEAGE", "MODEL_FIELDS", "ModelAdapter", "ModelReader",
+    "CHUNKS_FORMAT", "COLLECTION", "INDEXES", "INTERNAL_FIELDS", "LINEAGE", "MODEL_FIELDS", "ModelAdapter",
+    "ModelReader",
     "ParamsAdapter", "ParamsDict", "ParamsList", "ParamsTuple", "SavedModel", "SklearnAdapter", "TorchAdapter",
     "adapter_fields", "adapter_for", "adapter_named", "attach_record", "check_load_options", "compare_models",
-    "internal_fields", "lineage", "lineage_query", "load_model", "metric_fields", "numpy_to_tensor",
+    "delete_models", "find_all_models", "internal_fields", "lineage", "lineage_query", "load_model", "metric_fields",
+    "numpy_to_tensor",
     "register_model_adapter", "save_model", "tensor_to_numpy", "write_arrays",
 ]
 

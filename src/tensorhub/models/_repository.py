@@ -14,7 +14,7 @@ from tensorhub.models._arrays import ModelReader, write_arrays
 from tensorhub.models._registry import adapter_fields, adapter_for, adapter_named
 from tensorhub.models._torch import check_into
 from tensorhub.models._trust import check_trusted
-from tensorhub.records import COMMON_INTERNAL_FIELDS, as_object_id
+from tensorhub.records import COMMON_INTERNAL_FIELDS, Records, as_object_id
 
 log = logging.getLogger("tensorhub.models")  # the package's logger, as before the split into modules
 
@@ -24,6 +24,8 @@ LINEAGE = {"dataset": ("dataset_id", "datasets"), "task": ("task_id", "tasks")}
 #: fields save_model writes itself whatever the adapter; each adapter declares its own
 #: (:attr:`~tensorhub.models.ModelAdapter.record_fields`), see :func:`internal_fields`
 MODEL_FIELDS = frozenset({"model_name", "adapter", "format", "arrays", "blob_sha256", "dataset_id", "task_id"})
+#: the indexes of this kind's collection (declared by the hub when it opens a store)
+INDEXES = {COLLECTION: [[("project_name", 1), ("model_name", 1), ("time", -1)]]}
 
 
 def internal_fields() -> frozenset[str]:
@@ -56,7 +58,7 @@ def attach_record(model: Any, record: dict) -> Any:
     return model
 
 
-def lineage(records: Any, dataset: Any = None, task: Any = None) -> dict[str, Any]:
+def lineage(records: Records, dataset: Any = None, task: Any = None) -> dict[str, Any]:
     """``dataset_id``/``task_id`` fields from records or ids; inside a task, its id by default.
 
     An explicit reference must name an existing record (of any project), so a typo fails at
@@ -73,7 +75,7 @@ def lineage(records: Any, dataset: Any = None, task: Any = None) -> dict[str, An
             raise type(exc)(
                 f"{kind}= must be a {kind} record or its id (ObjectId or 24-hex string), got {value!r}; to tag "
                 f"a model with a name, use another field, e.g. {kind}_name=...") from None
-        if not records.index.find(collection, {"_id": oid}, limit=1):
+        if not records.exists_in_any_project(collection, oid):
             raise NotFoundError(f"no {kind} has the id {oid}; pass the record returned by find_{kind}_records/"
                                 f"find_tasks, or the id save_{kind}/create_{kind} returned")
         fields[key] = oid
@@ -99,7 +101,7 @@ def lineage_query(query: dict[str, Any]) -> dict[str, Any]:
     return query
 
 
-def save_model(records: Any, network: Any, model_name: str, allow_pickle: bool = False,
+def save_model(records: Records, network: Any, model_name: str, allow_pickle: bool = False,
                example_inputs: Any = None, dynamic_shapes: Any = None, dataset: Any = None, task: Any = None,
                **fields: Any) -> Any:
     """Store ``network`` through its adapter; return the record id.
@@ -139,6 +141,24 @@ def save_model(records: Any, network: Any, model_name: str, allow_pickle: bool =
     return records.save(COLLECTION, record, saved.blobs, refs=writer.refs)
 
 
+def find_all_models(records: Records, model_name: str | None = None, sort: Any = None, limit: int | None = None,
+                    allow_pickle: bool = False, into: Any = None, trusted: Any = None, **query: Any) -> list:
+    """Every matching model, loaded (newest first unless ``sort``); see :meth:`TensorHub.find_all_models`."""
+    options = check_load_options({"allow_pickle": allow_pickle, "into": into, "trusted": trusted})
+    if model_name is not None:
+        if not isinstance(model_name, str) or not model_name:
+            error = InvalidArgumentError if isinstance(model_name, str) else InvalidArgumentTypeError
+            raise error(f"model_name must be a non-empty string, got {model_name!r}")
+        query["model_name"] = model_name
+    found = records.find(COLLECTION, lineage_query(query), sort=sort, limit=limit)
+    return [load_model(records, record, **options) for record in found]
+
+
+def delete_models(records: Records, query: dict[str, Any]) -> int:
+    """Delete matching models, then free the chunks no other record uses; return how many were deleted."""
+    return records.delete(COLLECTION, lineage_query(query))
+
+
 def check_load_options(options: dict[str, Any]) -> dict[str, Any]:
     """The load options checked once, before any record is read: ``into=`` and ``trusted=`` (normalised).
 
@@ -150,7 +170,7 @@ def check_load_options(options: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
-def load_model(records: Any, record: dict, **options: Any) -> Any:
+def load_model(records: Records, record: dict, **options: Any) -> Any:
     """Rebuild the model of ``record`` with the adapter that saved it, and attach the record.
 
     Nothing named by the record is imported or called unless ``options["trusted"]`` allows it
@@ -180,7 +200,7 @@ def metric_fields(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(keys)
 
 
-def compare_models(records: Any, model_name: str | None = None, keys: Sequence[str] | str | None = None,
+def compare_models(records: Records, model_name: str | None = None, keys: Sequence[str] | str | None = None,
                    sort: Any = None, as_frame: bool = False, limit: int | None = None, **query: Any) -> Any:
     """One row per matching model: ``model_name``, ``time``, ``id``, ``adapter`` and its metrics.
 

@@ -791,22 +791,20 @@ class HubContract:
         # wait_for_tasks would never return
         import time
 
-        from tensorhub import tasks as task_queue
-
         hub.create_task("c", _script(tmp_path, "x = 1\n"))
-        claimed = task_queue.claim_task(hub._records, {"task_name": "c"}, lease=0.2)  # a runner that then dies
+        claimed = hub.task_queue.claim({"task_name": "c"}, lease=0.2)  # a runner that then dies
         assert claimed is not None
         assert hub.cancel_tasks(task_name="c") == 1
         time.sleep(0.3)  # its lease runs out
-        monkeypatch.setattr(task_queue, "_last_expiry", {})
+        monkeypatch.setattr(hub.task_queue, "expiry_interval", 0.0)  # the next claim sweeps expired tasks
         assert hub.run_task("c") is False  # nobody runs a cancelled task ...
         assert [t["status"] for t in hub.find_tasks("c")] == ["cancelled"]  # ... and it is over
         assert not hub.check_unfinished_task("c") and hub.wait_for_tasks("c", timeout=1)
         hub.create_task("r", _script(tmp_path, "x = 1\n"))
-        claimed = task_queue.claim_task(hub._records, {"task_name": "r"})
+        claimed = hub.task_queue.claim({"task_name": "r"})
+        assert claimed is not None
         hub.cancel_tasks(task_name="r")
-        task_queue.release(hub._records, claimed)  # a runner shutting down hands it back unseen
-        monkeypatch.setattr(task_queue, "_last_expiry", {})
+        assert hub.task_queue.release(claimed)  # a runner shutting down hands it back unseen
         assert hub.run_task("r") is False
         assert [t["status"] for t in hub.find_tasks("r")] == ["cancelled"]
 
@@ -840,14 +838,12 @@ class HubContract:
     def test_cancel_counts_each_task_once(self, hub: TensorHub, tmp_path: Path) -> None:
         # cancel_tasks returns how many tasks it affected: a running task already asked to stop is not
         # affected again, nor is a finished one
-        from tensorhub import tasks as task_queue
-
         script = _script(tmp_path, "x = 1\n")
         hub.create_task("c", script)
         hub.create_task("c", script)
         hub.create_task("done", script)
         assert hub.run_task("done", in_process=True) is True
-        assert task_queue.claim_task(hub._records, {"task_name": "c"}) is not None  # one is running
+        assert hub.task_queue.claim({"task_name": "c"}) is not None  # one is running
         assert hub.cancel_tasks() == 2
         assert hub.cancel_tasks() == 0
         assert sorted(t["status"] for t in hub.find_tasks()) == ["cancelled", "finished", "running"]

@@ -1,0 +1,119 @@
+"""Running a task's script, in whichever process runs it, and bounding what it reports.
+
+The runner (:mod:`tensorhub.runner`) calls :func:`execute_script` in its own process
+(``in_process=True``), or has its helper (:mod:`tensorhub.zygote`) fork a task process that runs
+:func:`child_main`, named to the helper as ``"tensorhub.task_script:child_main"``. This module
+imports neither of them, so the runner and the helper do not depend on each other.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import bson
+
+from tensorhub.context import ENV_TASK_ATTEMPT, ENV_TASK_ID, Connection, task_connection
+from tensorhub.documents import decode_document, encode_document, normalize_document
+from tensorhub.errors import SerializationError
+
+#: the largest result (its BSON) a task may store: fits every backend (MongoDB's limit is 16 MB a document)
+RESULT_BYTES = 8 << 20
+#: characters of an error message and of a traceback that are stored
+ERROR_CHARS = 16 << 10
+TRACEBACK_CHARS = 64 << 10
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays -> Python values, so results store as ordinary record fields."""
+    if hasattr(value, "tolist") and type(value).__module__ == "numpy":
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def collect_results(namespace: Mapping[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The globals named in ``saved_result_keys``; a clear error if one is missing or unstorable."""
+    missing = [k for k in keys if k not in namespace]
+    if missing:
+        raise SerializationError(f"the script never set the result variable(s) {missing}; "
+                                 "assign them at the top level of the script")
+    return normalize_document({k: _plain(namespace[k]) for k in keys})
+
+
+def execute_script(claimed: dict, connection: Connection) -> dict[str, Any]:
+    """Run a task's script in this process with its hyper-parameters as globals; return its results."""
+    path = claimed.get("script_path", "<task>")
+    namespace: dict[str, Any] = {"__name__": "__main__", "__file__": path}
+    namespace.update(claimed.get("hyper_parameters") or {})
+    code = compile(claimed["script"], path, "exec")
+    with task_connection(connection, str(claimed["_id"]), claimed.get("attempts")):
+        exec(code, namespace)  # noqa: S102 - running the user's task is the point
+    return collect_results(namespace, claimed.get("saved_result_keys") or [])
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, as stored in a task's ``error``."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------------------- bounds on what is stored
+def clip(text: str, limit: int, keep: str = "end") -> str:
+    """``text`` cut to about ``limit`` characters (keeping its end, or its start), saying so."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    if keep == "end":
+        return f"[... {cut} characters cut ...]\n" + text[-limit:]
+    return text[:limit] + f" [... {cut} characters cut]"
+
+
+def bounded_failure(error: str, trace: str = "") -> dict[str, str]:
+    """A failure's ``error`` and ``traceback`` fields, each clipped to what is stored."""
+    return {"error": clip(error, ERROR_CHARS, keep="start"), "traceback": clip(trace, TRACEBACK_CHARS)}
+
+
+def check_result_size(result: dict[str, Any]) -> None:
+    """Refuse a result whose stored form exceeds :data:`RESULT_BYTES` (it could not be recorded everywhere)."""
+    size = len(encode_document({"result": result}))
+    if size > RESULT_BYTES:
+        raise SerializationError(f"result too large: {size} bytes (the limit is {RESULT_BYTES} bytes); save big "
+                                 "outputs with save_dataset/save_model and keep their names or ids as results")
+
+
+def child_main(claimed_bson: bytes, connection: Connection, workdir: str, environ: dict[str, str]) -> None:
+    """Entry point of a task's process: run the script, write ``result.bson``.
+
+    ``environ`` is the runner's environment now (the helper that forked us has the one of its start).
+    Its stdout and stderr are pipes the runner reads (it keeps only their tails).
+    """
+    os.environ.clear()
+    os.environ.update(environ)
+    claimed = decode_document(claimed_bson)
+    os.environ.update(connection.environ())
+    os.environ[ENV_TASK_ID] = str(claimed["_id"])
+    os.environ[ENV_TASK_ATTEMPT] = str(claimed.get("attempts", 1))
+    try:
+        result = execute_script(claimed, connection)
+        check_result_size(result)
+        outcome: dict[str, Any] = {"ok": True, "result": result}
+    except SystemExit as exc:
+        if exc.code in (None, 0):
+            outcome = {"ok": True, "result": {}}
+        else:
+            outcome = {"ok": False, **bounded_failure(f"SystemExit: {exc.code}", traceback.format_exc())}
+    except BaseException as exc:  # noqa: BLE001 - every failure of the script is reported
+        traceback.print_exc()
+        outcome = {"ok": False, **bounded_failure(describe(exc), traceback.format_exc())}
+    try:
+        data = encode_document(outcome)
+    except SerializationError as exc:
+        data = bson.encode({"ok": False, **bounded_failure(str(exc))})
+    Path(workdir, "result.bson.tmp").write_bytes(data)
+    os.replace(Path(workdir, "result.bson.tmp"), Path(workdir, "result.bson"))
