@@ -52,6 +52,8 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 #: rounds of killing a tree before giving up on processes that keep forking (each round sleeps briefly)
 KILL_ROUNDS = 100
+#: how long an exiting helper keeps killing what is re-parented to it (a loaded machine is slow to)
+DRAIN_SECONDS = 10.0
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -394,7 +396,23 @@ def serve(fd: int) -> None:
     def shutdown(*_: Any) -> None:
         for pid in list(running):
             kill_tree(pid)
+        drain()
         os._exit(0)
+
+    def drain() -> None:
+        """Before exiting, kill every child left (bounded in time): while this helper lives, it is
+        the subreaper every orphan of a task tree is re-parented to; once it exits they go to init."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while subreaper and time.monotonic() < deadline:
+            reap()
+            children = _children_map().get(os.getpid(), [])
+            if not children:
+                return
+            for pid in children:
+                for child in descendants(pid):
+                    _kill(child)
+                _kill(pid)
+            time.sleep(0.005)
 
     signal.signal(signal.SIGTERM, shutdown)
     die_with_parent(signal.SIGTERM)
