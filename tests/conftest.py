@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import textwrap
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +78,20 @@ def store_uri(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def hub(store_uri: str) -> Iterator[TensorHub]:
     with TensorHub(store_uri, project_name="contract", blobs=SPLIT_BLOBS.get(store_uri)) as h:
         yield h
+
+
+@pytest.fixture(params=TASK_BACKENDS)
+def task_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TensorHub]:
+    """A hub on each backend whose tasks a runner's child process can run."""
+    with TensorHub(fresh_uri(request.param, request, tmp_path_factory), project_name="tasks") as hub:
+        yield hub
+
+
+def write_script(tmp_path: Path, body: str, name: str = "task.py") -> Path:
+    """A task script ``name`` in ``tmp_path`` with ``body`` (dedented)."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
 
 
 @pytest.fixture(autouse=True)

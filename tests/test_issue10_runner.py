@@ -23,7 +23,7 @@ import pytest
 from tensorhub import TensorHub
 from tensorhub.errors import InvalidArgumentError
 
-from conftest import TASK_BACKENDS, fresh_uri
+from conftest import fresh_uri, write_script
 
 WAIT = 30.0  # upper bound of every wait in this file (seconds)
 
@@ -34,16 +34,7 @@ def file_hub(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
         yield hub
 
 
-@pytest.fixture(params=TASK_BACKENDS)
-def task_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TensorHub]:
-    with TensorHub(fresh_uri(request.param, request, tmp_path_factory), project_name="i10") as hub:
-        yield hub
-
-
-def _script(tmp_path: Path, body: str, name: str = "task.py") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(body))
-    return path
+_script = write_script
 
 
 def _alive(pid: int) -> bool:

@@ -10,10 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,19 +19,10 @@ import pytest
 from tensorhub import TensorHub
 from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
 
-from conftest import TASK_BACKENDS, fresh_uri
+from conftest import TASK_BACKENDS, write_script
 
 
-@pytest.fixture(params=TASK_BACKENDS)
-def task_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TensorHub]:
-    with TensorHub(fresh_uri(request.param, request, tmp_path_factory), project_name="life") as hub:
-        yield hub
-
-
-def _script(tmp_path: Path, body: str, name: str = "task.py") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(body))
-    return path
+_script = write_script
 
 
 def _wait_until(predicate, timeout: float = 60.0, what: str = "condition") -> None:
