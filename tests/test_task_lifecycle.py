@@ -19,7 +19,7 @@ import pytest
 from tensorhub import TensorHub
 from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
 
-from conftest import TASK_BACKENDS, write_script
+from conftest import write_script
 
 
 _script = write_script
