@@ -49,7 +49,7 @@ def test_flat_rows_skip_the_round_trip_and_equal_it_exactly() -> None:
     {"a": 2**63}, {"a": "é"}, {"a": "\ud800"}, {"a": dt.datetime(2020, 1, 1)}, {"é": 1}, {"a\x00": 1},
     {"a": dt.datetime(2020, 1, 1, microsecond=5, tzinfo=UTC)}, {"a": [1]}, {"a": {"b": 1}}, {1: 2}, {"a": (1,)},
     {"a": dt.datetime(2020, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2)))}, {"a": b"bytes"}, {"a": object()},
-], ids=repr)
+], ids=lambda row: repr(row) if "object object" not in repr(row) else "{'a': object()}")  # stable ids (xdist)
 def test_other_rows_take_the_round_trip(row: dict) -> None:
     assert _plain_copy(row) is None
     try:
