@@ -365,12 +365,17 @@ def serve(fd: int) -> None:
                 # Safe from pid reuse: a pid is not reused while a process group of that id exists.
                 kill_group(pid)
 
-    def sweep() -> None:
-        """Kill children we did not start: what a killed shepherd's tree left re-parented to us."""
+    def sweep(seconds: float = 0.0) -> None:
+        """Kill children we did not start: what a killed shepherd's tree left re-parented to us.
+
+        Up to KILL_ROUNDS rounds, and for at least ``seconds`` while strays keep appearing (an
+        exiting helper drains: once it is gone, orphans of task trees go to init instead)."""
         if not subreaper:
             return
         dirty[0] = False
-        for _ in range(KILL_ROUNDS):
+        deadline = time.monotonic() + seconds
+        rounds = 0
+        while True:
             reap()
             strays = [pid for pid in _children_map().get(os.getpid(), []) if pid not in running]
             if not strays:
@@ -379,6 +384,9 @@ def serve(fd: int) -> None:
                 for child in descendants(pid):
                     _kill(child)
                 _kill(pid)
+            rounds += 1
+            if rounds >= KILL_ROUNDS and time.monotonic() >= deadline:
+                return
             time.sleep(0.002)
 
     def kill_tree(pid: int) -> None:
@@ -396,23 +404,9 @@ def serve(fd: int) -> None:
     def shutdown(*_: Any) -> None:
         for pid in list(running):
             kill_tree(pid)
-        drain()
+        running.clear()  # every task tree was killed: any child left is a stray
+        sweep(DRAIN_SECONDS)
         os._exit(0)
-
-    def drain() -> None:
-        """Before exiting, kill every child left (bounded in time): while this helper lives, it is
-        the subreaper every orphan of a task tree is re-parented to; once it exits they go to init."""
-        deadline = time.monotonic() + DRAIN_SECONDS
-        while subreaper and time.monotonic() < deadline:
-            reap()
-            children = _children_map().get(os.getpid(), [])
-            if not children:
-                return
-            for pid in children:
-                for child in descendants(pid):
-                    _kill(child)
-                _kill(pid)
-            time.sleep(0.005)
 
     signal.signal(signal.SIGTERM, shutdown)
     die_with_parent(signal.SIGTERM)
