@@ -193,7 +193,7 @@ def queue_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def test_item02_the_table_lists_every_transition_and_only_the_queue_writes_tasks() -> None:
     events = {event for _, event in tasks.TRANSITIONS}
     assert events == {"create", "claim", "reclaim", "renew", "finish", "fail", "stop", "release", "cancel",
-                      "request_cancel", "expire", "expire_cancelled"}
+                      "request_cancel", "expire", "expire_cancelled", "start"}
     assert tasks.CLAIM_HOLDER_EVENTS <= events
     assert set(tasks.TRANSITIONS.values()) == {tasks.PENDING, tasks.RUNNING, tasks.FINISHED, tasks.FAILED,
                                          tasks.CANCELLED}

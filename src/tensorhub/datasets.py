@@ -24,6 +24,7 @@ from tensorhub.errors import (
     TensorHubError,
 )
 from tensorhub.records import REFS_FIELD, Records, blob_prefix
+from tensorhub.stamping import run_query
 from tensorhub.structure import array_paths, dumps_spec, flatten, loads_spec, unflatten
 
 COLLECTION = "datasets"
@@ -109,7 +110,7 @@ def find_records(records: Records, dataset_name: str | None, query: dict[str, An
                  limit: int | None = None) -> list[dict]:
     if dataset_name is not None:
         query["dataset_name"] = check_name(dataset_name)
-    return records.find(COLLECTION, query, sort=sort, limit=limit)
+    return records.find(COLLECTION, run_query(query), sort=sort, limit=limit)
 
 
 def find_dataset_records(records: Records, dataset_name: Any, query: dict[str, Any], sort: Any = None,
@@ -117,7 +118,7 @@ def find_dataset_records(records: Records, dataset_name: Any, query: dict[str, A
     """The records of matching datasets, no blob read (``dataset_name`` may be a query, e.g. ``{"$in": [...]}``)."""
     if dataset_name is not None:
         query["dataset_name"] = dataset_name
-    return records.find(COLLECTION, query, sort=sort, limit=limit)
+    return records.find(COLLECTION, run_query(query), sort=sort, limit=limit)
 
 
 def find_all_datasets(records: Records, dataset_name: str | None, sort: Any = None, lazy: bool = False,
@@ -129,7 +130,7 @@ def find_all_datasets(records: Records, dataset_name: str | None, sort: Any = No
 
 def delete_datasets(records: Records, query: dict[str, Any]) -> int:
     """Delete matching datasets and their blobs (chunks no other record uses); return how many."""
-    return records.delete(COLLECTION, query)
+    return records.delete(COLLECTION, run_query(query))
 
 
 def _append_one(writer: ChunkWriter, records: Records, entry: dict, rows: np.ndarray) -> dict:

@@ -45,6 +45,8 @@ class                          builtin it also is                 raised when
 ``ScriptNotFoundError``        ``FileNotFoundError``              a task script is missing or unreadable
 ``ScriptSyntaxError``          ``ValueError``                     a task script does not compile
 ``TaskTimeoutError``           ``TimeoutError``                   waiting for tasks took longer than ``timeout``
+``NoActiveRunError``           ``RuntimeError``                   ``hub.log`` outside any run (task or interactive), or
+                                                                  ``run.log`` after the run ended
 =============================  =================================  ====================================================
 
 ``InvalidArgumentTypeError`` is an ``InvalidArgumentError``, so ``except InvalidArgumentError``
@@ -134,3 +136,7 @@ class ScriptSyntaxError(ScriptError, ValueError):
 
 class TaskTimeoutError(TensorHubError, TimeoutError):
     """Waiting for tasks took longer than the given timeout."""
+
+
+class NoActiveRunError(TensorHubError, RuntimeError):
+    """A logging call needs a run: ``hub.log`` outside a task or interactive run, ``run.log`` after its end."""

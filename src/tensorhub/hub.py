@@ -18,11 +18,14 @@ from tensorhub import datasets as _datasets
 from tensorhub import errors as _errors
 from tensorhub import logs as _logs
 from tensorhub import models as _models
+from tensorhub import run_log as _run_log
 from tensorhub import runner as _runner
+from tensorhub import runs as _runs
 from tensorhub import tasks as _tasks
 from tensorhub.backends.base import BlobStore, IndexStore
 from tensorhub.context import Connection, default_connection, inside_task
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, InvalidArgumentTypeError
+from tensorhub.frames import to_frame
 from tensorhub.ownership import claim_blobs
 from tensorhub.records import Records
 from tensorhub.redaction import redact_uri
@@ -181,7 +184,11 @@ class TensorHub:
         return self._records.collect_garbage(dt.timedelta(seconds=older_than), dry_run=dry_run)
 
     def close(self) -> None:
-        """Release connections and files, and stop the task helper process if no task runs."""
+        """Release connections and files, and stop the task helper process if no task runs.
+
+        Log rows that ``log`` calls buffered for this hub are written first.
+        """
+        _run_log.flush_records(self._records)
         self._records.close()
         stop_shared_zygote(only_if_idle=True)
 
@@ -217,9 +224,11 @@ class TensorHub:
         return _datasets.find_all_datasets(self._records, dataset_name, sort=sort, lazy=lazy, **kwargs)
 
     def find_dataset_records(self, dataset_name: str | None = None, sort: Any = None, limit: int | None = None,
-                             **kwargs: Any) -> list[dict]:
-        """The records (schema, tags) of matching datasets, without reading any blob."""
-        return _datasets.find_dataset_records(self._records, dataset_name, kwargs, sort=sort, limit=limit)
+                             as_frame: bool = False, **kwargs: Any) -> Any:
+        """The records (schema, tags) of matching datasets, without reading any blob (a pandas
+        DataFrame with ``as_frame=True``)."""
+        rows = _datasets.find_dataset_records(self._records, dataset_name, kwargs, sort=sort, limit=limit)
+        return to_frame(rows, "find_dataset_records") if as_frame else rows
 
     def append_dataset(self, dataset_name: str, rows: Any, **kwargs: Any) -> int:
         """Grow the newest matching dataset along axis 0 by ``rows`` (same structure); return the new length.
@@ -343,17 +352,26 @@ class TensorHub:
         """Record many testing log rows (an iterable of dicts) in one batch (one durable write)."""
         return _logs.save_logs(self._records, "testing", rows)
 
-    def find_training_logs(self, sort: Any = None, limit: int | None = None, **kwargs: Any) -> list[dict]:
-        """Training log rows matching the query (kwargs), newest first unless ``sort``."""
-        return _logs.find_logs(self._records, "training", kwargs, sort=sort, limit=limit)
+    def find_training_logs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
+                           **kwargs: Any) -> Any:
+        """Training log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
+        with ``as_frame=True``. ``task_id=`` (a task or run, or its id) and ``attempt=`` pick a run's rows."""
+        rows = _logs.find_logs(self._records, "training", kwargs, sort=sort, limit=limit)
+        return to_frame(rows, "find_training_logs") if as_frame else rows
 
-    def find_validation_logs(self, sort: Any = None, limit: int | None = None, **kwargs: Any) -> list[dict]:
-        """Validation log rows matching the query (kwargs), newest first unless ``sort``."""
-        return _logs.find_logs(self._records, "validation", kwargs, sort=sort, limit=limit)
+    def find_validation_logs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
+                             **kwargs: Any) -> Any:
+        """Validation log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
+        with ``as_frame=True``. ``task_id=`` (a task or run, or its id) and ``attempt=`` pick a run's rows."""
+        rows = _logs.find_logs(self._records, "validation", kwargs, sort=sort, limit=limit)
+        return to_frame(rows, "find_validation_logs") if as_frame else rows
 
-    def find_testing_logs(self, sort: Any = None, limit: int | None = None, **kwargs: Any) -> list[dict]:
-        """Testing log rows matching the query (kwargs), newest first unless ``sort``."""
-        return _logs.find_logs(self._records, "testing", kwargs, sort=sort, limit=limit)
+    def find_testing_logs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
+                          **kwargs: Any) -> Any:
+        """Testing log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
+        with ``as_frame=True``. ``task_id=`` (a task or run, or its id) and ``attempt=`` pick a run's rows."""
+        rows = _logs.find_logs(self._records, "testing", kwargs, sort=sort, limit=limit)
+        return to_frame(rows, "find_testing_logs") if as_frame else rows
 
     def delete_training_log(self, **kwargs: Any) -> int:
         """Delete matching training logs (all of this project's when no kwargs); return how many."""
@@ -410,10 +428,13 @@ class TensorHub:
         """Whether any matching task is still ``pending`` or ``running``."""
         return self._queue.has_unfinished(_task_query(task_name, kwargs))
 
-    def find_tasks(self, task_name: str | None = None, sort: Any = None, **kwargs: Any) -> list[dict]:
-        """Task records matching the query (newest first unless ``sort``)."""
+    def find_tasks(self, task_name: str | None = None, sort: Any = None, as_frame: bool = False,
+                   **kwargs: Any) -> Any:
+        """Task records matching the query (newest first unless ``sort``); interactive runs are tasks too
+        (``run_type="interactive"``). A pandas DataFrame with ``as_frame=True``."""
         limit = kwargs.pop("limit", None)
-        return self._queue.find(_task_query(task_name, kwargs), sort=sort, limit=limit)
+        rows = self._queue.find(_task_query(task_name, kwargs), sort=sort, limit=limit)
+        return to_frame(rows, "find_tasks") if as_frame else rows
 
     def wait_for_tasks(self, task_name: str | None = None, timeout: float | None = None, poll: float = 0.5,
                        **kwargs: Any) -> list[dict]:
@@ -436,3 +457,66 @@ class TensorHub:
     def delete_tasks(self, **kwargs: Any) -> int:
         """Delete matching task records; return how many were deleted."""
         return self._queue.delete(kwargs)
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, run_name: str | None = None, *, lease: float = _tasks.DEFAULT_LEASE,
+                  **params: Any) -> _runs.Run:
+        """Start an interactive run (a notebook, a script run by hand) with ``params`` as its parameters.
+
+        Example::
+
+            with hub.start_run("mlp", lr=0.1, units=800) as run:
+                for step in range(1000):
+                    run.log(step=step, loss=loss)         # or hub.log(...); kind="validation" for those rows
+                hub.save_model(net, "mlp")               # stamped with the run's task_id and attempt
+
+        The run is a task record (``run_type="interactive"``, ``task_name`` = ``run_name`` or
+        ``"interactive"``), ``running`` and renewed every ``lease``/3 seconds while this process
+        lives; it ends ``finished`` (result: the last value of each logged metric, plus
+        ``run.end(result={...})``), ``failed`` with the traceback if the block raised, or, if this
+        process dies, ``failed`` once its ``lease`` (seconds) runs out. Without ``with``: ``run =
+        hub.start_run(...)`` then ``run.end()`` (at exit it ends by itself). While it is open,
+        everything saved to this store from this process carries its ``task_id`` and ``attempt`` (1).
+        """
+        _check_seconds("lease", lease, zero=False)
+        return _runs.start_run(self._records, self._queue, run_name, lease=lease, params=params)
+
+    def log(self, step: int | None = None, kind: str = "training", **metrics: Any) -> None:
+        """Log ``metrics`` at ``step`` to the current run: the newest interactive run of this process on
+        this store, else the task this code runs as (``TensorHub().log(...)`` in a task's script).
+
+        ``kind`` is ``"training"`` (default), ``"validation"`` or ``"testing"``; ``step`` defaults to
+        the previous step + 1. Values: Python, numpy or 0-d torch scalars. Rows are buffered and
+        written in batches (1000 rows, 2 s, the run's end, exit). Outside any run:
+        :class:`~tensorhub.errors.NoActiveRunError`.
+        """
+        _run_log.current_run(self._records).log(step, kind, **metrics)
+
+    def find_runs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
+                  **kwargs: Any) -> Any:
+        """Runs (tasks and interactive runs) matching the query, newest first: one row each with ``id``,
+        ``run_name``, ``run_type``, ``status``, ``attempt``, ``host``, ``pid``, ``started_at``,
+        ``finished_at``, ``duration_s``, ``params``, ``result``, ``error`` and ``metrics`` (per metric
+        logged in the run: ``final``, ``min``, ``max``, ``count``). Query by task fields
+        (``run_name=``/``task_name=``, ``status=``, ``run_type="interactive"``...).
+        """
+        rows = _runs.find_runs(self._records, self._queue, sort=sort, limit=limit, **kwargs)
+        return to_frame(rows, "find_runs", _runs.RUN_COLUMNS) if as_frame else rows
+
+    def compare_runs(self, run_name: str | None = None, keys: Any = None, sort: Any = None,
+                     as_frame: bool = False, limit: int | None = None, **kwargs: Any) -> Any:
+        """One row per run, best first: ``run_name``, ``id``, ``status``, ``attempt``, ``duration_s``,
+        ``params.<name>`` per parameter, and per key its final value (from the result, else the last
+        logged) and ``best_<key>`` (over the run's logs, for logged metrics).
+
+        Example: ``hub.compare_runs("mlp", keys=["val_accuracy", "loss"])`` sorts by ``val_accuracy``
+        descending; ``sort=[("loss", 1)]`` sorts ascending, and makes ``best_loss`` the minimum
+        (otherwise the maximum). With no ``keys``, every numeric result and logged metric.
+        """
+        rows = _runs.compare_runs(self._records, self._queue, run_name, keys=keys, sort=sort, limit=limit, **kwargs)
+        return to_frame(rows, "compare_runs") if as_frame else rows
+
+    def find_run_records(self, run: Any) -> dict[str, Any]:
+        """What a run (a task or interactive run, or its id) saved: ``{"training_logs": n,
+        "validation_logs": n, "testing_logs": n, "models": [ids], "datasets": [ids]}``."""
+        return _runs.find_run_records(self._records, run)

@@ -1,23 +1,27 @@
 """Training, validation and testing logs: one small record per call (or per row of a batch).
 
 Logs have no blobs. Each call returns once the index store has committed the record, so it
-survives a crash of the calling process.
+survives a crash of the calling process. Rows saved inside a run carry its ``task_id`` and
+``attempt`` (stamped by :meth:`~tensorhub.records.Records.new_record`); queries take
+``task_id=`` as an ObjectId, its hex string or the task record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.records import Records
+from tensorhub.stamping import run_query
 
 #: log kind -> collection
 COLLECTIONS = {"training": "training_logs", "validation": "validation_logs", "testing": "testing_logs"}
 #: fields a log row writes itself beyond :data:`~tensorhub.records.COMMON_INTERNAL_FIELDS`: none
 INTERNAL_FIELDS: frozenset[str] = frozenset()
 #: the indexes of this kind's collections (declared by the hub when it opens a store)
-INDEXES = {collection: [[("project_name", 1), ("time", -1)]] for collection in COLLECTIONS.values()}
+INDEXES = {collection: [[("project_name", 1), ("time", -1)], [("project_name", 1), ("task_id", 1)]]
+           for collection in COLLECTIONS.values()}
 
 
 def _collection(kind: str) -> str:
@@ -26,26 +30,32 @@ def _collection(kind: str) -> str:
     return COLLECTIONS[kind]
 
 
-def save_logs(records: Records, kind: str, rows: Iterable[Mapping[str, Any]]) -> list[Any]:
-    """Insert many log rows at once (one durable batch); return their ids in order."""
+def save_logs(records: Records, kind: str, rows: Iterable[Mapping[str, Any]],
+              own: Sequence[Mapping[str, Any]] | None = None) -> list[Any]:
+    """Insert many log rows at once (one durable batch); return their ids in order.
+
+    ``own`` (the repository's, never a user's): per row, fields tensorhub sets itself, e.g. a
+    run's buffered rows give the ``time`` they were logged at and the run's ``task_id``/``attempt``.
+    """
     if isinstance(rows, Mapping) or isinstance(rows, (str, bytes)):
         raise InvalidArgumentTypeError("save_*_logs takes an iterable of dicts, e.g. [{'loss': 0.3}, {'loss': 0.2}]")
+    collection = _collection(kind)
     documents = []
-    for row in rows:
+    for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise InvalidArgumentTypeError(f"each log row must be a dict, got {type(row).__name__}")
-        documents.append(records.new_record(row, INTERNAL_FIELDS, "log"))
+        documents.append(records.new_record(row, INTERNAL_FIELDS, "log", own[i] if own is not None else None))
     if documents:
-        records.insert_many(_collection(kind), documents)
+        records.insert_many(collection, documents)
     return [d["_id"] for d in documents]
 
 
 def find_logs(records: Records, kind: str, query: Mapping[str, Any], sort: Any = None,
               limit: int | None = None) -> list[dict]:
     """Log rows of ``kind`` matching ``query``, newest first unless ``sort``."""
-    return records.find(_collection(kind), query, sort=sort, limit=limit)
+    return records.find(_collection(kind), run_query(dict(query)), sort=sort, limit=limit)
 
 
 def delete_logs(records: Records, kind: str, query: Mapping[str, Any]) -> int:
     """Delete matching log rows of ``kind`` (all of the project's when ``query`` is empty); return how many."""
-    return records.delete(_collection(kind), query)
+    return records.delete(_collection(kind), run_query(dict(query)))

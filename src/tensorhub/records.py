@@ -34,6 +34,7 @@ from tensorhub.backends.base import BlobStore, Document, IndexStore
 from tensorhub.documents import normalize_document, plain_numbers
 from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, InvalidQueryError
 from tensorhub.query import normalize_sort, validate_filter
+from tensorhub.stamping import RUN_FIELDS, STAMPED_KINDS, current_stamp
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,12 @@ class Records:
         return self._index
 
     @property
+    def store_key(self) -> str:
+        """What tells this store from another in this process (its index's URI, redacted): an
+        interactive run stamps only what is saved to the store it was started on."""
+        return self._index.uri
+
+    @property
     def shared_across_processes(self) -> bool:
         """Whether another process opening the same URI sees these stores (not ``mongomock://``)."""
         return self._index.shared_across_processes and self.blobs.shared_across_processes
@@ -171,6 +178,11 @@ class Records:
         user field of one of those names, or of :data:`COMMON_INTERNAL_FIELDS`, is refused here,
         in one place for every kind. Raises :class:`~tensorhub.errors.SerializationError` before
         anything is written when a field cannot be stored.
+
+        Records of the kinds a run stamps (:data:`~tensorhub.stamping.STAMPED_KINDS`: logs,
+        models, datasets) saved inside a run (a task attempt or an interactive run) get its
+        ``task_id`` and ``attempt`` here, unless ``own`` sets ``task_id`` (a model's explicit
+        ``task=`` lineage, a run's buffered rows); users may not set them. No store round trip.
         """
         for key in fields:
             if not isinstance(key, str) or key.startswith("$"):
@@ -181,11 +193,17 @@ class Records:
             raise InvalidArgumentError(
                 f"field {clash!r} is stamped by tensorhub on every record (the hub's project_name, the UTC save "
                 f"time); store your value under another name, e.g. {clash}_tag, or open a TensorHub on that project")
-        self.refuse_internal({k: v for k, v in fields.items() if k != "project_name"},
-                             COMMON_INTERNAL_FIELDS | frozenset(internal), kind)
+        stamped = kind in STAMPED_KINDS
+        owned = COMMON_INTERNAL_FIELDS | frozenset(internal) | (RUN_FIELDS if stamped else frozenset())
+        self.refuse_internal({k: v for k, v in fields.items() if k != "project_name"}, owned, kind)
         record = {"_id": ObjectId(), "project_name": self.project_name, "time": utcnow()}
         record.update(fields)
-        record.update(own or {})
+        if own:
+            record.update(own)
+        if stamped and "task_id" not in record:
+            stamp = current_stamp(self.store_key)
+            if stamp is not None:
+                record.update(stamp)
         return normalize_document(record)
 
     @staticmethod

@@ -19,6 +19,7 @@ import bson
 from tensorhub.context import ENV_TASK_ATTEMPT, ENV_TASK_ID, Connection, task_connection
 from tensorhub.documents import decode_document, encode_document, normalize_document
 from tensorhub.errors import SerializationError
+from tensorhub.run_log import end_task_runs
 
 #: the largest result (its BSON) a task may store: fits every backend (MongoDB's limit is 16 MB a document)
 RESULT_BYTES = 8 << 20
@@ -53,8 +54,14 @@ def execute_script(claimed: dict, connection: Connection) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__name__": "__main__", "__file__": path}
     namespace.update(claimed.get("hyper_parameters") or {})
     code = compile(claimed["script"], path, "exec")
-    with task_connection(connection, str(claimed["_id"]), claimed.get("attempts")):
-        exec(code, namespace)  # noqa: S102 - running the user's task is the point
+    task_id = str(claimed["_id"])
+    with task_connection(connection, task_id, claimed.get("attempts")):
+        try:
+            exec(code, namespace)  # noqa: S102 - running the user's task is the point
+        except BaseException:
+            end_task_runs(task_id, quiet=True)
+            raise
+        end_task_runs(task_id)  # rows the script's hub.log calls buffered are written before its result
     return collect_results(namespace, claimed.get("saved_result_keys") or [])
 
 

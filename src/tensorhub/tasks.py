@@ -57,6 +57,7 @@ NEW = "new"
 #: each event's write is conditional on one of its from-states, so a task in any other state is left alone.
 TRANSITIONS: dict[tuple[str, str], str] = {
     (NEW, "create"): PENDING,                # create_task / create_sweep
+    (NEW, "start"): RUNNING,                 # start_run: an interactive run, held by its own process from the start
     (PENDING, "claim"): RUNNING,             # a runner takes it: owner, fresh claim_id, lease; an attempt counts
     (RUNNING, "reclaim"): RUNNING,           # its lease ran out (runner died or stalled): requeued and taken by
                                              # the next runner in the same write, under a new claim_id
@@ -84,8 +85,10 @@ DEFAULT_MAX_ATTEMPTS = 3
 INTERNAL_FIELDS = frozenset({
     "script", "script_path", "hyper_parameters", "saved_result_keys", "status", "attempts_left", "attempts",
     "errors", "owner", "claim_id", "started_at", "lease_expires_at", "finished_at", "cancel_requested", "result",
-    "error", "traceback", "exit_code", "stdout_tail", "stderr_tail",
+    "error", "traceback", "exit_code", "stdout_tail", "stderr_tail", "run_type",
 })
+#: ``run_type`` of a queued task and of an interactive run (``hub.start_run``)
+TASK_RUN, INTERACTIVE_RUN = "task", "interactive"
 
 
 def is_seconds(value: Any, zero: bool = False) -> bool:
@@ -198,6 +201,30 @@ class TaskQueue:
                                max_attempts=max_attempts, timeout=timeout, priority=priority, fields=fields)
         self.tasks.insert(documents)
         return [d["_id"] for d in documents]
+
+    def start(self, task_name: str, hyper_parameters: Mapping[str, Any], lease: float = DEFAULT_LEASE,
+              fields: Mapping[str, Any] | None = None) -> dict:
+        """``start``: record an interactive run, ``running`` and claimed by this process from the start.
+
+        No runner ever claims it (no attempts left); it renews its lease like a runner
+        (:class:`Heartbeat`) and ends through :meth:`end`; if its process dies, :meth:`expire`
+        ends it ``failed`` once the lease runs out. Returns the record (the claim).
+        """
+        if not is_seconds(lease):
+            error = InvalidArgumentTypeError if isinstance(lease, bool) or not isinstance(
+                lease, (int, float)) else InvalidArgumentError
+            raise error(f"lease must be a finite number of seconds > 0, got {lease!r}")
+        if not isinstance(task_name, str) or not task_name:
+            error = InvalidArgumentError if isinstance(task_name, str) else InvalidArgumentTypeError
+            raise error(f"run_name must be a non-empty string, got {task_name!r}")
+        now = utcnow()
+        record = self.records.new_record(fields or {}, INTERNAL_FIELDS, "task", {
+            "task_name": task_name, "run_type": INTERACTIVE_RUN, "hyper_parameters": dict(hyper_parameters),
+            "saved_result_keys": [], "status": TRANSITIONS[(NEW, "start")], "priority": 0, "max_attempts": 1,
+            "attempts_left": 0, "attempts": 1, "timeout": None, "errors": [], "owner": worker_identity(),
+            "claim_id": ObjectId(), "started_at": now, "lease_expires_at": now + dt.timedelta(seconds=lease)})
+        self.tasks.insert([record])
+        return record
 
     def claim(self, query: Mapping[str, Any], sort: Any = None, lease: float = DEFAULT_LEASE,
               owner: dict | None = None) -> dict | None:
@@ -362,6 +389,7 @@ def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLik
                 raise InvalidArgumentError(f"hyper-parameter names must be Python identifiers, got {key!r}")
         documents.append(records.new_record(fields, INTERNAL_FIELDS, "task", {
             "task_name": task_name,
+            "run_type": TASK_RUN,
             "script": text,
             "script_path": path,
             "hyper_parameters": hyper_parameters,

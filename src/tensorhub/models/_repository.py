@@ -8,7 +8,6 @@ from typing import Any
 
 from tensorhub.arrays import checksum
 from tensorhub.chunks import ChunkWriter
-from tensorhub.context import ENV_TASK_ID, current_task_id
 from tensorhub.errors import ConfigurationError, InvalidArgumentError, InvalidArgumentTypeError, NotFoundError
 from tensorhub.models._arrays import ModelReader, write_arrays
 from tensorhub.models._registry import adapter_fields, adapter_for, adapter_named
@@ -23,7 +22,8 @@ COLLECTION = "models"
 LINEAGE = {"dataset": ("dataset_id", "datasets"), "task": ("task_id", "tasks")}
 #: fields save_model writes itself whatever the adapter; each adapter declares its own
 #: (:attr:`~tensorhub.models.ModelAdapter.record_fields`), see :func:`internal_fields`
-MODEL_FIELDS = frozenset({"model_name", "adapter", "format", "arrays", "blob_sha256", "dataset_id", "task_id"})
+MODEL_FIELDS = frozenset({"model_name", "adapter", "format", "arrays", "blob_sha256", "dataset_id", "task_id",
+                          "attempt"})
 #: the indexes of this kind's collection (declared by the hub when it opens a store)
 INDEXES = {COLLECTION: [[("project_name", 1), ("model_name", 1), ("time", -1)]]}
 
@@ -59,7 +59,7 @@ def attach_record(model: Any, record: dict) -> Any:
 
 
 def lineage(records: Records, dataset: Any = None, task: Any = None) -> dict[str, Any]:
-    """``dataset_id``/``task_id`` fields from records or ids; inside a task, its id by default.
+    """``dataset_id``/``task_id`` fields from records or ids (inside a run, the run's by default: stamped).
 
     An explicit reference must name an existing record (of any project), so a typo fails at
     save time instead of leaving a model whose lineage leads nowhere.
@@ -79,12 +79,7 @@ def lineage(records: Records, dataset: Any = None, task: Any = None) -> dict[str
             raise NotFoundError(f"no {kind} has the id {oid}; pass the record returned by find_{kind}_records/"
                                 f"find_tasks, or the id save_{kind}/create_{kind} returned")
         fields[key] = oid
-    running = current_task_id()  # inside a task (in-process or its child process): its id
-    if "task_id" not in fields and running:
-        try:
-            fields["task_id"] = as_object_id(running)
-        except InvalidArgumentError:
-            log.warning("ignoring %s=%r: not a task id", ENV_TASK_ID, running)
+    # inside a run (a task attempt or an interactive run), Records.new_record stamps its task_id and attempt
     return fields
 
 
