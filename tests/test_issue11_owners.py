@@ -87,7 +87,17 @@ def _b_calls(b: TensorHub, script: Path) -> dict[str, Callable[[], Any]]:
         "delete_validation_log": lambda: b.delete_validation_log(),
         "delete_testing_log": lambda: b.delete_testing_log(),
         "delete_tasks": lambda: b.delete_tasks(),
+        "start_run": lambda: b.start_run("r", lr=1).end(),
+        "log": lambda: _log_in_a_run(b),
+        "find_runs": lambda: b.find_runs() + b.find_runs(project_name="a"),
+        "compare_runs": lambda: b.compare_runs(),
+        "find_run_records": lambda: b.find_run_records(b.find_tasks()[0]),
     }
+
+
+def _log_in_a_run(hub: TensorHub) -> None:
+    with hub.start_run("logged"):
+        hub.log(loss=1)
 
 
 def _leaks(value: Any, a_ids: set[ObjectId]) -> list[Any]:

@@ -74,6 +74,11 @@ def _drop_sess(kwargs: dict[str, Any]) -> None:
         warnings.warn("sess= is ignored (TensorFlow 1 leftover)", DeprecationWarning, stacklevel=3)
 
 
+def _rows(rows: list[dict], as_frame: bool, what: str, columns: list[str] | None = None) -> Any:
+    """A ``find_*``'s rows, or with ``as_frame`` a pandas DataFrame of them (pandas: an optional extra)."""
+    return to_frame(rows, what, columns) if as_frame else rows
+
+
 def _task_query(task_name: str | None, kwargs: dict[str, Any]) -> dict[str, Any]:
     if task_name is not None:
         kwargs["task_name"] = task_name
@@ -227,8 +232,8 @@ class TensorHub:
                              as_frame: bool = False, **kwargs: Any) -> Any:
         """The records (schema, tags) of matching datasets, without reading any blob (a pandas
         DataFrame with ``as_frame=True``)."""
-        rows = _datasets.find_dataset_records(self._records, dataset_name, kwargs, sort=sort, limit=limit)
-        return to_frame(rows, "find_dataset_records") if as_frame else rows
+        return _rows(_datasets.find_dataset_records(self._records, dataset_name, kwargs, sort=sort, limit=limit),
+                     as_frame, "find_dataset_records")
 
     def append_dataset(self, dataset_name: str, rows: Any, **kwargs: Any) -> int:
         """Grow the newest matching dataset along axis 0 by ``rows`` (same structure); return the new length.
@@ -356,22 +361,22 @@ class TensorHub:
                            **kwargs: Any) -> Any:
         """Training log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
         with ``as_frame=True``. ``task_id=`` (a task or run, or its id) and ``attempt=`` pick a run's rows."""
-        rows = _logs.find_logs(self._records, "training", kwargs, sort=sort, limit=limit)
-        return to_frame(rows, "find_training_logs") if as_frame else rows
+        return _rows(_logs.find_logs(self._records, "training", kwargs, sort=sort, limit=limit), as_frame,
+                     "find_training_logs")
 
     def find_validation_logs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
                              **kwargs: Any) -> Any:
         """Validation log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
         with ``as_frame=True``. ``task_id=`` (a task or run, or its id) and ``attempt=`` pick a run's rows."""
-        rows = _logs.find_logs(self._records, "validation", kwargs, sort=sort, limit=limit)
-        return to_frame(rows, "find_validation_logs") if as_frame else rows
+        return _rows(_logs.find_logs(self._records, "validation", kwargs, sort=sort, limit=limit), as_frame,
+                     "find_validation_logs")
 
     def find_testing_logs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
                           **kwargs: Any) -> Any:
         """Testing log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
         with ``as_frame=True``. ``task_id=`` (a task or run, or its id) and ``attempt=`` pick a run's rows."""
-        rows = _logs.find_logs(self._records, "testing", kwargs, sort=sort, limit=limit)
-        return to_frame(rows, "find_testing_logs") if as_frame else rows
+        return _rows(_logs.find_logs(self._records, "testing", kwargs, sort=sort, limit=limit), as_frame,
+                     "find_testing_logs")
 
     def delete_training_log(self, **kwargs: Any) -> int:
         """Delete matching training logs (all of this project's when no kwargs); return how many."""
@@ -433,8 +438,7 @@ class TensorHub:
         """Task records matching the query (newest first unless ``sort``); interactive runs are tasks too
         (``run_type="interactive"``). A pandas DataFrame with ``as_frame=True``."""
         limit = kwargs.pop("limit", None)
-        rows = self._queue.find(_task_query(task_name, kwargs), sort=sort, limit=limit)
-        return to_frame(rows, "find_tasks") if as_frame else rows
+        return _rows(self._queue.find(_task_query(task_name, kwargs), sort=sort, limit=limit), as_frame, "find_tasks")
 
     def wait_for_tasks(self, task_name: str | None = None, timeout: float | None = None, poll: float = 0.5,
                        **kwargs: Any) -> list[dict]:
@@ -500,8 +504,8 @@ class TensorHub:
         logged in the run: ``final``, ``min``, ``max``, ``count``). Query by task fields
         (``run_name=``/``task_name=``, ``status=``, ``run_type="interactive"``...).
         """
-        rows = _runs.find_runs(self._records, self._queue, sort=sort, limit=limit, **kwargs)
-        return to_frame(rows, "find_runs", _runs.RUN_COLUMNS) if as_frame else rows
+        return _rows(_runs.find_runs(self._records, self._queue, sort=sort, limit=limit, **kwargs), as_frame,
+                     "find_runs", _runs.RUN_COLUMNS)
 
     def compare_runs(self, run_name: str | None = None, keys: Any = None, sort: Any = None,
                      as_frame: bool = False, limit: int | None = None, **kwargs: Any) -> Any:
@@ -513,8 +517,8 @@ class TensorHub:
         descending; ``sort=[("loss", 1)]`` sorts ascending, and makes ``best_loss`` the minimum
         (otherwise the maximum). With no ``keys``, every numeric result and logged metric.
         """
-        rows = _runs.compare_runs(self._records, self._queue, run_name, keys=keys, sort=sort, limit=limit, **kwargs)
-        return to_frame(rows, "compare_runs") if as_frame else rows
+        return _rows(_runs.compare_runs(self._records, self._queue, run_name, keys=keys, sort=sort, limit=limit,
+                                        **kwargs), as_frame, "compare_runs")
 
     def find_run_records(self, run: Any) -> dict[str, Any]:
         """What a run (a task or interactive run, or its id) saved: ``{"training_logs": n,

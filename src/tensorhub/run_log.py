@@ -82,7 +82,7 @@ class RunLogger:
     """
 
     def __init__(self, records: Records, task_id: ObjectId, attempt: int) -> None:
-        self._records = records
+        self.records = records
         #: the run's id: the ``_id`` of its task record
         self.id = task_id
         self.attempt = attempt
@@ -158,7 +158,7 @@ class RunLogger:
             for kind in list(self._buffers):
                 batch = self._buffers[kind]
                 try:
-                    save_logs(self._records, kind, [row for row, _ in batch],
+                    save_logs(self.records, kind, [row for row, _ in batch],
                               own=[{**self._stamp, "time": at} for _, at in batch])
                 except Exception as exc:
                     self._retry_at = time.monotonic() + FLUSH_SECONDS
@@ -253,10 +253,10 @@ def current_run(records: Records) -> RunLogger:
 def flush_records(records: Records) -> None:
     """Write what the open loggers of ``records`` (a hub being closed) hold; their rows cannot wait."""
     for logger in _live.all():
-        if logger._records is records:
+        if logger.records is records:
             logger.flush()
     with _task_lock:
-        for key in [k for k, v in _task_loggers.items() if v._records is records]:
+        for key in [k for k, v in _task_loggers.items() if v.records is records]:
             _task_loggers.pop(key).close()
 
 
