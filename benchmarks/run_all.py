@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import common_parser, run_and_report  # noqa: E402
 
 #: benchmark name -> its script; models needs torch, s3 boto3 and moto (the test extra has them all)
-BENCHES = ("logs", "datasets", "streaming", "tasks", "models", "s3")
+BENCHES = ("logs", "runs", "datasets", "streaming", "tasks", "models", "s3")
 
 
 def importable() -> tuple[dict[str, ModuleType], dict[str, str]]:

@@ -4,7 +4,8 @@
 2. dispatch three training tasks with different hidden sizes;
 3. run them with runner processes (``tensorhub worker``), which pull from the store;
 4. pick the best model by test accuracy, reload it and check it in this process;
-5. return a table of the tasks and their results.
+5. return a table of the tasks and their results, and a comparison of the runs (``compare_runs``:
+   parameters, results, and the final and best loss from each run's logs), best first.
 """
 
 from __future__ import annotations
@@ -85,5 +86,10 @@ def run_demo(uri: str, runners: int = 2, max_iter: int = 200) -> str:
                  "test acc": (t.get("result") or {}).get("test_accuracy")}
                 for t in sorted(tasks, key=lambda t: t["hyper_parameters"]["n_hidden"])]
         table = format_table(rows, ["hidden", "status", "runner pid", "val acc", "test acc"])
-        return (f"{table}\n\nbest model: {best._n_hidden} hidden units, test accuracy {best._test_accuracy:.4f} "
+        # loss sorted ascending: its best over the logged steps is its minimum
+        runs = hub.compare_runs(TASK_NAME, keys=["test_accuracy", "loss"], sort=[("test_accuracy", -1), ("loss", 1)])
+        comparison = format_table(runs, ["run_name", "params.n_hidden", "attempt", "duration_s", "test_accuracy",
+                                         "loss", "best_loss"])
+        return (f"{table}\n\nruns, best first (compare_runs; loss: final and best over the logged steps):\n"
+                f"{comparison}\n\nbest model: {best._n_hidden} hidden units, test accuracy {best._test_accuracy:.4f} "
                 f"(re-checked in this process: {checked:.4f})\nstore: {hub}")

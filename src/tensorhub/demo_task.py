@@ -2,7 +2,7 @@
 
 Run by a tensorhub runner with ``n_hidden`` (and ``max_iter``) bound as globals. It connects
 with ``TensorHub()`` (no arguments: the store and project the task came from), loads the
-dataset, logs the loss curve, stores the parameters as a model and sets ``test_accuracy``.
+dataset, logs the loss curve (``hub.log``: rows stamped with the task's id), stores the parameters as a model and sets ``test_accuracy``.
 """
 
 from sklearn.exceptions import ConvergenceWarning
@@ -17,11 +17,11 @@ X_train, y_train, X_val, y_val, X_test, y_test = hub.find_dataset("digits")
 warnings.filterwarnings("ignore", category=ConvergenceWarning)
 clf = MLPClassifier(hidden_layer_sizes=(n_hidden,), max_iter=max_iter, random_state=0)  # noqa: F821
 clf.fit(X_train, y_train)
-hub.save_training_logs([{"n_hidden": n_hidden, "iteration": i, "loss": float(loss)}  # noqa: F821
-                        for i, loss in enumerate(clf.loss_curve_)])
+for i, loss in enumerate(clf.loss_curve_):
+    hub.log(step=i, loss=loss)  # buffered, written in batches; each row carries this task's id and attempt
 val_accuracy = float(clf.score(X_val, y_val))
 test_accuracy = float(clf.score(X_test, y_test))
-hub.save_validation_log(n_hidden=n_hidden, accuracy=val_accuracy)  # noqa: F821
+hub.log(kind="validation", accuracy=val_accuracy)
 params = {"W1": clf.coefs_[0], "b1": clf.intercepts_[0], "W2": clf.coefs_[1], "b2": clf.intercepts_[1]}
 hub.save_model(params, "digits-mlp", n_hidden=n_hidden, val_accuracy=val_accuracy,  # noqa: F821
                test_accuracy=test_accuracy)
