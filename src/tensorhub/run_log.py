@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import datetime as dt
 import logging
+import os
 import sys
 import threading
 import time
@@ -98,6 +99,7 @@ class RunLogger:
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.ended = False
+        self._pid = os.getpid()  # a forked child inherits the object, not the run: it never ends it at exit
         _live.add(self)
 
     # ------------------------------------------------------------------ logging
@@ -280,6 +282,8 @@ def end_task_runs(task_id: str, quiet: bool = False) -> None:
 @atexit.register
 def _at_exit() -> None:
     for logger in reversed(_live.all()):
+        if logger._pid != os.getpid():
+            continue
         try:
             logger.at_exit()
         except Exception:  # noqa: BLE001 - the interpreter exits: say what is lost, and go on
