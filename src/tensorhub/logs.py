@@ -40,11 +40,13 @@ def save_logs(records: Records, kind: str, rows: Iterable[Mapping[str, Any]],
     if isinstance(rows, Mapping) or isinstance(rows, (str, bytes)):
         raise InvalidArgumentTypeError("save_*_logs takes an iterable of dicts, e.g. [{'loss': 0.3}, {'loss': 0.2}]")
     collection = _collection(kind)
+    stamp = records.run_stamp()  # once per batch, not per row
     documents = []
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
             raise InvalidArgumentTypeError(f"each log row must be a dict, got {type(row).__name__}")
-        documents.append(records.new_record(row, INTERNAL_FIELDS, "log", own[i] if own is not None else None))
+        documents.append(records.new_record(row, INTERNAL_FIELDS, "log", own[i] if own is not None else None,
+                                            stamp=stamp))
     if documents:
         records.insert_many(collection, documents)
     return [d["_id"] for d in documents]

@@ -23,6 +23,7 @@ It knows nothing of any backend: only the :class:`IndexStore` and :class:`BlobSt
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -52,6 +53,16 @@ REF_COLLECTIONS = ("datasets", "models")
 COMMON_INTERNAL_FIELDS = frozenset({"_id", "project_name", "time", BLOB_PREFIX_FIELD, REFS_FIELD})
 #: what a chunk name in ``blob_refs`` must look like (a BLAKE3 hex digest, :func:`tensorhub.chunks.digest`)
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+#: ``new_record``'s default ``stamp``: look the current run up
+_LOOKUP = object()
+
+
+@functools.lru_cache(maxsize=64)
+def _owned(internal: frozenset[str], stamped: bool) -> frozenset[str]:
+    """Every field a record of a kind owns (computed once per kind, not per record)."""
+    return COMMON_INTERNAL_FIELDS | internal | (RUN_FIELDS if stamped else frozenset())
 
 
 def utcnow() -> dt.datetime:
@@ -169,8 +180,13 @@ class Records:
         self._index.close()
         self.blobs.close()
 
+    def run_stamp(self) -> dict[str, Any] | None:
+        """``{"task_id", "attempt"}`` of the run records saved now to this store belong to, or None
+        (a batch looks it up once and passes it to :meth:`new_record`)."""
+        return current_stamp(self.store_key)
+
     def new_record(self, fields: Mapping[str, Any], internal: Iterable[str], kind: str,
-                   own: Mapping[str, Any] | None = None) -> Document:
+                   own: Mapping[str, Any] | None = None, stamp: Any = _LOOKUP) -> Document:
         """A record with ``_id``, ``project_name`` and ``time`` set, plus the user's ``fields`` and
         the kind's ``own`` fields, BSON-normalised.
 
@@ -182,7 +198,8 @@ class Records:
         Records of the kinds a run stamps (:data:`~tensorhub.stamping.STAMPED_KINDS`: logs,
         models, datasets) saved inside a run (a task attempt or an interactive run) get its
         ``task_id`` and ``attempt`` here, unless ``own`` sets ``task_id`` (a model's explicit
-        ``task=`` lineage, a run's buffered rows); users may not set them. No store round trip.
+        ``task=`` lineage, a run's buffered rows); users may not set them. No store round trip;
+        ``stamp`` is :meth:`run_stamp`'s answer when the caller looked it up once for a batch.
         """
         for key in fields:
             if not isinstance(key, str) or key.startswith("$"):
@@ -194,14 +211,15 @@ class Records:
                 f"field {clash!r} is stamped by tensorhub on every record (the hub's project_name, the UTC save "
                 f"time); store your value under another name, e.g. {clash}_tag, or open a TensorHub on that project")
         stamped = kind in STAMPED_KINDS
-        owned = COMMON_INTERNAL_FIELDS | frozenset(internal) | (RUN_FIELDS if stamped else frozenset())
-        self.refuse_internal({k: v for k, v in fields.items() if k != "project_name"}, owned, kind)
+        self.refuse_internal({k: v for k, v in fields.items() if k != "project_name"},
+                             _owned(frozenset(internal), stamped), kind)
         record = {"_id": ObjectId(), "project_name": self.project_name, "time": utcnow()}
         record.update(fields)
         if own:
             record.update(own)
         if stamped and "task_id" not in record:
-            stamp = current_stamp(self.store_key)
+            if stamp is _LOOKUP:
+                stamp = self.run_stamp()
             if stamp is not None:
                 record.update(stamp)
         return normalize_document(record)
