@@ -6,6 +6,7 @@ kind to its module (:mod:`~tensorhub.datasets`, :mod:`~tensorhub.models`, :mod:`
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import sys
@@ -22,6 +23,7 @@ from tensorhub import runner as _runner
 from tensorhub import tasks as _tasks
 from tensorhub.backends.base import BlobStore, IndexStore
 from tensorhub.context import Connection, default_connection, inside_task
+from tensorhub.deferred import Creation, DeferredBlobs, DeferredIndex
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.ownership import claim_blobs
 from tensorhub.records import Records
@@ -91,11 +93,17 @@ class TensorHub:
     URI, ``$TENSORHUB_URI`` or ``file://./tensorhub-data`` is used, or, inside a task, the store
     the task came from. ``ip``/``port``/``dbname``/``username``/``password`` is TensorLayer's
     signature and means MongoDB.
+
+    Opening creates nothing: a store that does not exist yet (a ``file://`` path never written)
+    answers reads with nothing and is created by the hub's first write. ``create=False`` (for
+    read-only use: ``tensorhub ls``) makes a store that does not exist an error instead:
+    :class:`~tensorhub.errors.NotFoundError` naming the path.
     """
 
     def __init__(self, uri: str | None = None, project_name: str | None = None, *, blobs: str | None = None,
                  ip: str | None = None, port: int | None = None, dbname: str | None = None,
-                 username: str | None = None, password: str | None = None, studyID: Any = None) -> None:
+                 username: str | None = None, password: str | None = None, studyID: Any = None,
+                 create: bool = True) -> None:
         env_project = None
         if uri is None and ip is None and port is None and dbname is None:
             uri, env_blobs, env_project = default_connection()
@@ -110,24 +118,30 @@ class TensorHub:
             error = InvalidArgumentError if isinstance(project_name, str) else InvalidArgumentTypeError
             raise error(f"project_name must be a non-empty string, got {project_name!r}")
         self.uri, self.blobs_uri, self.project_name = uri, blobs, project_name
-        stores = open_stores(uri, index=True, blobs=blobs is None)
+        stores = open_stores(uri, index=True, blobs=blobs is None, create=create)
         index, blob_store = stores.index, stores.blobs
         if index is None:  # a backend's open_stores returns what was asked for
             raise BackendUnavailableError(f"{redact_uri(uri)} opened no index store")
         try:
             if blobs is not None:
-                blob_store = open_stores(blobs, index=False, blobs=True).blobs
+                blob_store = open_stores(blobs, index=False, blobs=True, create=create).blobs
             if blob_store is None:
                 raise BackendUnavailableError(f"{redact_uri(blobs or uri)} opened no blob store")
         except BaseException:
             index.close()
             raise
+        # a store that does not exist yet is created by its first write, not by opening it: what opening
+        # writes (the owner marker, the declared indexes) waits for that write (deferred.py)
         try:  # one blob store serves one index, or a delete in one would free the other's chunks
-            claim_blobs(index, blob_store)
+            exists = index.store_exists() and blob_store.store_exists()
+            claim_blobs(index, blob_store, write=exists)  # without writing, it still refuses another index's blobs
         except BaseException:
             index.close()
             blob_store.close()
             raise
+        if not exists:
+            creation = Creation(functools.partial(claim_blobs, index, blob_store))
+            index, blob_store = DeferredIndex(index, creation), DeferredBlobs(blob_store, creation)
         # the only way below to the index: scoped to the project (records.py); tasks change state
         # only through the queue (tasks.py)
         self._records = Records(index, blob_store, project_name)
