@@ -286,8 +286,9 @@ class TensorHub:
         options = {k: kwargs.pop(k) for k in ("buffer_chunks", "prefetch", "drop_last") if k in kwargs}
         record = self.find_dataset_records(dataset_name, sort=kwargs.pop("sort", None), limit=1, **kwargs)
         if not record:
-            hint = _hints.explain(self._records, "dataset", _datasets.COLLECTION, {"dataset_name": dataset_name, **kwargs},
-                                  "dataset_name", ("batch_size", "shuffle", "seed", "epochs", *_STREAM_OPTIONS))
+            query = {"dataset_name": dataset_name, **kwargs}
+            hint = _hints.explain(self._records, "dataset", _datasets.COLLECTION, query, "dataset_name",
+                                  ("batch_size", "shuffle", "seed", "epochs", *_STREAM_OPTIONS))
             raise _errors.NotFoundError(hint or f"no dataset {dataset_name!r} matches {kwargs or 'the query'}")
         return make_stream(self.connection, record[0], batch_size, shuffle=shuffle, seed=seed, epochs=epochs,
                            blobs=self._records.blobs, **options)
