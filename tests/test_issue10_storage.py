@@ -256,6 +256,7 @@ def test_item03_identity_is_kept_in_the_index(tmp_path: Path) -> None:
     from tensorhub.ownership import index_identity
 
     with TensorHub(f"file://{tmp_path / 'a'}", project_name="p") as hub:
+        hub.save_training_log(step=0)  # a new store is created (and its identity written) by its first write
         first = index_identity(hub.index)
         assert first == index_identity(hub.index, create=False) and uuid.UUID(hex=first)
     with TensorHub(f"file://{tmp_path / 'a'}", project_name="p") as hub:

@@ -32,7 +32,8 @@ class                          builtin it also is                 raised when
 **the store**
 ``BackendUnavailableError``    ``ConnectionError``                the server or endpoint cannot be reached, refused the
                                                                   credentials, or the store is closed
-``NotFoundError``              ``LookupError``                    a record or blob that was expected is missing
+``NotFoundError``              ``LookupError``                    a record or blob that was expected is missing; a
+                                                                  store opened with ``create=False`` does not exist
 ``CorruptDataError``           ``ValueError``                     stored bytes or records do not match what they say
 ``ConflictError``              --                                 concurrent writers won every retry of an optimistic
                                                                   update (``append_dataset``, an S3 compare-and-swap):

@@ -6,6 +6,7 @@ kind to its module (:mod:`~tensorhub.datasets`, :mod:`~tensorhub.models`, :mod:`
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import sys
@@ -16,6 +17,7 @@ from urllib.parse import quote
 
 from tensorhub import datasets as _datasets
 from tensorhub import errors as _errors
+from tensorhub import hints as _hints
 from tensorhub import logs as _logs
 from tensorhub import models as _models
 from tensorhub import run_log as _run_log
@@ -24,6 +26,7 @@ from tensorhub import runs as _runs
 from tensorhub import tasks as _tasks
 from tensorhub.backends.base import BlobStore, IndexStore
 from tensorhub.context import Connection, default_connection, inside_task
+from tensorhub.deferred import Creation, DeferredBlobs, DeferredIndex
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.frames import to_frame
 from tensorhub.ownership import claim_blobs
@@ -85,6 +88,26 @@ def _task_query(task_name: str | None, kwargs: dict[str, Any]) -> dict[str, Any]
     return kwargs
 
 
+def _records_of(hub: TensorHub) -> Records:
+    return hub._records
+
+
+def _explains(kind: str, collection: str, name_field: str | None = None, options: tuple[str, ...] = ()) -> Any:
+    """A find/delete that returns nothing logs why it may have (hints.py): once per call site."""
+    return _hints.explains_empty(_records_of, kind, collection, name_field, options)
+
+
+_DATASET = ("dataset", _datasets.COLLECTION, "dataset_name")
+_MODEL = ("model", _models.COLLECTION, "model_name")
+_TASK = ("task", _tasks.COLLECTION, "task_name")
+#: the options find_*_models take out of their keywords (the rest is the query)
+_MODEL_LOAD_OPTIONS = ("allow_pickle", "into", "trusted", "sess")
+#: create_task's options beyond its signature (TaskQueue.create's), near misses of which are refused
+_TASK_OPTIONS = ("max_attempts", "timeout", "priority", "retry_on_error")
+#: stream_dataset's options beyond its signature
+_STREAM_OPTIONS = ("buffer_chunks", "prefetch", "drop_last", "sort")
+
+
 class TensorHub:
     """One project's view of a tensorhub store: datasets, models, logs and tasks.
 
@@ -99,11 +122,17 @@ class TensorHub:
     URI, ``$TENSORHUB_URI`` or ``file://./tensorhub-data`` is used, or, inside a task, the store
     the task came from. ``ip``/``port``/``dbname``/``username``/``password`` is TensorLayer's
     signature and means MongoDB.
+
+    Opening creates nothing: a store that does not exist yet (a ``file://`` path never written)
+    answers reads with nothing and is created by the hub's first write. ``create=False`` (for
+    read-only use: ``tensorhub ls``) makes a store that does not exist an error instead:
+    :class:`~tensorhub.errors.NotFoundError` naming the path.
     """
 
     def __init__(self, uri: str | None = None, project_name: str | None = None, *, blobs: str | None = None,
                  ip: str | None = None, port: int | None = None, dbname: str | None = None,
-                 username: str | None = None, password: str | None = None, studyID: Any = None) -> None:
+                 username: str | None = None, password: str | None = None, studyID: Any = None,
+                 create: bool = True) -> None:
         env_project = None
         if uri is None and ip is None and port is None and dbname is None:
             uri, env_blobs, env_project = default_connection()
@@ -118,24 +147,30 @@ class TensorHub:
             error = InvalidArgumentError if isinstance(project_name, str) else InvalidArgumentTypeError
             raise error(f"project_name must be a non-empty string, got {project_name!r}")
         self.uri, self.blobs_uri, self.project_name = uri, blobs, project_name
-        stores = open_stores(uri, index=True, blobs=blobs is None)
+        stores = open_stores(uri, index=True, blobs=blobs is None, create=create)
         index, blob_store = stores.index, stores.blobs
         if index is None:  # a backend's open_stores returns what was asked for
             raise BackendUnavailableError(f"{redact_uri(uri)} opened no index store")
         try:
             if blobs is not None:
-                blob_store = open_stores(blobs, index=False, blobs=True).blobs
+                blob_store = open_stores(blobs, index=False, blobs=True, create=create).blobs
             if blob_store is None:
                 raise BackendUnavailableError(f"{redact_uri(blobs or uri)} opened no blob store")
         except BaseException:
             index.close()
             raise
+        # a store that does not exist yet is created by its first write, not by opening it: what opening
+        # writes (the owner marker, the declared indexes) waits for that write (deferred.py)
         try:  # one blob store serves one index, or a delete in one would free the other's chunks
-            claim_blobs(index, blob_store)
+            exists = index.store_exists() and blob_store.store_exists()
+            claim_blobs(index, blob_store, write=exists)  # without writing, it still refuses another index's blobs
         except BaseException:
             index.close()
             blob_store.close()
             raise
+        if not exists:
+            creation = Creation(functools.partial(claim_blobs, index, blob_store))
+            index, blob_store = DeferredIndex(index, creation), DeferredBlobs(blob_store, creation)
         # the only way below to the index: scoped to the project (records.py); tasks change state
         # only through the queue (tasks.py)
         self._records = Records(index, blob_store, project_name)
@@ -210,6 +245,7 @@ class TensorHub:
     __repr__ = __str__
 
     # ------------------------------------------------------------------ datasets
+    @_hints.refuses_near_options("allow_pickle", "chunk_bytes")
     def save_dataset(self, dataset: Any = None, dataset_name: str | None = None, **kwargs: Any) -> Any:
         """Store ``dataset`` (arrays in lists/tuples/dicts) under ``dataset_name``; extra kwargs are tags.
 
@@ -217,17 +253,20 @@ class TensorHub:
         """
         return _datasets.save_dataset(self._records, dataset, dataset_name, **kwargs)
 
+    @_explains(*_DATASET, options=("allow_pickle",))
     def find_dataset(self, dataset_name: str | None = None, sort: Any = None, lazy: bool = False,
                      **kwargs: Any) -> Any:
         """The newest (or first by ``sort``) dataset matching the query, or ``None``."""
         found = self.find_all_datasets(dataset_name, sort=sort, lazy=lazy, limit=1, **kwargs)
         return found[0] if found else None
 
+    @_explains(*_DATASET, options=("allow_pickle", "limit"))
     def find_all_datasets(self, dataset_name: str | None = None, sort: Any = None, lazy: bool = False,
                           **kwargs: Any) -> list:
         """Every dataset matching the query (newest first)."""
         return _datasets.find_all_datasets(self._records, dataset_name, sort=sort, lazy=lazy, **kwargs)
 
+    @_explains(*_DATASET)
     def find_dataset_records(self, dataset_name: str | None = None, sort: Any = None, limit: int | None = None,
                              as_frame: bool = False, **kwargs: Any) -> Any:
         """The records (schema, tags) of matching datasets, without reading any blob (a pandas
@@ -261,10 +300,14 @@ class TensorHub:
         options = {k: kwargs.pop(k) for k in ("buffer_chunks", "prefetch", "drop_last") if k in kwargs}
         record = self.find_dataset_records(dataset_name, sort=kwargs.pop("sort", None), limit=1, **kwargs)
         if not record:
-            raise _errors.NotFoundError(f"no dataset {dataset_name!r} matches {kwargs or 'the query'}")
+            query = {"dataset_name": dataset_name, **kwargs}
+            hint = _hints.explain(self._records, "dataset", _datasets.COLLECTION, query, "dataset_name",
+                                  ("batch_size", "shuffle", "seed", "epochs", *_STREAM_OPTIONS))
+            raise _errors.NotFoundError(hint or f"no dataset {dataset_name!r} matches {kwargs or 'the query'}")
         return make_stream(self.connection, record[0], batch_size, shuffle=shuffle, seed=seed, epochs=epochs,
                            blobs=self._records.blobs, **options)
 
+    @_explains(*_DATASET)
     def delete_datasets(self, **kwargs: Any) -> int:
         """Delete matching datasets and their blobs; return how many records were deleted."""
         return _datasets.delete_datasets(self._records, kwargs)
@@ -273,6 +316,8 @@ class TensorHub:
     find_datasets = find_all_datasets
 
     # ------------------------------------------------------------------ models
+    @_hints.refuses_near_options("example_inputs", "dynamic_shapes", "allow_pickle", "dataset", "task", "dataset_id",
+                                 "task_id", "sess")
     def save_model(self, network: Any = None, model_name: str = "model", **kwargs: Any) -> Any:
         """Store a model (``torch.nn.Module``, list/dict of arrays, or an adapter's type); kwargs are tags.
 
@@ -287,6 +332,7 @@ class TensorHub:
         allow_pickle = bool(kwargs.pop("allow_pickle", False))
         return _models.save_model(self._records, network, model_name, allow_pickle=allow_pickle, **kwargs)
 
+    @_explains(*_MODEL, options=(*_MODEL_LOAD_OPTIONS, "limit"))
     def find_all_models(self, sort: Any = None, model_name: str | None = None, **kwargs: Any) -> list:
         """Every model matching the query (newest first), each carrying ``tensorhub_record``.
 
@@ -302,6 +348,7 @@ class TensorHub:
         _drop_sess(kwargs)
         return _models.find_all_models(self._records, model_name, sort=sort, **kwargs)
 
+    @_explains(*_MODEL, options=_MODEL_LOAD_OPTIONS)
     def find_model(self, sort: Any = None, model_name: str | None = None, **kwargs: Any) -> Any:
         """The newest (or first by ``sort``) model matching the query, or ``None``.
 
@@ -311,10 +358,12 @@ class TensorHub:
         found = self.find_all_models(sort=sort, model_name=model_name, limit=1, **kwargs)
         return found[0] if found else None
 
+    @_explains(*_MODEL)
     def delete_model(self, **kwargs: Any) -> int:
         """Delete matching models; free the chunks no other record uses; return how many were deleted."""
         return _models.delete_models(self._records, kwargs)
 
+    @_explains(*_MODEL)
     def compare_models(self, model_name: str | None = None, keys: Any = None, sort: Any = None,
                        as_frame: bool = False, limit: int | None = None, **kwargs: Any) -> Any:
         """One row per matching model (``model_name``, ``time``, ``id``, ``adapter``, metrics), best first.
@@ -357,6 +406,7 @@ class TensorHub:
         """Record many testing log rows (an iterable of dicts) in one batch (one durable write)."""
         return _logs.save_logs(self._records, "testing", rows)
 
+    @_explains("training log", _logs.COLLECTIONS["training"])
     def find_training_logs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
                            **kwargs: Any) -> Any:
         """Training log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
@@ -364,6 +414,7 @@ class TensorHub:
         return _rows(_logs.find_logs(self._records, "training", kwargs, sort=sort, limit=limit), as_frame,
                      "find_training_logs")
 
+    @_explains("validation log", _logs.COLLECTIONS["validation"])
     def find_validation_logs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
                              **kwargs: Any) -> Any:
         """Validation log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
@@ -371,6 +422,7 @@ class TensorHub:
         return _rows(_logs.find_logs(self._records, "validation", kwargs, sort=sort, limit=limit), as_frame,
                      "find_validation_logs")
 
+    @_explains("testing log", _logs.COLLECTIONS["testing"])
     def find_testing_logs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
                           **kwargs: Any) -> Any:
         """Testing log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
@@ -378,19 +430,23 @@ class TensorHub:
         return _rows(_logs.find_logs(self._records, "testing", kwargs, sort=sort, limit=limit), as_frame,
                      "find_testing_logs")
 
+    @_explains("training log", _logs.COLLECTIONS["training"])
     def delete_training_log(self, **kwargs: Any) -> int:
         """Delete matching training logs (all of this project's when no kwargs); return how many."""
         return _logs.delete_logs(self._records, "training", kwargs)
 
+    @_explains("validation log", _logs.COLLECTIONS["validation"])
     def delete_validation_log(self, **kwargs: Any) -> int:
         """Delete matching validation logs (all of this project's when no kwargs); return how many."""
         return _logs.delete_logs(self._records, "validation", kwargs)
 
+    @_explains("testing log", _logs.COLLECTIONS["testing"])
     def delete_testing_log(self, **kwargs: Any) -> int:
         """Delete matching testing logs (all of this project's when no kwargs); return how many."""
         return _logs.delete_logs(self._records, "testing", kwargs)
 
     # ------------------------------------------------------------------ tasks
+    @_hints.refuses_near_options(*_TASK_OPTIONS)
     def create_task(self, task_name: str | None = None, script: Any = None, hyper_parameters: dict | None = None,
                     saved_result_keys: list[str] | None = None, **kwargs: Any) -> Any:
         """Queue a run of ``script`` (a Python file; its text is stored) with ``hyper_parameters`` as globals.
@@ -402,6 +458,7 @@ class TensorHub:
         """
         return self._queue.create(task_name, script, [hyper_parameters], saved_result_keys, **kwargs)[0]
 
+    @_hints.refuses_near_options(*_TASK_OPTIONS, "hyper_parameters")
     def create_sweep(self, task_name: str, script: Any, grid: dict[str, list] | None = None,
                      points: list[dict] | None = None, saved_result_keys: list[str] | None = None,
                      **kwargs: Any) -> list:
@@ -412,6 +469,7 @@ class TensorHub:
         """
         return self._queue.create(task_name, script, _tasks.sweep_points(grid, points), saved_result_keys, **kwargs)
 
+    @_explains(*_TASK)
     def run_task(self, task_name: str | None = None, sort: Any = None, lease: float = _tasks.DEFAULT_LEASE,
                  in_process: bool = False, **kwargs: Any) -> bool:
         """Claim one pending task (highest priority, oldest first unless ``sort``) and run it.
@@ -429,10 +487,12 @@ class TensorHub:
 
     run_top_task = run_task
 
+    @_explains(*_TASK)
     def check_unfinished_task(self, task_name: str | None = None, **kwargs: Any) -> bool:
         """Whether any matching task is still ``pending`` or ``running``."""
         return self._queue.has_unfinished(_task_query(task_name, kwargs))
 
+    @_explains(*_TASK, options=("limit",))
     def find_tasks(self, task_name: str | None = None, sort: Any = None, as_frame: bool = False,
                    **kwargs: Any) -> Any:
         """Task records matching the query (newest first unless ``sort``); interactive runs are tasks too
@@ -440,6 +500,7 @@ class TensorHub:
         limit = kwargs.pop("limit", None)
         return _rows(self._queue.find(_task_query(task_name, kwargs), sort=sort, limit=limit), as_frame, "find_tasks")
 
+    @_explains(*_TASK)
     def wait_for_tasks(self, task_name: str | None = None, timeout: float | None = None, poll: float = 0.5,
                        **kwargs: Any) -> list[dict]:
         """Block until no matching task is unfinished; return the matching task records.
@@ -451,6 +512,7 @@ class TensorHub:
         _check_seconds("poll", poll, zero=False)
         return self._queue.wait(_task_query(task_name, kwargs), timeout=timeout, poll=poll)
 
+    @_explains(*_TASK)
     def cancel_tasks(self, **kwargs: Any) -> int:
         """Cancel matching tasks: pending ones never start, running ones are asked to stop.
 
@@ -458,6 +520,7 @@ class TensorHub:
         """
         return self._queue.cancel(kwargs)
 
+    @_explains(*_TASK)
     def delete_tasks(self, **kwargs: Any) -> int:
         """Delete matching task records; return how many were deleted."""
         return self._queue.delete(kwargs)
@@ -496,6 +559,7 @@ class TensorHub:
         """
         _run_log.current_run(self._records).log(step, kind, **metrics)
 
+    @_explains(*_TASK)
     def find_runs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
                   **kwargs: Any) -> Any:
         """Runs (tasks and interactive runs) matching the query, newest first: one row each with ``id``,

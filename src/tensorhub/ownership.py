@@ -71,17 +71,22 @@ def _read_marker(blobs: BlobStore) -> dict | None:
     return marker
 
 
-def claim_blobs(index: IndexStore, blobs: BlobStore) -> None:
+def claim_blobs(index: IndexStore, blobs: BlobStore, write: bool = True) -> None:
     """Check that ``blobs`` belongs to ``index``, marking it if unmarked; refuse a blob store of another index.
 
-    Raises :class:`~tensorhub.errors.ConfigurationError` naming both stores and what to do.
+    With ``write=False`` nothing is written (a hub opened on a store that does not exist yet
+    checks at open and claims at its first write): a blob store marked by another index is
+    still refused, an unmarked one is left for the claim. Raises
+    :class:`~tensorhub.errors.ConfigurationError` naming both stores and what to do.
     """
     try:
-        identity = index_identity(index)
+        identity = index_identity(index, create=write)
     except (TensorHubError, OSError) as exc:  # e.g. read-only credentials on a store written before markers
         log.warning("could not record the identity of the index %s (%s)", index.uri, exc)
         identity = None
     marker = _read_marker(blobs)
+    if marker is None and not write:
+        return
     if marker is None and identity is not None:
         text = json.dumps({_IDENTITY_FIELD: identity, "index_uri": index.uri,
                            "marked": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 
 from tensorhub.backends.base import BlobStore, IndexStore, Stores
-from tensorhub.errors import BackendNotInstalledError, ConfigurationError, TensorHubError, UnknownSchemeError
+from tensorhub.errors import (
+    BackendNotInstalledError,
+    ConfigurationError,
+    NotFoundError,
+    TensorHubError,
+    UnknownSchemeError,
+)
 from tensorhub.redaction import redact_uri, scrub, shows_secret
 
 #: the one redaction function (:func:`tensorhub.redaction.redact_uri`), under its older name
@@ -115,8 +121,15 @@ def split_scheme(uri: str) -> str:
     return normalize_scheme(uri.split("://", 1)[0])
 
 
-def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
-    """Open the stores a URI names; only the layers asked for are opened."""
+def open_stores(uri: str, *, index: bool = True, blobs: bool = True, create: bool = True) -> Stores:
+    """Open the stores a URI names; only the layers asked for are opened.
+
+    Opening creates nothing (a backend creates a store on its first write). With ``create=False``
+    (read-only commands: ``tensorhub ls``, a ``copy`` source) a store that does not exist yet is
+    an error rather than an empty store: :class:`~tensorhub.errors.NotFoundError` naming the
+    (redacted) URI. What "exists" means is the backend's (:meth:`IndexStore.store_exists`; the
+    index decides when one was opened, else the blob store).
+    """
     if not isinstance(uri, str) or not uri:
         got = "an empty string" if isinstance(uri, str) else f"a {type(uri).__name__}"  # never echo it: secrets
         raise ConfigurationError(f"a store URI must be a non-empty string such as {DEFAULT_URI!r}, got {got}")
@@ -124,13 +137,29 @@ def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
     opener = _load(_lookup(scheme), scheme)
     log.debug("opening %s (index=%s, blobs=%s)", redact_uri(uri), index, blobs)
     try:
-        return opener(uri, index=index, blobs=blobs)
+        stores = opener(uri, index=index, blobs=blobs)
+        if not create:
+            _require_existing(stores, uri)
+        return stores
     except Exception as exc:
         # last line of defence for every backend (third-party ones too): an error that quotes a
         # secret of the URI, itself or in its chain, is raised again without it
         if not _chain_shows_secret(exc, uri):
             raise
         raise _scrubbed(exc, uri) from None
+
+
+def _require_existing(stores: Stores, uri: str) -> None:
+    """Raise :class:`NotFoundError` (closing the stores) when the store ``uri`` names was never created."""
+    store: IndexStore | BlobStore | None = stores.index if stores.index is not None else stores.blobs
+    if store is None or store.store_exists():
+        return
+    for opened in (stores.index, stores.blobs):
+        if opened is not None:
+            opened.close()
+    raise NotFoundError(
+        f"there is no tensorhub store at {redact_uri(uri)}: nothing was ever saved there (a typo in the path?). "
+        "Check the URI; a store is created by its first write (save_*, create_task), never by a read")
 
 
 def _chain_shows_secret(exc: BaseException, uri: str) -> bool:

@@ -100,6 +100,17 @@ class IndexStore(ABC):
     def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
         """Delete every match; return the count."""
 
+    def store_exists(self) -> bool:
+        """Whether the store at :attr:`uri` has been created (a write made it), so that opening it for
+        reading finds something rather than nothing.
+
+        Read-only openers (``TensorHub(..., create=False)``, ``tensorhub ls``) refuse a store that
+        does not exist, and a hub defers what it writes at open (its owner marker, its indexes) to
+        its first write while it is False. A backend that creates nothing on open and answers
+        reads of a missing store with nothing (MongoDB's databases) keeps the default, True.
+        """
+        return True
+
     def create_index(self, collection: str, keys: SortSpec) -> None:  # noqa: B027 - optional hook
         """Declare a compound index the repository queries by; backends may ignore it."""
 
@@ -164,6 +175,11 @@ class BlobStore(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> Iterator[str]:
         """Yield every key starting with ``prefix`` (in no particular order)."""
+
+    def store_exists(self) -> bool:
+        """Whether the blob store at :attr:`uri` has been created (see :meth:`IndexStore.store_exists`);
+        the default, True, suits stores that create nothing on open."""
+        return True
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` holds a value. Derived from :meth:`get`; backends override it cheaply."""

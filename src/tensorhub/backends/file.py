@@ -349,21 +349,42 @@ class SQLiteIndexStore(IndexStore):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.uri = redact_uri(f"file://{self.path.parent}")  # shown: a user:password@ path part is hidden
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            self._conn: sqlite3.Connection | None = conn  # None once closed
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS documents ("
-                " collection TEXT NOT NULL, id TEXT NOT NULL, doc BLOB NOT NULL, fields TEXT,"
-                " PRIMARY KEY (collection, id))"
-            )
-            self._add_fields_column(conn)
-        except (OSError, sqlite3.Error) as exc:
-            raise BackendUnavailableError(f"cannot open the index at {self.path}: {exc}") from exc
         self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None  # opened when the file exists or a write creates it
+        self._closed = False
+        if self.path.exists():  # an existing store's problems (permissions, damage) show at open
+            self._ready(create=False)
+
+    def store_exists(self) -> bool:
+        """Whether the index file exists: opening a store never creates it, the first write does."""
+        return self._conn is not None or self.path.is_file()
+
+    def _ready(self, create: bool) -> bool:
+        """Connect (creating the directory and the file when ``create``); False when there is no
+        store yet and ``create`` is False: a read of a store that does not exist finds nothing."""
+        with self._lock:
+            if self._closed:
+                raise BackendUnavailableError(f"the store at {self.path} is closed")
+            if self._conn is not None:
+                return True
+            if not create and not self.path.is_file():
+                return False
+            try:
+                if create:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS documents ("
+                    " collection TEXT NOT NULL, id TEXT NOT NULL, doc BLOB NOT NULL, fields TEXT,"
+                    " PRIMARY KEY (collection, id))"
+                )
+                self._add_fields_column(conn)
+            except (OSError, sqlite3.Error) as exc:
+                raise BackendUnavailableError(f"cannot open the index at {self.path}: {exc}") from exc
+            self._conn = conn
+            return True
 
     @staticmethod
     def _add_fields_column(conn: sqlite3.Connection) -> None:
@@ -436,6 +457,7 @@ class SQLiteIndexStore(IndexStore):
 
     def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
         rows = [(collection, str(d["_id"]), encode_document(d), scalar_fields(d)) for d in documents]
+        self._ready(create=True)
         with self._transaction(immediate=True) as conn:
             try:
                 conn.executemany("INSERT INTO documents (collection, id, doc, fields) VALUES (?, ?, ?, ?)", rows)
@@ -445,6 +467,9 @@ class SQLiteIndexStore(IndexStore):
     def find(
         self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None, limit: int | None = None
     ) -> list[Document]:
+        if self._conn is None and not self._ready(create=False):
+            validate_filter(filter)  # malformed filters fail on every store, even one not created yet
+            return []
         with self._transaction() as conn:
             found = self._scan(conn, collection, filter)
         sort_documents(found, sort)
@@ -458,6 +483,9 @@ class SQLiteIndexStore(IndexStore):
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
         validate_update(update)  # fails the same when nothing matches
+        if self._conn is None and not self._ready(create=False):
+            validate_filter(filter)
+            return 0
         with self._transaction(immediate=True) as conn:
             found = [apply_update(d, update) for d in self._scan(conn, collection, filter)]
             self._write_back(conn, collection, found)
@@ -467,6 +495,9 @@ class SQLiteIndexStore(IndexStore):
         self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any], sort: SortSpec | None = None
     ) -> Document | None:
         validate_update(update)
+        if self._conn is None and not self._ready(create=False):
+            validate_filter(filter)
+            return None
         with self._transaction(immediate=True) as conn:
             found = sort_documents(self._scan(conn, collection, filter), sort)
             if not found:
@@ -476,6 +507,9 @@ class SQLiteIndexStore(IndexStore):
         return document
 
     def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
+        if self._conn is None and not self._ready(create=False):
+            validate_filter(filter)
+            return 0
         with self._transaction(immediate=True) as conn:
             ids = [(collection, str(d["_id"])) for d in self._scan(conn, collection, filter)]
             conn.executemany("DELETE FROM documents WHERE collection = ? AND id = ?", ids)
@@ -483,6 +517,7 @@ class SQLiteIndexStore(IndexStore):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -497,11 +532,11 @@ class FileBlobStore(BlobStore):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.uri = redact_uri(f"file://{self.root}")
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BackendUnavailableError(f"cannot create the blob directory {self.root}: {exc}") from exc
+        self.uri = redact_uri(f"file://{self.root}")  # the directory is made by the first put, not here
+
+    def store_exists(self) -> bool:
+        """Whether the blob directory exists (the first put makes it)."""
+        return self.root.is_dir()
 
     def _path(self, key: str) -> Path:
         parts = key.split("/")
@@ -512,7 +547,10 @@ class FileBlobStore(BlobStore):
 
     def put(self, key: str, data: bytes | BinaryIO) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendUnavailableError(f"cannot create the blob directory {path.parent}: {exc}") from exc
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as out:
