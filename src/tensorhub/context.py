@@ -114,7 +114,7 @@ def default_project() -> tuple[str, str]:
     stem = Path(path).stem if path else ""
     if stem and stem not in ("-c", "__main__", "ipykernel_launcher", "pytest"):
         return stem, f"the file name of the running script {path}"
-    return "default", "no script file (an interactive session)"
+    return "default", "no script file: an interactive session"
 
 
 def default_connection() -> tuple[str, str | None, str | None]:

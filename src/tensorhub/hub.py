@@ -95,7 +95,9 @@ class TensorHub:
     ``blobs`` optionally puts the large bytes elsewhere (``blobs="s3://bucket/prefix"``). With no
     URI, ``$TENSORHUB_URI`` or ``file://./tensorhub-data`` is used, or, inside a task, the store
     the task came from. ``ip``/``port``/``dbname``/``username``/``password`` is TensorLayer's
-    signature and means MongoDB.
+    signature and means MongoDB. Without ``project_name``: the running task's project, else
+    ``$TENSORHUB_PROJECT``, else the running script's file stem, else ``"default"`` (logged once
+    at INFO); :meth:`list_projects` lists a store's projects.
     """
 
     def __init__(self, uri: str | None = None, project_name: str | None = None, *, blobs: str | None = None,
