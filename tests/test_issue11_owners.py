@@ -41,6 +41,7 @@ def _script(tmp_path: Path, body: str = "x = 1\n") -> Path:
 EXEMPT = {
     "close": "releases connections and files; reads and writes no record",
     "collect_garbage": "store-wide by design: deletes blobs no record of any project uses (tests/test_gc.py)",
+    "list_projects": "store-wide by design: every project's name and record counts (tests/test_issue12_cli.py)",
 }
 
 
@@ -92,6 +93,10 @@ def _b_calls(b: TensorHub, script: Path) -> dict[str, Callable[[], Any]]:
         "find_runs": lambda: b.find_runs() + b.find_runs(project_name="a"),
         "compare_runs": lambda: b.compare_runs(),
         "find_run_records": lambda: b.find_run_records(b.find_tasks()[0]),
+        "find_records": lambda: b.find_records("models") + b.find_records("tasks", project_name="a"),
+        # every record of both projects by id: A's are not found, B's lineage names nothing of A
+        "describe_record": lambda: [b.describe_record(c, r["_id"]) for c in ("datasets", "models", "tasks")
+                                    for r in b.index.find(c, {})],
     }
 
 

@@ -2,8 +2,8 @@
 
 Inside a running task, the store and project the task came from (set by the runner, for
 in-process scripts in a context variable and for child processes in the environment);
-otherwise ``$TENSORHUB_URI`` (and ``$TENSORHUB_BLOBS_URI``, ``$TENSORHUB_PROJECT``), else the
-embedded default ``file://./tensorhub-data``.
+otherwise ``$TENSORHUB_URI`` (and ``$TENSORHUB_BLOBS_URI``), else the embedded default
+``file://./tensorhub-data``. The default project, with or without a URI: :func:`default_project`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tensorhub.redaction import redact_uri
 from tensorhub.registry import DEFAULT_URI
@@ -91,6 +93,28 @@ def current_attempt() -> int | None:
         except ValueError:
             return None
     return attempt
+
+
+def default_project() -> tuple[str, str]:
+    """``(project_name, why)`` for a ``TensorHub`` opened without ``project_name``: the one rule.
+
+    The project of the task this code runs in, else ``$TENSORHUB_PROJECT`` (with or without a
+    URI), else the running script's file stem (as TensorLayer did), else ``"default"`` (an
+    interactive session, ``python -c``, a notebook, pytest). The CLI's rule is the same without the
+    script stem: ``--project``, else ``$TENSORHUB_PROJECT``, else ``"default"``.
+    """
+    current = _current.get()
+    if current is not None:
+        return current.project_name, "the project of the running task"
+    env = os.environ.get(ENV_PROJECT)
+    if env:
+        return env, f"${ENV_PROJECT}"
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None) or (sys.argv[0] if sys.argv and sys.argv[0] else "")
+    stem = Path(path).stem if path else ""
+    if stem and stem not in ("-c", "__main__", "ipykernel_launcher", "pytest"):
+        return stem, f"the file name of the running script {path}"
+    return "default", "no script file: an interactive session"
 
 
 def default_connection() -> tuple[str, str | None, str | None]:

@@ -9,12 +9,11 @@ import datetime as dt
 import functools
 import logging
 import math
-import sys
 import warnings
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from tensorhub import catalog as _catalog
 from tensorhub import datasets as _datasets
 from tensorhub import errors as _errors
 from tensorhub import hints as _hints
@@ -25,7 +24,7 @@ from tensorhub import runner as _runner
 from tensorhub import runs as _runs
 from tensorhub import tasks as _tasks
 from tensorhub.backends.base import BlobStore, IndexStore
-from tensorhub.context import Connection, default_connection, inside_task
+from tensorhub.context import ENV_PROJECT, Connection, default_connection, default_project, inside_task
 from tensorhub.deferred import Creation, DeferredBlobs, DeferredIndex
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.frames import to_frame
@@ -39,12 +38,18 @@ from tensorhub.zygote import stop_shared_zygote
 log = logging.getLogger(__name__)
 
 
-def _default_project_name() -> str:
-    """The running script's file stem, as TensorLayer did ("default" in an interactive session)."""
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None) or (sys.argv[0] if sys.argv and sys.argv[0] else "")
-    stem = Path(path).stem if path else ""
-    return stem if stem and stem not in ("-c", "__main__", "ipykernel_launcher", "pytest") else "default"
+#: the (project, why) defaults already logged by this process: the INFO line is said once each
+_LOGGED_DEFAULTS: set[tuple[str, str]] = set()
+
+
+def _log_default_project(project_name: str, why: str) -> None:
+    """Say once (INFO) which project a hub opened without ``project_name`` uses and why: a script's
+    default (its file name) differs from the CLI's ("default"), and records in the wrong project
+    look lost."""
+    if (project_name, why) not in _LOGGED_DEFAULTS:
+        _LOGGED_DEFAULTS.add((project_name, why))
+        log.info("tensorhub: no project_name given; using project %r (%s). Pass project_name= or set "
+                 "$%s to choose; `tensorhub ls projects` lists a store's projects", project_name, why, ENV_PROJECT)
 
 
 def _tensorlayer_uri(ip: str, port: int, dbname: str, username: str | None, password: str | None) -> str:
@@ -121,7 +126,9 @@ class TensorHub:
     ``blobs`` optionally puts the large bytes elsewhere (``blobs="s3://bucket/prefix"``). With no
     URI, ``$TENSORHUB_URI`` or ``file://./tensorhub-data`` is used, or, inside a task, the store
     the task came from. ``ip``/``port``/``dbname``/``username``/``password`` is TensorLayer's
-    signature and means MongoDB.
+    signature and means MongoDB. Without ``project_name``: the running task's project, else
+    ``$TENSORHUB_PROJECT``, else the running script's file stem, else ``"default"`` (logged once
+    at INFO); :meth:`list_projects` lists a store's projects.
 
     Opening creates nothing: a store that does not exist yet (a ``file://`` path never written)
     answers reads with nothing and is created by the hub's first write. ``create=False`` (for
@@ -133,16 +140,16 @@ class TensorHub:
                  ip: str | None = None, port: int | None = None, dbname: str | None = None,
                  username: str | None = None, password: str | None = None, studyID: Any = None,
                  create: bool = True) -> None:
-        env_project = None
         if uri is None and ip is None and port is None and dbname is None:
-            uri, env_blobs, env_project = default_connection()
+            uri, env_blobs, _ = default_connection()
             blobs = blobs or env_blobs
         elif uri is None:
             uri = _tensorlayer_uri(ip or "localhost", port or 27017, dbname or "tensorhub", username, password)
         elif ip is not None or port is not None or dbname is not None:
             raise InvalidArgumentError("pass either a URI or TensorLayer's ip/port/dbname, not both")
-        if project_name is None:
-            project_name = env_project or _default_project_name()
+        if project_name is None:  # the one rule (context.default_project), with or without a URI
+            project_name, why = default_project()
+            _log_default_project(project_name, why)
         if not isinstance(project_name, str) or not project_name:
             error = InvalidArgumentError if isinstance(project_name, str) else InvalidArgumentTypeError
             raise error(f"project_name must be a non-empty string, got {project_name!r}")
@@ -222,6 +229,31 @@ class TensorHub:
         """
         _check_seconds("older_than", older_than, zero=True)
         return self._records.collect_garbage(dt.timedelta(seconds=older_than), dry_run=dry_run)
+
+    # ------------------------------------------------------------------ any kind (catalog.py)
+    def list_projects(self) -> list[dict[str, Any]]:
+        """Every project of this store (not only this hub's), sorted by name, with record counts.
+
+        Each row: ``project_name``, ``datasets``, ``models``, ``training_logs``, ``validation_logs``,
+        ``testing_logs``, ``tasks`` (queued tasks and runs) and ``tasks_by_status``
+        (``{"finished": 3, "failed": 1}``). Reads counts only. Also ``tensorhub ls projects``.
+        """
+        return _catalog.list_projects(self._records)
+
+    def find_records(self, kind: str, sort: Any = None, limit: int | None = None, **kwargs: Any) -> list[dict]:
+        """This project's records of ``kind`` (``datasets``, ``models``, ``tasks``, ``runs``,
+        ``training_logs``, ``validation_logs``, ``testing_logs``) matching the query (kwargs), newest
+        first unless ``sort``; records only, no blob is read (a model is not loaded)."""
+        return _catalog.find_records(self._records, kind, kwargs, sort=sort, limit=limit)
+
+    def describe_record(self, kind: str, record_id: Any) -> dict[str, Any] | None:
+        """One record of this project, whole, with its lineage; None if no record of ``kind`` has the id.
+
+        Returns ``{"kind", "record", "lineage"}``. Lineage: a model's ``dataset`` and ``task``; a
+        task's (or run's) ``logs`` (row counts per log kind), ``models`` and ``datasets`` saved by it;
+        a dataset's ``models``; a log row's ``task``. Also ``tensorhub show KIND ID``.
+        """
+        return _catalog.describe(self._records, kind, record_id)
 
     def close(self) -> None:
         """Release connections and files, and stop the task helper process if no task runs.

@@ -120,8 +120,9 @@ class Records:
     bound to one collection. The raw index is private (``_index``); the few operations that
     legitimately cross projects are named so and say why in their docstrings:
     :meth:`create_index`, :meth:`exists_in_any_project`, :meth:`release_chunks`,
-    :meth:`collect_garbage` (chunks are shared store-wide), and :meth:`store_index` (the
-    hub's ``index`` property, for users and tests).
+    :meth:`collect_garbage` (chunks are shared store-wide), :meth:`count_every_project` (the
+    projects of a store and their record counts), and :meth:`store_index` (the hub's ``index``
+    property, for users and tests).
     """
 
     def __init__(self, index: IndexStore, blobs: BlobStore, project_name: str) -> None:
@@ -174,6 +175,15 @@ class Records:
         (``save_model(dataset=...)``); only existence is read, never the record.
         """
         return bool(self._index.find(collection, {"_id": record_id}, limit=1))
+
+    def count_every_project(self, collection: str, by: Sequence[str] = ()) -> dict[tuple[Any, ...], int]:
+        """How many records ``collection`` holds per project (and per value of each field of ``by``):
+        ``{(project_name, *values): count}``.
+
+        Store-wide on purpose: listing the projects of a store (``TensorHub.list_projects``, ``tensorhub
+        ls projects``) must see every project; only counts are read, never a record.
+        """
+        return self._index.count_by(collection, ["project_name", *by])
 
     def close(self) -> None:
         """Close both stores."""

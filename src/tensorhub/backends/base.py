@@ -129,6 +129,21 @@ class IndexStore(ABC):
         """Number of matches. Backends with a cheaper count override it."""
         return len(self.find(collection, filter))
 
+    def count_by(self, collection: str, fields: Sequence[str],
+                 filter: Mapping[str, Any] | None = None) -> dict[tuple[Any, ...], int]:
+        """How many documents match ``filter`` for each combination of the top-level ``fields``'
+        values (a missing field counts as ``None``): ``{(value, ...): count}``, as MongoDB's
+        ``$group`` with ``$sum: 1``.
+
+        Answers store-wide summaries (``TensorHub.list_projects``) in one request per collection.
+        The default scans the matches; backends that can group where the documents live override it.
+        """
+        counts: dict[tuple[Any, ...], int] = {}
+        for document in self.find(collection, filter or {}):
+            key = tuple(group_key(document.get(field)) for field in fields)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def compact(self, collection: str) -> int:
         """Merge the small pieces a collection was written in; return how many were merged away.
 
@@ -145,6 +160,11 @@ class IndexStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files. Safe to call twice."""
+
+
+def group_key(value: Any) -> Any:
+    """A grouping key for ``value`` (:meth:`IndexStore.count_by`): lists and dicts (unhashable) by their text."""
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
 
 
 class BlobStore(ABC):

@@ -24,7 +24,7 @@ import pymongo.errors
 from bson import ObjectId
 from bson.errors import InvalidDocument
 
-from tensorhub.backends.base import FRESH_FOR, BlobStore, Document, IndexStore, SortSpec, Stores
+from tensorhub.backends.base import FRESH_FOR, BlobStore, Document, IndexStore, SortSpec, Stores, group_key
 from tensorhub.errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -140,6 +140,18 @@ class MongoIndexStore(IndexStore):
     def count(self, collection: str, filter: Mapping[str, Any]) -> int:
         with translate_errors(self.uri):
             return self._coll(collection).count_documents(dict(filter))
+
+    def count_by(self, collection: str, fields: Sequence[str],
+                 filter: Mapping[str, Any] | None = None) -> dict[tuple[Any, ...], int]:
+        # grouped on the server: one aggregation, no document leaves it
+        names = {f"f{i}": f"${field}" for i, field in enumerate(fields)}
+        pipeline = [{"$match": dict(filter or {})}, {"$group": {"_id": names, "n": {"$sum": 1}}}]
+        counts: dict[tuple[Any, ...], int] = {}
+        with translate_errors(self.uri):
+            for row in self._coll(collection).aggregate(pipeline):
+                key = tuple(group_key((row["_id"] or {}).get(name)) for name in names)
+                counts[key] = counts.get(key, 0) + row["n"]
+        return counts
 
     def create_index(self, collection: str, keys: SortSpec) -> None:
         with translate_errors(self.uri):

@@ -28,7 +28,7 @@ from bson.decimal128 import Decimal128
 from bson.regex import Regex
 
 from tensorhub._compat import mongomock as mongomock_compat
-from tensorhub.backends.base import BlobStore, Document, SortSpec, Stores
+from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec, Stores
 from tensorhub.backends.mongo import MongoIndexStore
 from tensorhub.documents import normalize_document
 from tensorhub.errors import NotFoundError
@@ -126,6 +126,11 @@ class MongomockIndexStore(MongoIndexStore):
     def count(self, collection: str, filter: Mapping[str, Any]) -> int:
         with self._lock:
             return super().count(collection, self._decided(collection, filter))
+
+    def count_by(self, collection: str, fields: Sequence[str],
+                 filter: Mapping[str, Any] | None = None) -> dict[tuple[Any, ...], int]:
+        # the scan of IndexStore (through find: the lock, and MongoDB's reading of the filter)
+        return IndexStore.count_by(self, collection, fields, filter)
 
     def create_index(self, collection: str, keys: SortSpec) -> None:
         with self._lock:
