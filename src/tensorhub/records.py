@@ -108,7 +108,8 @@ class Records:
     bound to one collection. The raw index is private (``_index``); the few operations that
     legitimately cross projects are named so and say why in their docstrings:
     :meth:`create_index`, :meth:`exists_in_any_project`, :meth:`release_chunks`,
-    :meth:`collect_garbage` (chunks are shared store-wide), and :meth:`store_index` (the
+    :meth:`collect_garbage` (chunks are shared store-wide), :meth:`count_by_project_store_wide`
+    (a worker telling a wrong project from an empty queue), and :meth:`store_index` (the
     hub's ``index`` property, for users and tests).
     """
 
@@ -156,6 +157,22 @@ class Records:
         (``save_model(dataset=...)``); only existence is read, never the record.
         """
         return bool(self._index.find(collection, {"_id": record_id}, limit=1))
+
+    def count_by_project_store_wide(self, collection: str, query: Mapping[str, Any]) -> dict[str, int]:
+        """How many records of ``collection`` match ``query`` in each project of the store (projects
+        with none are absent).
+
+        Unscoped on purpose: an idle worker logs how many pending tasks of its name exist in
+        other projects, so a wrong ``--project`` shows. Only counts per ``project_name`` leave
+        here, never the records; it reads the matches (no backend has a grouped count), so
+        callers keep it rare (a worker: once a minute while idle).
+        """
+        validate_filter(dict(query))
+        counts: dict[str, int] = {}
+        for record in self._index.find(collection, dict(query)):
+            project = str(record.get("project_name"))
+            counts[project] = counts.get(project, 0) + 1
+        return counts
 
     def close(self) -> None:
         """Close both stores."""
