@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -101,6 +102,45 @@ def test_item03_a_cancelled_in_process_task_ends_cancelled_within_2s(task_hub: T
     assert "error" not in seen, seen
     assert seen == {"count": 1, "status": "cancelled"}
     assert _one(task_hub, task_id)["status"] == "cancelled"
+
+
+def test_item03_an_in_process_task_in_another_thread_is_cancelled_within_2s(
+        task_hub: TensorHub, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    task_id = task_hub.create_task("c", write_script(tmp_path, SLEEPER), {"marker": str(marker)},
+                                   saved_result_keys=["done"])
+    runner = threading.Thread(target=task_hub.run_task, args=("c",), kwargs={"in_process": True})
+    runner.start()
+    try:
+        _wait_until(marker.exists, what="the script to start")
+        assert task_hub.cancel_tasks(task_name="c") == 1
+        assert _status_within(task_hub, task_id, CANCEL_BOUND, "cancelled") == "cancelled"
+    finally:
+        runner.join(timeout=60)
+    assert not runner.is_alive() and "result" not in _one(task_hub, task_id)
+
+
+def test_item03_cancelling_an_in_process_task_does_not_stop_its_worker(tmp_path: Path) -> None:
+    """A cancel interrupts the script, not the worker: its SIGINT handler (shutdown) is not called."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    marker = tmp_path / "started"
+    with TensorHub(f"file://{tmp_path / 'store'}", project_name="w") as hub:
+        doomed = hub.create_task("w", write_script(tmp_path, SLEEPER), {"marker": str(marker)},
+                                 saved_result_keys=["done"], priority=1)
+        after = hub.create_task("w", write_script(tmp_path, "ok = True\n", "ok.py"), saved_result_keys=["ok"])
+        worker = Worker(hub, WorkerOptions(task_name="w", poll=0.05, idle_exit=5, max_tasks=2, in_process=True))
+        canceller = threading.Thread(target=lambda: (_wait_until(marker.exists, what="the script to start"),
+                                                     hub.cancel_tasks(_id=doomed)))
+        try:
+            worker.install_signal_handlers()
+            canceller.start()
+            assert worker.run() == 2  # it carried on with the next task
+        finally:
+            canceller.join(timeout=60)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        assert not worker.stopping.is_set()
+        assert _one(hub, doomed)["status"] == "cancelled" and _one(hub, after)["status"] == "finished"
 
 
 @pytest.mark.parametrize("isolate", [True, False], ids=["child", "in-process"])

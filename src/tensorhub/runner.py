@@ -23,7 +23,7 @@ only way for stores that one process cannot share with another (``mongomock://``
 
 from __future__ import annotations
 
-import _thread
+import ctypes
 import logging
 import os
 import select
@@ -214,38 +214,61 @@ def _run_isolated(claimed: dict, connection: Connection, heartbeat: Heartbeat) -
         return FAILED, {"error": outcome["error"], "traceback": outcome.get("traceback", ""), **fields}
 
 
+class TaskCancelled(BaseException):
+    """Raised inside an in-process script whose task was cancelled (a ``BaseException``, so a
+    script's ``except Exception`` does not swallow it)."""
+
+
+def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Make the thread raise ``exc`` at its next Python instruction (None: withdraw one not raised yet).
+
+    CPython's ``PyThreadState_SetAsyncExc``: it reaches the thread running the script whichever
+    thread that is, and, unlike ``_thread.interrupt_main`` (a simulated SIGINT), it never calls
+    the process's SIGINT handler: a ``tensorhub worker``'s handler would take a cancel for a
+    request to shut the worker down.
+    """
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                               ctypes.py_object(exc) if exc is not None else None)
+
+
 def _run_in_process(claimed: dict, connection: Connection, heartbeat: Heartbeat) -> tuple[str, dict[str, Any]]:
-    """Run the script here (TensorLayer's way). A cancel interrupts it when it runs in the main thread."""
-    main = threading.current_thread() is threading.main_thread()
-    watcher_done = threading.Event()
+    """Run the script here (TensorLayer's way), in this thread. A cancel raises :class:`TaskCancelled`
+    in the script at its next Python instruction (a blocking call in C, a long ``time.sleep``, ends
+    first)."""
+    thread_id = threading.get_ident()
+    lock = threading.Lock()
+    done = threading.Event()
 
     def watch_cancel() -> None:
-        while not watcher_done.wait(0.1):
+        while not done.wait(0.05):
             if heartbeat.cancel_requested.is_set():
-                _thread.interrupt_main()
+                with lock:  # never after ``done``: the exception could land in the runner's own code
+                    if not done.is_set():
+                        _raise_in_thread(thread_id, TaskCancelled)
                 return
 
-    watcher = threading.Thread(target=watch_cancel, daemon=True) if main else None
-    if watcher:
-        watcher.start()
+    watcher = threading.Thread(target=watch_cancel, name="tensorhub-cancel-watch", daemon=True)
+    watcher.start()
     # exit_code as a child process would have exited: 0, sys.exit(n)'s n, else 1
     try:
-        result = execute_script(claimed, connection)
-        check_result_size(result)
-        return FINISHED, {"result": result, "exit_code": 0}
-    except KeyboardInterrupt:
-        if heartbeat.cancel_requested.is_set():
-            return CANCELLED, {"error": "cancelled while running"}
-        raise
-    except SystemExit as exc:
-        code = exit_code_of(exc)
-        if code == 0:
-            return FINISHED, {"result": {}, "exit_code": 0}
-        return FAILED, {**bounded_failure(f"SystemExit: {exc.code}", traceback.format_exc()), "exit_code": code}
-    except Exception as exc:  # noqa: BLE001 - any failure of the user's script is recorded
-        return FAILED, {**bounded_failure(describe(exc), traceback.format_exc()), "exit_code": exit_code_of(exc)}
-    finally:
-        watcher_done.set()
+        try:
+            result = execute_script(claimed, connection)
+            check_result_size(result)
+            outcome: tuple[str, dict[str, Any]] = (FINISHED, {"result": result, "exit_code": 0})
+        except SystemExit as exc:
+            code = exit_code_of(exc)
+            outcome = (FINISHED, {"result": {}, "exit_code": 0}) if code == 0 else (FAILED, {
+                **bounded_failure(f"SystemExit: {exc.code}", traceback.format_exc()), "exit_code": code})
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's script is recorded
+            outcome = (FAILED, {**bounded_failure(describe(exc), traceback.format_exc()),
+                                "exit_code": exit_code_of(exc)})
+        finally:
+            with lock:
+                done.set()
+            _raise_in_thread(thread_id, None)  # one sent but not raised yet is withdrawn
+    except TaskCancelled:  # raised in the script, or in the lines above before it was withdrawn
+        return CANCELLED, {"error": "cancelled while running"}
+    return outcome
 
 
 def _record(queue: TaskQueue, claimed: dict, status: str, fields: dict[str, Any]) -> str | None:
