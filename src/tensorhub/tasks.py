@@ -3,17 +3,17 @@
 A task record holds the script's text, so runners need no copy. Status moves
 ``pending -> running -> finished``, or ``-> failed`` (error and traceback stored), or
 ``-> cancelled``; a failed attempt with ``retry_on_error`` retries left goes back to ``pending``
-(``retry``), and :meth:`TaskQueue.requeue` puts failed and cancelled tasks back there. A claim is a lease: the runner records itself as ``owner``, a
-``lease_expires_at`` and a fresh ``claim_id``, and a heartbeat thread renews the lease while
-the script runs. A task whose lease ran out is claimable again until ``max_attempts`` claims
+(``retry``), and :meth:`TaskQueue.requeue` puts failed and cancelled tasks back there. A claim
+is a lease: the runner records itself as ``owner``, a ``lease_expires_at`` and a fresh
+``claim_id``, and a heartbeat thread renews the lease while the script runs. A task whose lease ran out is claimable again until ``max_attempts`` claims
 were used; then it is ``failed``.
 
 :class:`TaskQueue` owns every change of a task's state. The changes allowed are the rows of
 :data:`TRANSITIONS` and nothing else: each is one method whose write is a single conditional
 update whose filter holds the from-state (so an illegal change matches nothing and is a no-op),
 and the changes only the runner holding a claim may make (:data:`CLAIM_HOLDER_EVENTS`: renew,
-finish, fail, retry, stop, release) also hold its ``claim_id``, so a runner that lost its lease can
-never overwrite the outcome of the runner that took over. Every write goes through
+finish, fail, retry, stop, release) also hold its ``claim_id``, so a runner that lost its lease
+can never overwrite the outcome of the runner that took over. Every write goes through
 :class:`~tensorhub.records.Records`, so it is scoped to the hub's project.
 """
 
@@ -285,7 +285,7 @@ class TaskQueue:
         change["$set"].pop("status", None)
         if push:
             change["$push"] = dict(push)
-        if status == FAILED and (claimed.get("retries_left") or 0) > 0 and self._transition(
+        if status == FAILED and _count(claimed.get("retries_left"), 1) and self._transition(
                 "retry", {"retries_left": {"$gt": 0}}, {
                     "$unset": {"owner": "", "claim_id": "", "lease_expires_at": "", "started_at": ""},
                     "$inc": {"retries_left": -1, "attempts_left": 1}, **({"$push": dict(push)} if push else {})},
@@ -342,10 +342,11 @@ class TaskQueue:
         matches (usually one), since an update cannot copy one field into another.
         """
         sources = {"status": {"$in": _sources("requeue")}}
-        budgets = {(t.get("max_attempts"), t.get("retry_on_error")) for t in self.tasks.find(_and(query, sources))}
+        budgets = {repr(pair): pair for pair in ((t.get("max_attempts"), t.get("retry_on_error"))
+                                                 for t in self.tasks.find(_and(query, sources)))}
         unset = {field: "" for field in OUTCOME_FIELDS}
         count = 0
-        for max_attempts, retries in sorted(budgets, key=repr):
+        for _, (max_attempts, retries) in sorted(budgets.items()):
             # a missing or odd stored value (an older or hand-written record) gets the defaults
             attempts_left = max_attempts if _count(max_attempts, 1) else DEFAULT_MAX_ATTEMPTS
             count += int(self._transition("requeue", _and(query, {"max_attempts": max_attempts,
