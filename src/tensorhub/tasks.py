@@ -5,8 +5,8 @@ A task record holds the script's text, so runners need no copy. Status moves
 ``-> cancelled``; a failed attempt with ``retry_on_error`` retries left goes back to ``pending``
 (``retry``), and :meth:`TaskQueue.requeue` puts failed and cancelled tasks back there. A claim
 is a lease: the runner records itself as ``owner``, a ``lease_expires_at`` and a fresh
-``claim_id``, and a heartbeat thread renews the lease while the script runs. A task whose lease ran out is claimable again until ``max_attempts`` claims
-were used; then it is ``failed``.
+``claim_id``, and a heartbeat thread renews the lease while the script runs. A task whose lease
+ran out is claimable again until ``max_attempts`` claims were used; then it is ``failed``.
 
 :class:`TaskQueue` owns every change of a task's state. The changes allowed are the rows of
 :data:`TRANSITIONS` and nothing else: each is one method whose write is a single conditional
