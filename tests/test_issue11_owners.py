@@ -76,6 +76,7 @@ def _b_calls(b: TensorHub, script: Path) -> dict[str, Callable[[], Any]]:
         # A's pending task has the highest priority: an unscoped claim would take it
         "run_task": lambda: b.run_task(in_process=True),
         "run_top_task": lambda: b.run_top_task(in_process=True),
+        "requeue_tasks": lambda: b.requeue_tasks(),
         "cancel_tasks": lambda: b.cancel_tasks(),
         # A's task stays pending: an unscoped wait would time out, an unscoped check say True
         "wait_for_tasks": lambda: b.wait_for_tasks(timeout=30),
@@ -208,7 +209,7 @@ def queue_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def test_item02_the_table_lists_every_transition_and_only_the_queue_writes_tasks() -> None:
     events = {event for _, event in tasks.TRANSITIONS}
     assert events == {"create", "claim", "reclaim", "renew", "finish", "fail", "stop", "release", "cancel",
-                      "request_cancel", "expire", "expire_cancelled", "start"}
+                      "request_cancel", "expire", "expire_cancelled", "retry", "requeue", "start"}
     assert tasks.CLAIM_HOLDER_EVENTS <= events
     assert set(tasks.TRANSITIONS.values()) == {tasks.PENDING, tasks.RUNNING, tasks.FINISHED, tasks.FAILED,
                                          tasks.CANCELLED}

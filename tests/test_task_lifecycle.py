@@ -61,7 +61,7 @@ def test_script_exception_marks_failed_and_runner_carries_on(task_hub: TensorHub
     assert task_hub.run_task("t") and task_hub.run_task("t")
     failed, finished = task_hub.find_tasks("t", sort=[("priority", -1)])
     assert failed["status"] == "failed" and failed["error"] == "RuntimeError: boom 0.5"
-    assert "raise RuntimeError" in failed["traceback"] and failed["exit_code"] == 0
+    assert "raise RuntimeError" in failed["traceback"] and failed["exit_code"] == 1
     assert "about to fail" in failed["stdout_tail"] and "RuntimeError" in failed["stderr_tail"]
     assert failed["errors"][0]["error"] == "RuntimeError: boom 0.5"
     assert finished["status"] == "finished" and finished["result"] == {"answer": 42}

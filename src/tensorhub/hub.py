@@ -483,8 +483,10 @@ class TensorHub:
                     saved_result_keys: list[str] | None = None, **kwargs: Any) -> Any:
         """Queue a run of ``script`` (a Python file; its text is stored) with ``hyper_parameters`` as globals.
 
-        Options: ``max_attempts`` (default 3), ``timeout`` (seconds), ``priority`` (higher first);
-        other kwargs are tags. Example::
+        Options: ``max_attempts`` (default 3: claims, bounding runners that die), ``timeout``
+        (seconds), ``priority`` (higher first), ``retry_on_error`` (default 0: how many times a
+        failed attempt is re-queued before the task is ``failed``; retries do not use
+        ``max_attempts``); other kwargs are tags. Example::
 
             hub.create_task("mnist", "task_script.py", dict(n_units=800), saved_result_keys=["test_accuracy"])
         """
@@ -548,9 +550,21 @@ class TensorHub:
     def cancel_tasks(self, **kwargs: Any) -> int:
         """Cancel matching tasks: pending ones never start, running ones are asked to stop.
 
-        Returns the number of tasks affected.
+        A running task's runner sees the request within about a second, kills the script and
+        records ``cancelled`` (never ``finished``, even if the script was just ending). Returns
+        the number of tasks affected: pending ones cancelled plus running ones newly asked to stop.
         """
         return self._queue.cancel(kwargs)
+
+    def requeue_tasks(self, **kwargs: Any) -> int:
+        """Put matching ``failed`` and ``cancelled`` tasks back to ``pending``, so runners run them again.
+
+        Their history is kept (``errors``, ``attempts``); ``attempts_left`` and the retries of
+        ``retry_on_error`` start over, and the last outcome (result, error, owner) is cleared.
+        Pending, running and finished tasks are left alone. Returns how many were re-queued.
+        **With no arguments, every failed or cancelled task of the project.**
+        """
+        return self._queue.requeue(kwargs)
 
     @_explains(*_TASK)
     def delete_tasks(self, **kwargs: Any) -> int:

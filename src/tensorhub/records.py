@@ -121,7 +121,7 @@ class Records:
     legitimately cross projects are named so and say why in their docstrings:
     :meth:`create_index`, :meth:`exists_in_any_project`, :meth:`release_chunks`,
     :meth:`collect_garbage` (chunks are shared store-wide), :meth:`count_every_project` (the
-    projects of a store and their record counts), and :meth:`store_index` (the hub's ``index``
+    projects of a store and their record counts; a worker telling a wrong project from an empty queue), and :meth:`store_index` (the hub's ``index``
     property, for users and tests).
     """
 
@@ -176,14 +176,18 @@ class Records:
         """
         return bool(self._index.find(collection, {"_id": record_id}, limit=1))
 
-    def count_every_project(self, collection: str, by: Sequence[str] = ()) -> dict[tuple[Any, ...], int]:
-        """How many records ``collection`` holds per project (and per value of each field of ``by``):
-        ``{(project_name, *values): count}``.
+    def count_every_project(self, collection: str, by: Sequence[str] = (),
+                            query: Mapping[str, Any] | None = None) -> dict[tuple[Any, ...], int]:
+        """How many records of ``collection`` (matching ``query``) each project holds, per value of each
+        field of ``by``: ``{(project_name, *values): count}``.
 
         Store-wide on purpose: listing the projects of a store (``TensorHub.list_projects``, ``tensorhub
-        ls projects``) must see every project; only counts are read, never a record.
+        ls projects``) must see every project, and an idle worker logs how many pending tasks of its
+        name exist in other projects, so a wrong ``--project`` shows. Only counts leave here, never a record.
         """
-        return self._index.count_by(collection, ["project_name", *by])
+        if query:
+            validate_filter(dict(query))
+        return self._index.count_by(collection, ["project_name", *by], dict(query or {}))
 
     def close(self) -> None:
         """Close both stores."""

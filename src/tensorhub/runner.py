@@ -8,8 +8,9 @@ task), each in its own session, and every process a task starts dies with the ta
 process tree is killed when it ends, times out, is cancelled or its runner exits (see
 :mod:`tensorhub.zygote` for what is guaranteed on Linux and elsewhere). A task that kills its
 helper or signals its process group ends as ``failed`` (the attempt counts); the runner carries
-on. A ``timeout`` on the task kills it, and ``cancel_tasks`` on a running task stops it (status
-``cancelled``).
+on. A ``timeout`` on the task kills it, and ``cancel_tasks`` on a running task stops it within
+about a second (status ``cancelled``, never ``finished``). A script that fails exits non-zero
+(``exit_code``: ``sys.exit(n)``'s ``n``, else 1; in-process runs record the same code).
 
 What is stored is bounded: stdout/stderr keep only their last :data:`TAIL_BYTES` (read from
 pipes, nothing is spooled to disk), errors and tracebacks are clipped, and a result whose stored
@@ -22,7 +23,7 @@ only way for stores that one process cannot share with another (``mongomock://``
 
 from __future__ import annotations
 
-import _thread
+import ctypes
 import logging
 import os
 import select
@@ -47,8 +48,9 @@ from tensorhub.task_script import (
     collect_results,
     describe,
     execute_script,
+    exit_code_of,
 )
-from tensorhub.tasks import CANCELLED, DEFAULT_LEASE, FAILED, FINISHED, Heartbeat, TaskQueue
+from tensorhub.tasks import CANCELLED, DEFAULT_LEASE, FAILED, FINISHED, PENDING, Heartbeat, TaskQueue
 from tensorhub.zygote import ZygoteLost, group_alive, kill_group, shared_zygote
 
 log = logging.getLogger(__name__)
@@ -212,40 +214,67 @@ def _run_isolated(claimed: dict, connection: Connection, heartbeat: Heartbeat) -
         return FAILED, {"error": outcome["error"], "traceback": outcome.get("traceback", ""), **fields}
 
 
+class TaskCancelled(BaseException):
+    """Raised inside an in-process script whose task was cancelled (a ``BaseException``, so a
+    script's ``except Exception`` does not swallow it)."""
+
+
+def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
+    """Make the thread raise ``exc`` at its next Python instruction (None: withdraw one not raised yet).
+
+    CPython's ``PyThreadState_SetAsyncExc``: it reaches the thread running the script whichever
+    thread that is, and, unlike ``_thread.interrupt_main`` (a simulated SIGINT), it never calls
+    the process's SIGINT handler: a ``tensorhub worker``'s handler would take a cancel for a
+    request to shut the worker down.
+    """
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id),
+                                               ctypes.py_object(exc) if exc is not None else None)
+
+
 def _run_in_process(claimed: dict, connection: Connection, heartbeat: Heartbeat) -> tuple[str, dict[str, Any]]:
-    """Run the script here (TensorLayer's way). A cancel interrupts it when it runs in the main thread."""
-    main = threading.current_thread() is threading.main_thread()
-    watcher_done = threading.Event()
+    """Run the script here (TensorLayer's way), in this thread. A cancel raises :class:`TaskCancelled`
+    in the script at its next Python instruction (a blocking call in C, a long ``time.sleep``, ends
+    first)."""
+    thread_id = threading.get_ident()
+    lock = threading.Lock()
+    done = threading.Event()
 
     def watch_cancel() -> None:
-        while not watcher_done.wait(0.1):
+        while not done.wait(0.05):
             if heartbeat.cancel_requested.is_set():
-                _thread.interrupt_main()
+                with lock:  # never after ``done``: the exception could land in the runner's own code
+                    if not done.is_set():
+                        _raise_in_thread(thread_id, TaskCancelled)
                 return
 
-    watcher = threading.Thread(target=watch_cancel, daemon=True) if main else None
-    if watcher:
-        watcher.start()
+    watcher = threading.Thread(target=watch_cancel, name="tensorhub-cancel-watch", daemon=True)
+    watcher.start()
+    # exit_code as a child process would have exited: 0, sys.exit(n)'s n, else 1
     try:
-        result = execute_script(claimed, connection)
-        check_result_size(result)
-        return FINISHED, {"result": result}
-    except KeyboardInterrupt:
-        if heartbeat.cancel_requested.is_set():
-            return CANCELLED, {"error": "cancelled while running"}
-        raise
-    except SystemExit as exc:
-        if exc.code in (None, 0):
-            return FINISHED, {"result": {}}
-        return FAILED, bounded_failure(f"SystemExit: {exc.code}", traceback.format_exc())
-    except Exception as exc:  # noqa: BLE001 - any failure of the user's script is recorded
-        return FAILED, bounded_failure(describe(exc), traceback.format_exc())
-    finally:
-        watcher_done.set()
+        try:
+            result = execute_script(claimed, connection)
+            check_result_size(result)
+            outcome: tuple[str, dict[str, Any]] = (FINISHED, {"result": result, "exit_code": 0})
+        except SystemExit as exc:
+            code = exit_code_of(exc)
+            outcome = (FINISHED, {"result": {}, "exit_code": 0}) if code == 0 else (FAILED, {
+                **bounded_failure(f"SystemExit: {exc.code}", traceback.format_exc()), "exit_code": code})
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's script is recorded
+            outcome = (FAILED, {**bounded_failure(describe(exc), traceback.format_exc()),
+                                "exit_code": exit_code_of(exc)})
+        finally:
+            with lock:
+                done.set()
+            _raise_in_thread(thread_id, None)  # one sent but not raised yet is withdrawn
+    except TaskCancelled:  # raised in the script, or in the lines above before it was withdrawn
+        return CANCELLED, {"error": "cancelled while running"}
+    return outcome
 
 
-def _record(queue: TaskQueue, claimed: dict, status: str, fields: dict[str, Any]) -> bool:
-    """Write the outcome (conditional on the claim), retrying a store that is briefly unavailable.
+def _record(queue: TaskQueue, claimed: dict, status: str, fields: dict[str, Any]) -> str | None:
+    """Write the outcome (conditional on the claim), retrying a store that is briefly unavailable;
+    return the status recorded (see :meth:`TaskQueue.record`: ``pending`` for a failure re-queued by
+    ``retry_on_error``, ``cancelled`` for a task asked to stop meanwhile), None if the claim was lost.
 
     An outcome the store refuses (too large for a record, say) fails the task with that error
     instead, so a task is never left ``running`` for the next runner to trip over.
@@ -259,7 +288,7 @@ def _record(queue: TaskQueue, claimed: dict, status: str, fields: dict[str, Any]
                                "error": clip(update["error"], ERRORS_ENTRY_CHARS, keep="start")}}
     for attempt in range(RECORD_ATTEMPTS):
         try:
-            return queue.end(claimed, status, update, push=push)  # conditional on the claim_id
+            return queue.record(claimed, status, update, push=push)  # conditional on the claim_id
         except SerializationError as exc:
             log.warning("task %s: its outcome cannot be stored: %s", claimed["_id"], exc)
             status, update = FAILED, dict(bounded_failure(f"its outcome could not be stored: {exc}"))
@@ -269,7 +298,7 @@ def _record(queue: TaskQueue, claimed: dict, status: str, fields: dict[str, Any]
                 raise
             log.warning("task %s: recording its outcome failed; retrying", claimed["_id"], exc_info=True)
             time.sleep(min(5.0, 0.1 * 2 ** attempt))
-    return False
+    return None
 
 
 #: tries of writing a task's outcome when the store is unavailable or refuses it
@@ -278,9 +307,12 @@ RECORD_ATTEMPTS = 6
 
 def run_claimed(queue: TaskQueue, claimed: dict, connection: Connection, lease: float = DEFAULT_LEASE,
                 isolate: bool = True) -> str:
-    """Run a claimed task under a heartbeat, record its outcome and return its final status.
+    """Run a claimed task under a heartbeat, record its outcome and return the status recorded
+    (``pending`` when a failure was re-queued by ``retry_on_error``; ``cancelled`` when a cancel
+    was requested, even if the script had just ended).
 
-    A ``KeyboardInterrupt`` (a runner told to stop) hands the task back to ``pending`` and
+    The heartbeat reads the task about every :data:`~tensorhub.tasks.CANCEL_POLL` seconds, so a
+    cancelled task is stopped within about a second. A ``KeyboardInterrupt`` (a runner told to stop) hands the task back to ``pending`` and
     propagates. ``isolate`` is ignored (in-process) for stores other processes cannot open.
     A task whose lease was lost (another runner may run it now) is stopped and nothing is
     recorded; the status returned is then ``"lost"``.
@@ -301,6 +333,11 @@ def run_claimed(queue: TaskQueue, claimed: dict, connection: Connection, lease: 
     if status == LOST:
         log.warning("task %s: lease lost; its process was stopped and its outcome not recorded", claimed["_id"])
         return status
-    _record(queue, claimed, status, fields)
-    log.info("task %s %s%s", claimed["_id"], status, f": {fields.get('error')}" if status != FINISHED else "")
-    return status
+    recorded = _record(queue, claimed, status, fields)
+    if recorded is None:
+        return LOST
+    if recorded == PENDING:
+        log.info("task %s failed (%s); re-queued (retry_on_error)", claimed["_id"], fields.get("error"))
+    else:
+        log.info("task %s %s%s", claimed["_id"], recorded, f": {fields.get('error')}" if recorded != FINISHED else "")
+    return recorded

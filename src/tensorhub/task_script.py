@@ -94,11 +94,25 @@ def check_result_size(result: dict[str, Any]) -> None:
                                  "outputs with save_dataset/save_model and keep their names or ids as results")
 
 
-def child_main(claimed_bson: bytes, connection: Connection, workdir: str, environ: dict[str, str]) -> None:
-    """Entry point of a task's process: run the script, write ``result.bson``.
+def exit_code_of(exc: BaseException) -> int:
+    """The exit status a script's process ends with when ``exc`` ends it: ``sys.exit(n)``'s ``n``
+    (as the OS keeps it: ``n & 0xFF``, 1 where that is 0), 0 for ``sys.exit()``/``sys.exit(0)``,
+    else 1 (an exception, ``sys.exit("message")``), as the ``python`` command would exit."""
+    if isinstance(exc, SystemExit):
+        if exc.code is None or (isinstance(exc.code, int) and not isinstance(exc.code, bool) and exc.code == 0):
+            return 0
+        if isinstance(exc.code, int) and not isinstance(exc.code, bool):
+            return exc.code & 0xFF or 1
+    return 1
+
+
+def child_main(claimed_bson: bytes, connection: Connection, workdir: str, environ: dict[str, str]) -> int:
+    """Entry point of a task's process: run the script, write ``result.bson``; return the exit code.
 
     ``environ`` is the runner's environment now (the helper that forked us has the one of its start).
-    Its stdout and stderr are pipes the runner reads (it keeps only their tails).
+    Its stdout and stderr are pipes the runner reads (it keeps only their tails). The exit code
+    (the helper exits with it) is 0 when the script succeeded, else :func:`exit_code_of` its
+    exception (1 for an exception or a result that could not be stored).
     """
     os.environ.clear()
     os.environ.update(environ)
@@ -106,21 +120,26 @@ def child_main(claimed_bson: bytes, connection: Connection, workdir: str, enviro
     os.environ.update(connection.environ())
     os.environ[ENV_TASK_ID] = str(claimed["_id"])
     os.environ[ENV_TASK_ATTEMPT] = str(claimed.get("attempts", 1))
+    code = 0
     try:
         result = execute_script(claimed, connection)
         check_result_size(result)
         outcome: dict[str, Any] = {"ok": True, "result": result}
     except SystemExit as exc:
-        if exc.code in (None, 0):
+        code = exit_code_of(exc)
+        if code == 0:
             outcome = {"ok": True, "result": {}}
         else:
             outcome = {"ok": False, **bounded_failure(f"SystemExit: {exc.code}", traceback.format_exc())}
     except BaseException as exc:  # noqa: BLE001 - every failure of the script is reported
         traceback.print_exc()
+        code = exit_code_of(exc)
         outcome = {"ok": False, **bounded_failure(describe(exc), traceback.format_exc())}
     try:
         data = encode_document(outcome)
     except SerializationError as exc:
+        code = 1
         data = bson.encode({"ok": False, **bounded_failure(str(exc))})
     Path(workdir, "result.bson.tmp").write_bytes(data)
     os.replace(Path(workdir, "result.bson.tmp"), Path(workdir, "result.bson"))
+    return code

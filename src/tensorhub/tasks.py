@@ -2,17 +2,18 @@
 
 A task record holds the script's text, so runners need no copy. Status moves
 ``pending -> running -> finished``, or ``-> failed`` (error and traceback stored), or
-``-> cancelled``. A claim is a lease: the runner records itself as ``owner``, a
-``lease_expires_at`` and a fresh ``claim_id``, and a heartbeat thread renews the lease while
-the script runs. A task whose lease ran out is claimable again until ``max_attempts`` claims
-were used; then it is ``failed``.
+``-> cancelled``; a failed attempt with ``retry_on_error`` retries left goes back to ``pending``
+(``retry``), and :meth:`TaskQueue.requeue` puts failed and cancelled tasks back there. A claim
+is a lease: the runner records itself as ``owner``, a ``lease_expires_at`` and a fresh
+``claim_id``, and a heartbeat thread renews the lease while the script runs. A task whose lease
+ran out is claimable again until ``max_attempts`` claims were used; then it is ``failed``.
 
 :class:`TaskQueue` owns every change of a task's state. The changes allowed are the rows of
 :data:`TRANSITIONS` and nothing else: each is one method whose write is a single conditional
 update whose filter holds the from-state (so an illegal change matches nothing and is a no-op),
 and the changes only the runner holding a claim may make (:data:`CLAIM_HOLDER_EVENTS`: renew,
-finish, fail, stop, release) also hold its ``claim_id``, so a runner that lost its lease can
-never overwrite the outcome of the runner that took over. Every write goes through
+finish, fail, retry, stop, release) also hold its ``claim_id``, so a runner that lost its lease
+can never overwrite the outcome of the runner that took over. Every write goes through
 :class:`~tensorhub.records.Records`, so it is scoped to the hub's project.
 """
 
@@ -64,16 +65,23 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (RUNNING, "renew"): RUNNING,             # heartbeat of the claim holder: the lease is extended
     (RUNNING, "finish"): FINISHED,           # the claim holder records the result
     (RUNNING, "fail"): FAILED,               # the claim holder records the error (pushed onto errors)
+    (RUNNING, "retry"): PENDING,             # the claim holder: the script failed and retry_on_error retries are
+                                             # left: re-queued (error pushed onto errors), the attempt given back
     (RUNNING, "stop"): CANCELLED,            # the claim holder obeyed a cancel request
     (RUNNING, "release"): PENDING,           # the claim holder shuts down: handed back, the attempt not counted
     (PENDING, "cancel"): CANCELLED,          # cancel_tasks: a pending task never starts
-    (RUNNING, "request_cancel"): RUNNING,    # cancel_tasks: the runner sees the request at its next renewal
+    (RUNNING, "request_cancel"): RUNNING,    # cancel_tasks: the runner's heartbeat sees it within a second or so
     (RUNNING, "expire"): FAILED,             # its lease ran out and no attempts are left
     (RUNNING, "expire_cancelled"): CANCELLED,  # asked to stop, and its runner died (lease ran out)
     (PENDING, "expire_cancelled"): CANCELLED,  # asked to stop, and its runner handed it back
+    (FAILED, "requeue"): PENDING,            # requeue_tasks: history (errors, attempts) kept, attempts_left and
+    (CANCELLED, "requeue"): PENDING,         # retries_left reset, the last outcome and any cancel request cleared
 }
 #: events only the runner holding the claim may cause: their filter holds its ``claim_id``
-CLAIM_HOLDER_EVENTS = frozenset({"renew", "finish", "fail", "stop", "release"})
+CLAIM_HOLDER_EVENTS = frozenset({"renew", "finish", "fail", "retry", "stop", "release"})
+#: outcomes a task asked to stop (``cancel_requested``) never gets: their filter excludes it, so a
+#: script that ends just as it is cancelled is recorded ``cancelled`` (``stop``), never ``finished``
+NOT_AFTER_CANCEL = frozenset({"finish", "fail", "retry"})
 #: the event by which a runner records each final status
 OUTCOME_EVENTS = {FINISHED: "finish", FAILED: "fail", CANCELLED: "stop"}
 #: queue order: highest priority first, then oldest first
@@ -85,8 +93,12 @@ DEFAULT_MAX_ATTEMPTS = 3
 INTERNAL_FIELDS = frozenset({
     "script", "script_path", "hyper_parameters", "saved_result_keys", "status", "attempts_left", "attempts",
     "errors", "owner", "claim_id", "started_at", "lease_expires_at", "finished_at", "cancel_requested", "result",
-    "error", "traceback", "exit_code", "stdout_tail", "stderr_tail", "run_type",
+    "error", "traceback", "exit_code", "stdout_tail", "stderr_tail", "retry_on_error", "retries_left",
+    "run_type",
 })
+#: fields of a task's last outcome: cleared when it is re-queued (its history stays in ``errors``)
+OUTCOME_FIELDS = ("result", "error", "traceback", "exit_code", "stdout_tail", "stderr_tail", "finished_at",
+                  "started_at", "owner", "claim_id", "lease_expires_at", "cancel_requested")
 #: ``run_type`` of a queued task and of an interactive run (``hub.start_run``)
 TASK_RUN, INTERACTIVE_RUN = "task", "interactive"
 
@@ -141,6 +153,11 @@ def worker_identity(worker_id: str | None = None) -> dict[str, Any]:
 EXPIRY_INTERVAL = 5.0
 
 
+def _count(value: Any, least: int) -> bool:
+    """Whether ``value`` is an int (not a bool) >= ``least``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def _sources(event: str) -> list[str]:
     return [source for source, name in TRANSITIONS if name == event]
 
@@ -187,6 +204,8 @@ class TaskQueue:
             if claimed is None:
                 raise InvalidArgumentError(f"{event!r} is the claim holder's: pass the claimed task")
             condition.update({"_id": claimed["_id"], "claim_id": claimed["claim_id"]})
+        if event in NOT_AFTER_CANCEL:
+            condition["cancel_requested"] = {"$ne": True}
         change: dict[str, Any] = {key: dict(value) for key, value in (update or {}).items()}
         change.setdefault("$set", {})["status"] = _target(event)
         if one:
@@ -195,10 +214,18 @@ class TaskQueue:
 
     def create(self, task_name: str | None, script: str | os.PathLike[str], points: Sequence[Mapping[str, Any] | None],
                saved_result_keys: list[str] | None = None, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-               timeout: float | None = None, priority: int = 0, **fields: Any) -> list[ObjectId]:
-        """Queue one task per hyper-parameter dict in ``points``, all in one write (all or none)."""
+               timeout: float | None = None, priority: int = 0, retry_on_error: int = 0,
+               **fields: Any) -> list[ObjectId]:
+        """Queue one task per hyper-parameter dict in ``points``, all in one write (all or none).
+
+        ``retry_on_error``: how many times a failed attempt (the script raised, exited non-zero,
+        crashed or timed out) is re-queued (``retry``) before the task is ``failed``. A retry
+        gives its claim back, so ``max_attempts`` keeps bounding only the claims lost to runners
+        that died or stalled: a task runs at most ``max_attempts + retry_on_error`` times.
+        """
         documents = _new_tasks(self.records, task_name, script, points, saved_result_keys,
-                               max_attempts=max_attempts, timeout=timeout, priority=priority, fields=fields)
+                               max_attempts=max_attempts, timeout=timeout, priority=priority,
+                               retry_on_error=retry_on_error, fields=fields)
         self.tasks.insert(documents)
         return [d["_id"] for d in documents]
 
@@ -244,9 +271,10 @@ class TaskQueue:
         # index on MongoDB. Abandoned tasks (few: at most one per dead runner) go first.
         claimed = self._transition("reclaim", _and(base, {"lease_expires_at": {"$lt": now}}), update,
                                    one=True, sort=sort or QUEUE_ORDER)
+        reclaimed = claimed is not None
         if claimed is None:
             claimed = self._transition("claim", base, update, one=True, sort=sort or QUEUE_ORDER)
-        if claimed is not None and claimed["attempts"] > 1 and len(claimed.get("errors", [])) < claimed["attempts"] - 1:
+        if reclaimed and claimed is not None:  # the attempt before ended with no outcome: say so in its history
             note = {"attempt": claimed["attempts"] - 1, "error": "lease expired: the runner died or stalled"}
             self.tasks.update_many({"_id": claimed["_id"], "claim_id": claimed["claim_id"], "status": RUNNING},
                                    {"$push": {"errors": note}})
@@ -263,21 +291,48 @@ class TaskQueue:
         found = self.tasks.find_one({"_id": claimed["_id"]})
         return found is not None and found.get("claim_id") == claimed["claim_id"]
 
-    def end(self, claimed: Mapping[str, Any], status: str, fields: Mapping[str, Any],
-            push: Mapping[str, Any] | None = None) -> bool:
-        """Record a claimed task's outcome: ``finished`` (finish), ``failed`` (fail) or ``cancelled``
-        (stop), with ``fields`` set and ``push`` pushed onto its lists; False (nothing written) if
-        this runner no longer holds the claim or the task is no longer running."""
+    def read_claim(self, claimed: Mapping[str, Any]) -> dict | None:
+        """The task as stored now if ``claimed``'s claim still holds it, else None: a read by ``_id``
+        (the heartbeat's cheap look at ``cancel_requested`` between two renewals)."""
+        found = self.tasks.find_one({"_id": claimed["_id"]})
+        return found if found is not None and found.get("claim_id") == claimed["claim_id"] else None
+
+    def record(self, claimed: Mapping[str, Any], status: str, fields: Mapping[str, Any],
+               push: Mapping[str, Any] | None = None) -> str | None:
+        """Record a claimed task's outcome and return the status it now has, or None (nothing
+        written) if this runner no longer holds the claim or the task is no longer running.
+
+        ``finished`` (finish), ``failed`` (fail) or ``cancelled`` (stop), with ``fields`` set and
+        ``push`` pushed onto its lists. A failure with ``retries_left`` is re-queued instead
+        (``retry``: the status returned is ``pending``). A task asked to stop meanwhile never
+        finishes, fails or retries (:data:`NOT_AFTER_CANCEL`): it is recorded ``cancelled``.
+        """
         if status not in OUTCOME_EVENTS:
             raise InvalidArgumentError(f"a task ends {sorted(OUTCOME_EVENTS)}, not {status!r}")
         change: dict[str, Any] = {"$set": {**fields, "finished_at": utcnow()}, "$unset": {"lease_expires_at": ""}}
         change["$set"].pop("status", None)
         if push:
             change["$push"] = dict(push)
-        done = self._transition(OUTCOME_EVENTS[status], {}, change, claimed=claimed)
-        if not done:
-            log.warning("task %s: lease lost before it ended; its outcome was not recorded", claimed["_id"])
-        return bool(done)
+        if status == FAILED and _count(claimed.get("retries_left"), 1) and self._transition(
+                "retry", {"retries_left": {"$gt": 0}}, {
+                    "$unset": {"owner": "", "claim_id": "", "lease_expires_at": "", "started_at": ""},
+                    "$inc": {"retries_left": -1, "attempts_left": 1}, **({"$push": dict(push)} if push else {})},
+                claimed=claimed):
+            return PENDING
+        if self._transition(OUTCOME_EVENTS[status], {}, change, claimed=claimed):
+            return status
+        if status != CANCELLED:  # not ours any more, or asked to stop: only ``stop`` can still match
+            change["$set"].pop("result", None)
+            change["$set"].setdefault("error", f"cancelled while running (the script had just {status})")
+            if self._transition("stop", {}, change, claimed=claimed):
+                return CANCELLED
+        log.warning("task %s: lease lost before it ended; its outcome was not recorded", claimed["_id"])
+        return None
+
+    def end(self, claimed: Mapping[str, Any], status: str, fields: Mapping[str, Any],
+            push: Mapping[str, Any] | None = None) -> bool:
+        """:meth:`record`, saying only whether an outcome was written."""
+        return self.record(claimed, status, fields, push) is not None
 
     def finish(self, claimed: Mapping[str, Any], fields: Mapping[str, Any]) -> bool:
         """``finish``: see :meth:`end`."""
@@ -304,6 +359,30 @@ class TaskQueue:
         running = self._transition("request_cancel", _and(query, {"cancel_requested": {"$ne": True}}),
                                    {"$set": {"cancel_requested": True}})
         return int(pending) + int(running)
+
+    def requeue(self, query: Mapping[str, Any]) -> int:
+        """Put matching ``failed`` and ``cancelled`` tasks back to ``pending`` (``requeue``); return how many.
+
+        Their history stays (``errors``, ``attempts``); ``attempts_left`` and ``retries_left`` are
+        reset to ``max_attempts`` and ``retry_on_error`` so they can run again, and the last
+        outcome (result, error, owner, claim, cancel request...) is cleared. Tasks in other states
+        are left alone. One conditional write per distinct (max_attempts, retry_on_error) of the
+        matches (usually one), since an update cannot copy one field into another.
+        """
+        sources = {"status": {"$in": _sources("requeue")}}
+        budgets = {repr(pair): pair for pair in ((t.get("max_attempts"), t.get("retry_on_error"))
+                                                 for t in self.tasks.find(_and(query, sources)))}
+        unset = {field: "" for field in OUTCOME_FIELDS}
+        count = 0
+        for _, (max_attempts, retries) in sorted(budgets.items()):
+            # a missing or odd stored value (an older or hand-written record) gets the defaults
+            attempts_left = max_attempts if _count(max_attempts, 1) else DEFAULT_MAX_ATTEMPTS
+            count += int(self._transition("requeue", _and(query, {"max_attempts": max_attempts,
+                                                                   "retry_on_error": retries}),
+                                          {"$set": {"attempts_left": attempts_left,
+                                                    "retries_left": retries if _count(retries, 0) else 0},
+                                           "$unset": unset}))
+        return count
 
     def expire(self, query: Mapping[str, Any] | None = None) -> int:
         """End what no runner will: tasks asked to stop whose runner died or handed them back
@@ -356,7 +435,8 @@ class TaskQueue:
 
 def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLike[str],
                points: Sequence[Mapping[str, Any] | None], saved_result_keys: list[str] | None, *,
-               max_attempts: int, timeout: float | None, priority: int, fields: Mapping[str, Any]) -> list[dict]:
+               max_attempts: int, timeout: float | None, priority: int, retry_on_error: int,
+               fields: Mapping[str, Any]) -> list[dict]:
     """The records of new tasks (state ``create`` leads to), every argument checked before any write."""
     if not isinstance(task_name, str) or not task_name:
         error = InvalidArgumentError if isinstance(task_name, str) else InvalidArgumentTypeError
@@ -375,6 +455,9 @@ def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLik
     # booleans are ints in Python, but never a count or a duration here (True would mean 1)
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts < 2 ** 31:
         raise InvalidArgumentError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+    if isinstance(retry_on_error, bool) or not isinstance(retry_on_error, int) or not 0 <= retry_on_error < 2 ** 31:
+        raise InvalidArgumentError(f"retry_on_error must be an int >= 0 (re-runs of a failed script), "
+                                   f"got {retry_on_error!r}")
     if isinstance(priority, bool) or not isinstance(priority, (int, float)) or priority != priority:
         raise InvalidArgumentError(f"priority must be a number (higher runs first, default 0), got {priority!r}")
     if timeout is not None and not is_seconds(timeout):
@@ -399,6 +482,8 @@ def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLik
             "max_attempts": max_attempts,
             "attempts_left": max_attempts,
             "attempts": 0,
+            "retry_on_error": retry_on_error,
+            "retries_left": retry_on_error,
             "timeout": timeout,
             "errors": [],
         }))
@@ -407,6 +492,14 @@ def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLik
 
 class Heartbeat(threading.Thread):
     """Renews a claim's lease until stopped: every third of the lease, and sooner after a failure.
+
+    Between renewals it reads the task by ``_id`` every :data:`CANCEL_POLL` seconds, so a
+    ``cancel_tasks`` is seen within about a second (not at the next renewal, up to lease/3 =
+    20 s later) and :attr:`cancel_requested` is set. A read rather than more frequent renewals:
+    a renewal is a conditional write (on ``s3://`` a compare-and-swap PUT of the task's segment),
+    while a read by ``_id`` is a primary-key lookup on MongoDB and, on ``s3://``, one conditional
+    GET of a small segment state (ETag-cached): about two cheap requests a second per running
+    task. A failed read is ignored (the renewals deal with an unavailable store).
 
     A renewal that fails (store unavailable, compare-and-swap conflicts it gave up on) is retried
     within a second or two rather than at the next beat, so a lease survives several failures in
@@ -421,6 +514,7 @@ class Heartbeat(threading.Thread):
         super().__init__(name=f"tensorhub-heartbeat-{claimed['_id']}", daemon=True)
         self.queue, self.claimed, self.lease = queue, claimed, lease
         self.stopped = threading.Event()
+        self.cancel_poll = CANCEL_POLL
         self.cancel_requested = threading.Event()
         self.lost = threading.Event()
         expires = claimed.get("lease_expires_at")
@@ -437,9 +531,29 @@ class Heartbeat(threading.Thread):
             return min(RETRY_MAX_WAIT, 0.2 * 2 ** (failures - 1), self.lease / 10)
         return max(0.0, min(self.lease / 3, (self.deadline - time.monotonic()) / 3))
 
+    def _poll_cancel(self) -> bool:
+        """Read the task between renewals; True when it is ours no more (the caller stops)."""
+        try:
+            found = self.queue.read_claim(self.claimed)
+        except Exception:  # noqa: BLE001 - the renewals retry and report an unavailable store
+            log.debug("task %s: reading its cancel request failed", self.claimed["_id"], exc_info=True)
+            return False
+        if found is None:
+            log.warning("task %s: lease lost (another runner took the task, or it was deleted)", self.claimed["_id"])
+            self.lost.set()
+            return True
+        if found.get("cancel_requested"):
+            self.cancel_requested.set()
+        return False
+
     def run(self) -> None:
         failures = 0
-        while not self.stopped.wait(self._next_wait(failures)):
+        renew_at = time.monotonic() + self._next_wait(0)
+        while not self.stopped.wait(max(0.0, min(self.cancel_poll, renew_at - time.monotonic()))):
+            if time.monotonic() < renew_at:
+                if self._poll_cancel():
+                    return
+                continue
             sent = time.monotonic()
             try:
                 renewed = self.queue.renew(self.claimed, self.lease)
@@ -450,6 +564,7 @@ class Heartbeat(threading.Thread):
                 late = " (its lease may have run out)" if time.monotonic() > self.deadline else ""
                 log.warning("task %s: lease renewal failed (%d in a row)%s; retrying", self.claimed["_id"],
                             failures, late, exc_info=failures == 1)
+                renew_at = time.monotonic() + self._next_wait(failures)
                 continue
             if renewed is None:
                 log.warning("task %s: lease lost (another runner took the task, or it was deleted)",
@@ -458,6 +573,7 @@ class Heartbeat(threading.Thread):
                 return
             failures = 0
             self.deadline = sent + self.lease
+            renew_at = time.monotonic() + self._next_wait(0)
             if renewed.get("cancel_requested"):
                 self.cancel_requested.set()
 
@@ -468,3 +584,5 @@ class Heartbeat(threading.Thread):
 
 #: longest wait between retries of a failed lease renewal (seconds)
 RETRY_MAX_WAIT = 2.0
+#: seconds between two reads of a running task's ``cancel_requested`` by its heartbeat (see :class:`Heartbeat`)
+CANCEL_POLL = 0.5

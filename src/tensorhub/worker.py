@@ -1,7 +1,10 @@
 """The long-running task runner behind ``tensorhub worker``.
 
 It claims one task at a time, runs it, and polls when the queue is empty with a backoff that
-grows to ``poll`` seconds, so an idle worker never busy-loops against the database. SIGTERM
+grows to ``poll`` seconds, so an idle worker never busy-loops against the database. Every
+``idle_log`` seconds (a minute) it stays idle it logs how many tasks of its name are pending in
+its project and in each project of the store, so a wrong ``--project`` or ``--task-name`` shows
+(a warning when its project has none and others have some). SIGTERM
 and SIGINT stop it cleanly: between tasks it exits at once; during a task the task is handed
 back to ``pending`` (never marked finished) and the worker exits.
 """
@@ -36,10 +39,13 @@ class WorkerOptions:
     max_tasks: int | None = None
     sort: Any = None
     in_process: bool = False
+    #: seconds between two reports of an idle worker (what is pending, here and in other projects)
+    idle_log: float = 60.0
 
     def __post_init__(self) -> None:
         """Refuse options that are not finite numbers (booleans included: True is not 1 second)."""
-        for name, zero, optional in (("lease", False, False), ("poll", False, False), ("idle_exit", True, True)):
+        for name, zero, optional in (("lease", False, False), ("poll", False, False), ("idle_exit", True, True),
+                                     ("idle_log", False, False)):
             value = getattr(self, name)
             if not (optional and value is None) and not _tasks.is_seconds(value, zero=zero):
                 bound = ">= 0" if zero else "> 0"
@@ -86,11 +92,31 @@ class Worker:
         self.ran += 1
         return True
 
+    def log_idle(self, idle_for: float) -> None:
+        """Log what is pending for this worker's task name: in its project, and in every project."""
+        query: dict[str, Any] = {"status": _tasks.PENDING}
+        if self.options.task_name:
+            query["task_name"] = self.options.task_name
+        try:
+            here = self.hub.task_queue.tasks.count(query)
+            counts = self.hub.task_queue.records.count_every_project(_tasks.COLLECTION, query=query)
+            everywhere = {str(project): n for (project,), n in counts.items()}
+        except Exception:  # noqa: BLE001 - a report must not stop the worker; the claims report store trouble
+            log.debug("worker %s: counting pending tasks failed", self.owner["worker_id"], exc_info=True)
+            return
+        project = self.hub.project_name
+        elsewhere = {p: n for p, n in sorted(everywhere.items()) if p != project}
+        named = f"named {self.options.task_name!r}" if self.options.task_name else "(any name)"
+        level = logging.WARNING if not here and elsewhere else logging.INFO
+        log.log(level, "worker %s: idle for %.0fs; pending tasks %s: %d in project %r, %d in the store%s",
+                self.owner["worker_id"], idle_for, named, here, project, sum(everywhere.values()),
+                f" (other projects: {', '.join(f'{p!r}: {n}' for p, n in elsewhere.items())})" if elsewhere else "")
+
     def run(self) -> int:
         """Loop until stopped; return the number of tasks run."""
         opts = self.options
         log.info("worker %s on %s: waiting for tasks %r", self.owner["worker_id"], self.hub, opts.task_name)
-        idle_since = time.monotonic()
+        idle_since = reported_at = time.monotonic()
         delay = min(0.05, opts.poll)
         try:
             while not self.stopping.is_set():
@@ -98,11 +124,16 @@ class Worker:
                     log.info("worker %s: ran %d task(s), the maximum", self.owner["worker_id"], self.ran)
                     break
                 if self.run_one():
-                    idle_since, delay = time.monotonic(), min(0.05, opts.poll)
+                    idle_since = reported_at = time.monotonic()
+                    delay = min(0.05, opts.poll)
                     continue
-                if opts.idle_exit is not None and time.monotonic() - idle_since >= opts.idle_exit:
+                now = time.monotonic()
+                if opts.idle_exit is not None and now - idle_since >= opts.idle_exit:
                     log.info("worker %s: idle for %.1fs, exiting", self.owner["worker_id"], opts.idle_exit)
                     break
+                if now - reported_at >= opts.idle_log:
+                    reported_at = now
+                    self.log_idle(now - idle_since)
                 self.stopping.wait(delay)
                 delay = min(delay * 2, opts.poll)
         except _Shutdown:

@@ -194,7 +194,8 @@ class Zygote:
 
     def start(self, target: str, args: tuple, stdout: int, stderr: int) -> int:
         """Fork a task that runs ``target`` (``"module:function"``) with ``args``, its stdout and
-        stderr on the given fds; return the pid of its shepherd (the task's handle)."""
+        stderr on the given fds; return the pid of its shepherd (the task's handle). The task
+        exits with the int ``target`` returns (0 if it returns anything else, 1 if it raises)."""
         pid = self._ask("start", target, args, fds=[stdout, stderr])
         self.active.add(pid)
         return pid
@@ -292,8 +293,8 @@ def _shepherd(target: str, args: tuple, fds: list[int]) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             die_with_parent(signal.SIGKILL)
-            _resolve(target)(*args)
-            code = 0
+            returned = _resolve(target)(*args)
+            code = returned if isinstance(returned, int) and not isinstance(returned, bool) else 0
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -52,10 +52,12 @@ def requeue_command(query: str, uri: str | None, project: str | None) -> None:
 @click.option("--idle-exit", default=None, type=click.FloatRange(min=0),
               help="Exit after this many seconds with no task.")
 @click.option("--max-tasks", default=None, type=click.IntRange(min=1), help="Exit after running this many tasks.")
+@click.option("--idle-log", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="While idle, log this often how many tasks are pending here and in other projects.")
 @click.option("--in-process", is_flag=True, help="Run scripts in this process (TensorLayer's way), not in a child.")
 def worker_command(uri_argument: str | None, uri: str | None, project: str | None, task_name: str | None,
                    lease: float, poll: float, idle_exit: float | None, max_tasks: int | None,
-                   in_process: bool) -> None:
+                   idle_log: float, in_process: bool) -> None:
     """Pull tasks and run them, until SIGTERM/SIGINT, --idle-exit or --max-tasks.
 
     URI (positional) is the same as --uri. Without either, $TENSORHUB_URI: use it for a URI with
@@ -71,7 +73,7 @@ def worker_command(uri_argument: str | None, uri: str | None, project: str | Non
         logging.getLogger("tensorhub").setLevel(logging.INFO)
     try:
         options = WorkerOptions(task_name=task_name, lease=lease, poll=poll, idle_exit=idle_exit,
-                                max_tasks=max_tasks, in_process=in_process)
+                                max_tasks=max_tasks, idle_log=idle_log, in_process=in_process)
     except InvalidArgumentError as exc:  # e.g. --lease nan, which click's FloatRange lets through
         raise click.BadParameter(str(exc)) from exc
     with open_hub(resolve_uri(uri), project) as hub:
