@@ -114,26 +114,56 @@ _STREAM_OPTIONS = ("buffer_chunks", "prefetch", "drop_last", "sort")
 
 
 class TensorHub:
-    """One project's view of a tensorhub store: datasets, models, logs and tasks.
+    """One project's view of a tensorhub store: datasets, models, logs, tasks and runs.
+
+    A store is an index (documents, queried with MongoDB's language) plus a blob store (bytes);
+    the URI's scheme picks the backend. Every record this hub saves carries ``project_name`` and
+    every call is scoped to that project (:meth:`list_projects` sees them all). Opening creates
+    nothing: a store that does not exist yet (a ``file://`` path never written) answers reads with
+    nothing and is created by the hub's first write. Use it as a context manager, or call
+    :meth:`close`. The full reference, with the CLI and environment variables, is ``docs/API.md``.
+
+    Args:
+        uri: The store: ``file://PATH`` (or a bare path), ``mongodb://[user:pw@]host[:port]/db``,
+            ``s3://bucket/prefix[?option=value]`` or ``mongomock://[name]``. Default ``None``:
+            inside a task, the store the task came from; else ``$TENSORHUB_URI``; else
+            ``file://./tensorhub-data``.
+        project_name: The project every record is stamped with and every call is scoped to.
+            Default ``None``: the running task's project, else ``$TENSORHUB_PROJECT``, else the
+            running script's file stem, else ``"default"`` (logged once at INFO). The CLI's
+            default is ``--project``, else ``$TENSORHUB_PROJECT``, else ``"default"``.
+        blobs: Keyword-only. A second URI for the large bytes (arrays, parameters), e.g.
+            ``"s3://bucket/prefix"``; the first URI then holds only the index. Default ``None``:
+            the same store (or ``$TENSORHUB_BLOBS_URI`` when no URI is given).
+        ip: Keyword-only, TensorLayer's signature: the MongoDB host (default ``"localhost"``
+            when one of ``ip``/``port``/``dbname`` is given). Not together with ``uri``.
+        port: Keyword-only, TensorLayer: the MongoDB port, 1-65535 (default 27017).
+        dbname: Keyword-only, TensorLayer: the MongoDB database (default ``"tensorhub"``).
+        username: Keyword-only, TensorLayer: the MongoDB user (default ``None``: no auth).
+        password: Keyword-only, TensorLayer: the MongoDB password (default ``None``).
+        studyID: Keyword-only, TensorLayer: accepted and ignored.
+        create: Keyword-only. Default ``True``: a store that does not exist yet is created by the
+            first write. ``False`` (read-only use, as ``tensorhub ls``): a store that does not
+            exist raises :class:`~tensorhub.errors.NotFoundError` naming the path.
+
+    Raises:
+        InvalidArgumentError: Both a URI and ``ip``/``port``/``dbname``, an empty ``project_name``,
+            a port outside 1-65535 (:class:`~tensorhub.errors.InvalidArgumentTypeError` for a
+            wrong type).
+        UnknownSchemeError: No backend is registered for the URI's scheme.
+        BackendNotInstalledError: The backend's optional package is missing (the message names
+            the pip extra).
+        ConfigurationError: A malformed URI, an unknown ``s3://`` option, a missing bucket, or a
+            blob store owned by another index.
+        BackendUnavailableError: The server or endpoint cannot be reached.
+        NotFoundError: ``create=False`` and the store does not exist.
 
     Example::
 
-        hub = TensorHub("file:///data/hub", project_name="tutorial")
-        hub.save_dataset([X_train, y_train], "mnist", version="1.0")
-        X, y = hub.find_dataset("mnist", version="1.0")
-
-    ``uri`` picks the backend (``file://``, ``mongodb://``, ``s3://``, ``mongomock://``);
-    ``blobs`` optionally puts the large bytes elsewhere (``blobs="s3://bucket/prefix"``). With no
-    URI, ``$TENSORHUB_URI`` or ``file://./tensorhub-data`` is used, or, inside a task, the store
-    the task came from. ``ip``/``port``/``dbname``/``username``/``password`` is TensorLayer's
-    signature and means MongoDB. Without ``project_name``: the running task's project, else
-    ``$TENSORHUB_PROJECT``, else the running script's file stem, else ``"default"`` (logged once
-    at INFO); :meth:`list_projects` lists a store's projects.
-
-    Opening creates nothing: a store that does not exist yet (a ``file://`` path never written)
-    answers reads with nothing and is created by the hub's first write. ``create=False`` (for
-    read-only use: ``tensorhub ls``) makes a store that does not exist an error instead:
-    :class:`~tensorhub.errors.NotFoundError` naming the path.
+        with TensorHub("file://./hub", project_name="tutorial") as hub:
+            hub.save_dataset([X_train, y_train], "mnist", version="1.0")
+            X, y = hub.find_dataset("mnist", version="1.0")
+        TensorHub(ip="localhost", port=27017, dbname="temp", project_name="tutorial")  # TensorLayer
     """
 
     def __init__(self, uri: str | None = None, project_name: str | None = None, *, blobs: str | None = None,
@@ -217,15 +247,25 @@ class TensorHub:
         return self._queue
 
     def collect_garbage(self, older_than: float = 24 * 3600, dry_run: bool = False) -> dict[str, int]:
-        """Delete blobs no record refers to (what crashed saves leave), if older than ``older_than`` seconds.
+        """Delete blobs no record refers to (what crashed saves leave), if older than ``older_than``.
 
-        Store-wide, every project: chunks no dataset or model lists, record blobs whose record
-        is gone, and what killed writes left inside the backend (``.tmp-*`` files of
-        ``file://``, GridFS chunks of uploads that never finished). Younger ones are kept because
-        a save running meanwhile has written its chunks but not yet its record; keep the default
-        (a day) unless no one is saving. With ``dry_run`` nothing is deleted. Returns
-        ``{"chunks", "record_blobs", "incomplete", "kept_young"}``.
-        Also ``tensorhub gc`` on the command line.
+        Store-wide, every project: chunks no dataset or model lists, record blobs whose record is
+        gone, and what killed writes left inside the backend (``.tmp-*`` files of ``file://``, GridFS
+        chunks of uploads that never finished). Younger blobs are kept because a save running
+        meanwhile has written its chunks but not yet its record. Also ``tensorhub gc``.
+
+        Args:
+            older_than: Seconds; only blobs last written longer ago are deleted. Default 86400 (a
+                day): keep it unless no one is saving.
+            dry_run: Default ``False``. ``True`` deletes nothing and only counts.
+
+        Returns:
+            ``{"chunks": n, "record_blobs": n, "incomplete": n, "kept_young": n}``: what was (or, with
+            ``dry_run``, would be) deleted, and the blobs kept for being too young.
+
+        Raises:
+            InvalidArgumentError: ``older_than`` is negative or not finite
+                (:class:`~tensorhub.errors.InvalidArgumentTypeError` if not a number).
         """
         _check_seconds("older_than", older_than, zero=True)
         return self._records.collect_garbage(dt.timedelta(seconds=older_than), dry_run=dry_run)
@@ -234,31 +274,69 @@ class TensorHub:
     def list_projects(self) -> list[dict[str, Any]]:
         """Every project of this store (not only this hub's), sorted by name, with record counts.
 
-        Each row: ``project_name``, ``datasets``, ``models``, ``training_logs``, ``validation_logs``,
-        ``testing_logs``, ``tasks`` (queued tasks and runs) and ``tasks_by_status``
-        (``{"finished": 3, "failed": 1}``). Reads counts only. Also ``tensorhub ls projects``.
+        Reads counts only (one grouped count per collection). Also ``tensorhub ls projects``.
+
+        Args:
+            None.
+
+        Returns:
+            One dict per project: ``project_name``, ``datasets``, ``models``, ``training_logs``,
+            ``validation_logs``, ``testing_logs``, ``tasks`` (queued tasks and runs) and
+            ``tasks_by_status`` (e.g. ``{"finished": 3, "failed": 1}``).
         """
         return _catalog.list_projects(self._records)
 
     def find_records(self, kind: str, sort: Any = None, limit: int | None = None, **kwargs: Any) -> list[dict]:
-        """This project's records of ``kind`` (``datasets``, ``models``, ``tasks``, ``runs``,
-        ``training_logs``, ``validation_logs``, ``testing_logs``) matching the query (kwargs), newest
-        first unless ``sort``; records only, no blob is read (a model is not loaded)."""
+        """This project's records of one kind, as documents: no blob is read (a model is not loaded).
+
+        What ``tensorhub ls --json`` prints; use the kind's own ``find_*`` to load datasets or models.
+
+        Args:
+            kind: ``"datasets"``, ``"models"``, ``"tasks"``, ``"runs"`` (task records),
+                ``"training_logs"``, ``"validation_logs"`` or ``"testing_logs"``; singular and
+                hyphenated spellings, and ``"logs"`` (training logs), work too.
+            sort: PyMongo sort (``[("field", -1)]``, a field name, ...). Default ``None``: newest first.
+            limit: At most this many records. Default ``None`` (or 0): all.
+            **kwargs: The query: a MongoDB filter over the records' fields.
+
+        Returns:
+            A list of record dicts (``_id``, ``project_name``, ``time``, the kind's fields, tags).
+
+        Raises:
+            InvalidArgumentError: An unknown ``kind``.
+            InvalidQueryError: A filter or sort tensorhub does not support.
+        """
         return _catalog.find_records(self._records, kind, kwargs, sort=sort, limit=limit)
 
     def describe_record(self, kind: str, record_id: Any) -> dict[str, Any] | None:
-        """One record of this project, whole, with its lineage; None if no record of ``kind`` has the id.
+        """One record of this project, whole, with its lineage. Also ``tensorhub show KIND ID``.
 
-        Returns ``{"kind", "record", "lineage"}``. Lineage: a model's ``dataset`` and ``task``; a
-        task's (or run's) ``logs`` (row counts per log kind), ``models`` and ``datasets`` saved by it;
-        a dataset's ``models``; a log row's ``task``. Also ``tensorhub show KIND ID``.
+        Lineage: a model's ``dataset`` and ``task``; a task's (or run's) ``logs`` (row counts per log
+        kind), and the ``models`` and ``datasets`` saved by it; a dataset's ``models``; a log row's
+        ``task``. Reads records only.
+
+        Args:
+            kind: The record's kind, as for :meth:`find_records` (``"model"``, ``"task"``, ``"run"``...).
+            record_id: The record's ``_id``: an ``ObjectId`` or its 24-hex-digit string.
+
+        Returns:
+            ``{"kind": ..., "record": {...}, "lineage": {...}}``, or ``None`` when this project has no
+            record of ``kind`` with that id.
+
+        Raises:
+            InvalidArgumentError: An unknown ``kind`` or a malformed id.
         """
         return _catalog.describe(self._records, kind, record_id)
 
     def close(self) -> None:
         """Release connections and files, and stop the task helper process if no task runs.
 
-        Log rows that ``log`` calls buffered for this hub are written first.
+        Log rows that :meth:`log` buffered for this hub are written first. ``with TensorHub(...) as
+        hub:`` closes it at the end of the block. A closed hub's calls raise
+        :class:`~tensorhub.errors.BackendUnavailableError`.
+
+        Args:
+            None.
         """
         _run_log.flush_records(self._records)
         self._records.close()
@@ -279,38 +357,117 @@ class TensorHub:
     # ------------------------------------------------------------------ datasets
     @_hints.refuses_near_options("allow_pickle", "chunk_bytes")
     def save_dataset(self, dataset: Any = None, dataset_name: str | None = None, **kwargs: Any) -> Any:
-        """Store ``dataset`` (arrays in lists/tuples/dicts) under ``dataset_name``; extra kwargs are tags.
+        """Store ``dataset`` under ``dataset_name``; extra keywords are queryable tags.
 
-        Example: ``hub.save_dataset([X, y], "mnist", version="1.0")``. Returns the record id.
+        Arrays are cut into chunks along their first axis, compressed when that pays, and stored by
+        content hash, so saving the same bytes twice stores them once. Nothing is half-saved: the
+        record appears only once every chunk is stored. Inside a run or task the record also gets
+        ``task_id`` and ``attempt``.
+
+        Args:
+            dataset: A numpy array, or a (nested) list, tuple or dict of numpy arrays and JSON values.
+                Required (``None`` is refused).
+            dataset_name: A non-empty string. Required.
+            **kwargs: Tags (``version="1.0"``), plus two options: ``allow_pickle`` (default
+                ``False``: Python objects, object and masked arrays are refused) and ``chunk_bytes``
+                (default 8 MiB: the size of a chunk). A tag that is a near miss of an option is refused.
+
+        Returns:
+            The new record's ``_id`` (an ``ObjectId``).
+
+        Raises:
+            SerializationError: Contents that cannot be stored without ``allow_pickle=True``.
+            InvalidArgumentError: An empty name, a reserved tag name (``_id``, ``time``, ``schema``...).
+
+        Example::
+
+            hub.save_dataset([X, y], "mnist", version="1.0")
         """
         return _datasets.save_dataset(self._records, dataset, dataset_name, **kwargs)
 
     @_explains(*_DATASET, options=("allow_pickle",))
     def find_dataset(self, dataset_name: str | None = None, sort: Any = None, lazy: bool = False,
                      **kwargs: Any) -> Any:
-        """The newest (or first by ``sort``) dataset matching the query, or ``None``."""
+        """The newest (or first by ``sort``) dataset matching the query, loaded, or ``None``.
+
+        Args:
+            dataset_name: The dataset's name. Default ``None``: any name.
+            sort: PyMongo sort, e.g. ``[("version", -1)]``. Default ``None``: newest first.
+            lazy: Default ``False``. ``True`` returns each array as a ``ChunkedArray`` that reads only
+                the chunks a selection needs (``X[1000:2000]``, ``np.asarray(X)``).
+            **kwargs: The query (tags, MongoDB filter, ``task_id=``/``attempt=``), plus the option
+                ``allow_pickle`` (default ``False``; needed for a dataset saved with it).
+
+        Returns:
+            The dataset in its saved structure (arrays, lists, dicts), or ``None`` if nothing matches
+            (a warning names a near-miss field or name, once per call site).
+
+        Example::
+
+            X, y = hub.find_dataset("mnist", version="1.0")
+        """
         found = self.find_all_datasets(dataset_name, sort=sort, lazy=lazy, limit=1, **kwargs)
         return found[0] if found else None
 
     @_explains(*_DATASET, options=("allow_pickle", "limit"))
     def find_all_datasets(self, dataset_name: str | None = None, sort: Any = None, lazy: bool = False,
                           **kwargs: Any) -> list:
-        """Every dataset matching the query (newest first)."""
+        """Every dataset matching the query, loaded, newest first unless ``sort``.
+
+        Args:
+            dataset_name: The datasets' name. Default ``None``: any name.
+            sort: PyMongo sort. Default ``None``: newest first.
+            lazy: Default ``False``. ``True``: arrays come back as ``ChunkedArray`` (read on access).
+            **kwargs: The query, plus the options ``allow_pickle`` (default ``False``) and ``limit``
+                (default ``None``: all).
+
+        Returns:
+            A list of datasets (empty if nothing matches).
+        """
         return _datasets.find_all_datasets(self._records, dataset_name, sort=sort, lazy=lazy, **kwargs)
 
     @_explains(*_DATASET)
     def find_dataset_records(self, dataset_name: str | None = None, sort: Any = None, limit: int | None = None,
                              as_frame: bool = False, **kwargs: Any) -> Any:
-        """The records (schema, tags) of matching datasets, without reading any blob (a pandas
-        DataFrame with ``as_frame=True``)."""
+        """The records of matching datasets (tags, ``schema``, ``rows``, ``nbytes``), reading no blob.
+
+        Args:
+            dataset_name: A name, or a filter such as ``{"$in": [...]}``. Default ``None``: any.
+            sort: PyMongo sort. Default ``None``: newest first.
+            limit: At most this many. Default ``None``: all.
+            as_frame: Default ``False``. ``True`` returns a pandas DataFrame (pandas needed).
+            **kwargs: The query (MongoDB filter over the records' fields).
+
+        Returns:
+            A list of record dicts, or a DataFrame with ``as_frame=True``.
+        """
         return _rows(_datasets.find_dataset_records(self._records, dataset_name, kwargs, sort=sort, limit=limit),
                      as_frame, "find_dataset_records")
 
     def append_dataset(self, dataset_name: str, rows: Any, **kwargs: Any) -> int:
-        """Grow the newest matching dataset along axis 0 by ``rows`` (same structure); return the new length.
+        """Grow the newest matching dataset along axis 0 by ``rows``; return its new length.
 
-        Example: ``hub.append_dataset("events", [X_new, y_new])``. Readers see the old or the new
-        length, never a torn one; only new chunks are written.
+        Only new chunks are written and the record is swapped atomically: readers see the old or the
+        new length, never a torn one, and concurrent appends both land.
+
+        Args:
+            dataset_name: The dataset to grow.
+            rows: New rows in the dataset's structure: each array with the same trailing shape and a
+                dtype of the same kind (values are cast to the stored dtype; overflow is refused).
+            **kwargs: The query picking the dataset (tags), plus the option ``sort`` (which match is
+                grown; default newest).
+
+        Returns:
+            The dataset's new number of rows.
+
+        Raises:
+            NotFoundError: No dataset matches.
+            InvalidArgumentError: ``rows`` do not fit the dataset.
+            ConflictError: Concurrent appends won every retry; nothing was appended.
+
+        Example::
+
+            hub.append_dataset("events", [X_new, y_new])
         """
         return _datasets.append_dataset(self._records, dataset_name, rows, **kwargs)
 
@@ -318,14 +475,35 @@ class TensorHub:
                        epochs: int = 1, **kwargs: Any) -> Any:
         """Batches of a dataset (the saved structure, each array cut to ``batch_size`` rows), in bounded memory.
 
+        Every row comes once per epoch; the same ``seed`` gives the same order. Memory stays bounded
+        by ``2 * buffer_chunks`` chunks however large the dataset. The stream is picklable and, when
+        torch is imported, a ``torch.utils.data.IterableDataset`` (``DataLoader(stream,
+        batch_size=None, num_workers=4)``: each worker reads its own share). ``len(stream)`` is the
+        number of batches over all epochs.
+
+        Args:
+            dataset_name: The dataset (the newest match of the query).
+            batch_size: Rows per batch, > 0.
+            shuffle: Default ``True``: rows in an order shuffled by ``seed``; ``False`` keeps the
+                stored order.
+            seed: The shuffle's seed (>= 0). Default ``None``: a random one.
+            epochs: Passes over the data, > 0. Default 1.
+            **kwargs: The query picking the dataset, plus the options ``buffer_chunks`` (default 2),
+                ``prefetch`` (reader threads, default 2), ``drop_last`` (default ``False``: keep a short
+                final batch) and ``sort``.
+
+        Returns:
+            A ``DatasetStream`` (iterable of batches).
+
+        Raises:
+            NotFoundError: No dataset matches (the message names near misses).
+            InvalidArgumentError: A non-positive ``batch_size``/``epochs``, a negative ``seed``.
+            SerializationError: The arrays do not share their first-axis length.
+
         Example::
 
             for X, y in hub.stream_dataset("mnist", batch_size=256, seed=0, epochs=2):
                 train_step(X, y)
-
-        Every row comes once per epoch; the same ``seed`` gives the same order. The result is
-        also a PyTorch ``IterableDataset`` when torch is imported (``DataLoader(stream,
-        batch_size=None, num_workers=4)``: each worker reads its own share).
         """
         from tensorhub.streaming import make_stream
 
@@ -341,7 +519,15 @@ class TensorHub:
 
     @_explains(*_DATASET)
     def delete_datasets(self, **kwargs: Any) -> int:
-        """Delete matching datasets and their blobs; return how many records were deleted."""
+        """Delete matching datasets and the chunks no other record uses; return how many were deleted.
+
+        Args:
+            **kwargs: The query (``dataset_name=``, tags, MongoDB filter). **With none, every dataset
+                of the project is deleted.**
+
+        Returns:
+            The number of dataset records deleted.
+        """
         return _datasets.delete_datasets(self._records, kwargs)
 
     find_top_dataset = find_dataset
@@ -351,14 +537,32 @@ class TensorHub:
     @_hints.refuses_near_options("example_inputs", "dynamic_shapes", "allow_pickle", "dataset", "task", "dataset_id",
                                  "task_id", "sess")
     def save_model(self, network: Any = None, model_name: str = "model", **kwargs: Any) -> Any:
-        """Store a model (``torch.nn.Module``, list/dict of arrays, or an adapter's type); kwargs are tags.
+        """Store a model; extra keywords are queryable tags (metrics such as ``test_accuracy``).
 
-        Example: ``hub.save_model(net, "mlp", test_accuracy=0.97, dataset=mnist_record)``.
-        Options: ``example_inputs=`` (PyTorch: also store a ``torch.export`` program, loadable
-        without the class) and ``dynamic_shapes=``; ``dataset=``/``task=`` (a record or its
-        id) record lineage as ``dataset_id``/``task_id`` (inside a task, the task is recorded
-        by itself); ``allow_pickle=True`` for what only pickle can store. Unchanged tensors
-        of an earlier save are not stored again. Returns the record id.
+        Parameters are stored as chunked arrays, never pickled; tensors unchanged since an earlier save
+        are not stored again. Inside a run or task the record gets ``task_id`` and ``attempt``.
+
+        Args:
+            network: A ``torch.nn.Module`` (``tensorhub[torch]``), a scikit-learn estimator
+                (``tensorhub[sklearn]``), a (nested) list/tuple/dict of numpy arrays, or a type a
+                registered :class:`~tensorhub.ModelAdapter` handles. Required.
+            model_name: A non-empty string. Default ``"model"``.
+            **kwargs: Tags, plus the options ``example_inputs`` (PyTorch: a tuple of inputs; also stores
+                a ``torch.export`` program loadable without the class), ``dynamic_shapes`` (passed to
+                ``torch.export``), ``dataset``/``task`` (a record or its id: lineage stored as
+                ``dataset_id``/``task_id``; the record must exist) and ``allow_pickle`` (default
+                ``False``). ``sess`` is ignored with a warning. A near miss of an option is refused.
+
+        Returns:
+            The new record's ``_id``.
+
+        Raises:
+            SerializationError: No adapter handles ``network``, or it needs ``allow_pickle=True``.
+            NotFoundError: ``dataset=``/``task=`` names a record that does not exist.
+
+        Example::
+
+            hub.save_model(net, "mlp", test_accuracy=0.97, dataset=mnist_record, example_inputs=(x,))
         """
         _drop_sess(kwargs)
         allow_pickle = bool(kwargs.pop("allow_pickle", False))
@@ -366,33 +570,65 @@ class TensorHub:
 
     @_explains(*_MODEL, options=(*_MODEL_LOAD_OPTIONS, "limit"))
     def find_all_models(self, sort: Any = None, model_name: str | None = None, **kwargs: Any) -> list:
-        """Every model matching the query (newest first), each carrying ``tensorhub_record``.
+        """Every model matching the query, loaded, newest first; each carries ``tensorhub_record``.
 
-        ``dataset=``/``task=`` (a record or id) find the models trained on a dataset or by a
-        task. Options: ``into=module`` (PyTorch: load the parameters into this built module),
-        ``allow_pickle=True``, and ``trusted=``: what a record may make this process import. By
-        default a PyTorch class path resolves only in modules this process has already imported
-        (and only to a ``torch.nn.Module`` subclass), and scikit-learn models hold only the types
-        skops trusts by default; ``trusted=True`` trusts whoever saved the models, and
-        ``trusted=["mypkg.models"]`` trusts those module prefixes (``mypkg`` covers
-        ``mypkg.sub``, not ``mypkgevil``; for skops also exact type names).
+        A loaded model also exposes each record field as ``model._<field>`` (``net._test_accuracy``).
+        A shared store is untrusted input: by default a PyTorch class path resolves only to a
+        ``torch.nn.Module`` subclass in a module this process has already imported, and scikit-learn
+        models hold only the types skops trusts by default.
+
+        Args:
+            sort: PyMongo sort, e.g. ``[("test_accuracy", -1)]``. Default ``None``: newest first.
+            model_name: The models' name. Default ``None``: any name.
+            **kwargs: The query (tags, MongoDB filter; ``dataset=``/``task=`` a record or id: the
+                models trained on a dataset or by a task), plus the options ``into`` (PyTorch: load the
+                parameters into this built module, names and shapes checked), ``trusted`` (``True``:
+                trust whoever saved the models; a list of module prefixes such as ``["mypkg.models"]``,
+                for skops also exact type names), ``allow_pickle`` (default ``False``) and ``limit``.
+                ``sess`` is ignored.
+
+        Returns:
+            A list of models (empty if nothing matches).
+
+        Raises:
+            SerializationError: A record names a class or type that is not trusted (see ``into=``
+                and ``trusted=``), or needs ``allow_pickle=True``.
         """
         _drop_sess(kwargs)
         return _models.find_all_models(self._records, model_name, sort=sort, **kwargs)
 
     @_explains(*_MODEL, options=_MODEL_LOAD_OPTIONS)
     def find_model(self, sort: Any = None, model_name: str | None = None, **kwargs: Any) -> Any:
-        """The newest (or first by ``sort``) model matching the query, or ``None``.
+        """The newest (or first by ``sort``) model matching the query, loaded, or ``None``.
 
-        Example: ``net = hub.find_model(sort=[("test_accuracy", -1)])``. Options ``into=``,
-        ``trusted=`` and ``allow_pickle=`` as in :meth:`find_all_models`.
+        Args:
+            sort: PyMongo sort, e.g. ``[("test_accuracy", -1)]`` for the best. Default ``None``: newest.
+            model_name: The model's name. Default ``None``: any name.
+            **kwargs: The query, plus the options ``into``, ``trusted`` and ``allow_pickle`` as in
+                :meth:`find_all_models`.
+
+        Returns:
+            The model (with ``tensorhub_record`` and ``_<field>`` attributes), or ``None``.
+
+        Example::
+
+            net = hub.find_model(sort=[("test_accuracy", -1)])
+            same = hub.find_model(model_name="mlp", into=MLP())
         """
         found = self.find_all_models(sort=sort, model_name=model_name, limit=1, **kwargs)
         return found[0] if found else None
 
     @_explains(*_MODEL)
     def delete_model(self, **kwargs: Any) -> int:
-        """Delete matching models; free the chunks no other record uses; return how many were deleted."""
+        """Delete matching models and the chunks no other record uses; return how many were deleted.
+
+        Args:
+            **kwargs: The query (``model_name=``, tags, ``dataset=``/``task=``, MongoDB filter).
+                **With none, every model of the project is deleted.**
+
+        Returns:
+            The number of model records deleted.
+        """
         return _models.delete_models(self._records, kwargs)
 
     @_explains(*_MODEL)
@@ -400,10 +636,24 @@ class TensorHub:
                        as_frame: bool = False, limit: int | None = None, **kwargs: Any) -> Any:
         """One row per matching model (``model_name``, ``time``, ``id``, ``adapter``, metrics), best first.
 
-        Example: ``hub.compare_models("mlp", keys=["test_accuracy", "loss"])`` sorts by
-        ``test_accuracy`` descending; with no ``keys``, every numeric field saved with the
-        models is a column and the newest comes first. A list of dicts, or a pandas DataFrame
-        with ``as_frame=True``. Reads records only.
+        Reads records only (no model is loaded).
+
+        Args:
+            model_name: A name or a filter such as ``{"$in": [...]}``. Default ``None``: any.
+            keys: Field names (dotted paths allowed) to show and rank by. Default ``None``: every
+                numeric field saved with the models.
+            sort: PyMongo sort over the row's columns. Default ``None``: the first of ``keys``
+                descending (models without it last), else newest first.
+            as_frame: Default ``False``. ``True`` returns a pandas DataFrame.
+            limit: At most this many models. Default ``None``: all.
+            **kwargs: The query over the models' fields.
+
+        Returns:
+            A list of row dicts, or a DataFrame with ``as_frame=True``.
+
+        Example::
+
+            hub.compare_models("mlp", keys=["test_accuracy", "loss"])   # best test_accuracy first
         """
         return _models.compare_models(self._records, model_name, keys=keys, sort=sort, as_frame=as_frame,
                                       limit=limit, **kwargs)
@@ -415,80 +665,240 @@ class TensorHub:
     # one line each, over the table logs.COLLECTIONS: the names, signatures and docstrings stay
     # visible to help() and to type checkers
     def save_training_log(self, **kwargs: Any) -> Any:
-        """Record one training log row, e.g. ``hub.save_training_log(epoch=3, loss=0.2)``; return its id."""
+        """Record one training log row whose fields are the keywords; return its ``_id``.
+
+        The call returns once the row is durable. Inside a run or task the row also gets ``task_id``
+        and ``attempt``. For a training loop, :meth:`log` (buffered, batched) is cheaper per row.
+
+        Args:
+            **kwargs: The row's fields (``epoch=3, loss=0.2``); values as for tags.
+
+        Returns:
+            The row's ``_id``.
+
+        Example::
+
+            hub.save_training_log(epoch=3, loss=0.2)
+        """
         return _logs.save_logs(self._records, "training", [kwargs])[0]
 
     def save_validation_log(self, **kwargs: Any) -> Any:
-        """Record one validation log row, e.g. ``hub.save_validation_log(epoch=3, acc=0.9)``; return its id."""
+        """Record one validation log row whose fields are the keywords; return its ``_id``.
+
+        The call returns once the row is durable. Inside a run or task the row also gets ``task_id``
+        and ``attempt``. For a training loop, :meth:`log` (buffered, batched) is cheaper per row.
+
+        Args:
+            **kwargs: The row's fields (``epoch=3, acc=0.9``); values as for tags.
+
+        Returns:
+            The row's ``_id``.
+
+        Example::
+
+            hub.save_validation_log(epoch=3, acc=0.9)
+        """
         return _logs.save_logs(self._records, "validation", [kwargs])[0]
 
     def save_testing_log(self, **kwargs: Any) -> Any:
-        """Record one testing log row, e.g. ``hub.save_testing_log(acc=0.97)``; return its id."""
+        """Record one testing log row whose fields are the keywords; return its ``_id``.
+
+        The call returns once the row is durable. Inside a run or task the row also gets ``task_id``
+        and ``attempt``. For a training loop, :meth:`log` (buffered, batched) is cheaper per row.
+
+        Args:
+            **kwargs: The row's fields (``acc=0.97``); values as for tags.
+
+        Returns:
+            The row's ``_id``.
+
+        Example::
+
+            hub.save_testing_log(acc=0.97)
+        """
         return _logs.save_logs(self._records, "testing", [kwargs])[0]
 
     def save_training_logs(self, rows: Any) -> list:
-        """Record many training log rows (an iterable of dicts) in one batch (one durable write)."""
+        """Record many training log rows in one batch (one durable write); return their ids in order.
+
+        Args:
+            rows: An iterable of dicts, one per row (a dict or a string is refused).
+
+        Returns:
+            The rows' ``_id`` values, in order.
+
+        Raises:
+            InvalidArgumentTypeError: ``rows`` is not an iterable of dicts.
+        """
         return _logs.save_logs(self._records, "training", rows)
 
     def save_validation_logs(self, rows: Any) -> list:
-        """Record many validation log rows (an iterable of dicts) in one batch (one durable write)."""
+        """Record many validation log rows in one batch (one durable write); return their ids in order.
+
+        Args:
+            rows: An iterable of dicts, one per row (a dict or a string is refused).
+
+        Returns:
+            The rows' ``_id`` values, in order.
+
+        Raises:
+            InvalidArgumentTypeError: ``rows`` is not an iterable of dicts.
+        """
         return _logs.save_logs(self._records, "validation", rows)
 
     def save_testing_logs(self, rows: Any) -> list:
-        """Record many testing log rows (an iterable of dicts) in one batch (one durable write)."""
+        """Record many testing log rows in one batch (one durable write); return their ids in order.
+
+        Args:
+            rows: An iterable of dicts, one per row (a dict or a string is refused).
+
+        Returns:
+            The rows' ``_id`` values, in order.
+
+        Raises:
+            InvalidArgumentTypeError: ``rows`` is not an iterable of dicts.
+        """
         return _logs.save_logs(self._records, "testing", rows)
 
     @_explains("training log", _logs.COLLECTIONS["training"])
     def find_training_logs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
                            **kwargs: Any) -> Any:
-        """Training log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
-        with ``as_frame=True``. ``task_id=`` (a task or run, or its id) and ``attempt=`` pick a run's rows."""
+        """Training log rows matching the query, newest first unless ``sort``.
+
+        Args:
+            sort: PyMongo sort, e.g. ``[("step", 1)]``. Default ``None``: newest first.
+            limit: At most this many rows. Default ``None``: all.
+            as_frame: Default ``False``. ``True`` returns a pandas DataFrame (pandas needed).
+            **kwargs: The query: fields and MongoDB filter; ``task_id=`` (a task or run, or its id)
+                and ``attempt=`` pick one run's rows.
+
+        Returns:
+            A list of row dicts, or a DataFrame with ``as_frame=True``.
+
+        Example::
+
+            hub.find_training_logs(task_id=run.id, attempt=1, sort=[("step", 1)])
+        """
         return _rows(_logs.find_logs(self._records, "training", kwargs, sort=sort, limit=limit), as_frame,
                      "find_training_logs")
 
     @_explains("validation log", _logs.COLLECTIONS["validation"])
     def find_validation_logs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
                              **kwargs: Any) -> Any:
-        """Validation log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
-        with ``as_frame=True``. ``task_id=`` (a task or run, or its id) and ``attempt=`` pick a run's rows."""
+        """Validation log rows matching the query, newest first unless ``sort``.
+
+        Args:
+            sort: PyMongo sort, e.g. ``[("step", 1)]``. Default ``None``: newest first.
+            limit: At most this many rows. Default ``None``: all.
+            as_frame: Default ``False``. ``True`` returns a pandas DataFrame (pandas needed).
+            **kwargs: The query: fields and MongoDB filter; ``task_id=`` (a task or run, or its id)
+                and ``attempt=`` pick one run's rows.
+
+        Returns:
+            A list of row dicts, or a DataFrame with ``as_frame=True``.
+
+        Example::
+
+            hub.find_validation_logs(task_id=run.id, attempt=1, sort=[("step", 1)])
+        """
         return _rows(_logs.find_logs(self._records, "validation", kwargs, sort=sort, limit=limit), as_frame,
                      "find_validation_logs")
 
     @_explains("testing log", _logs.COLLECTIONS["testing"])
     def find_testing_logs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
                           **kwargs: Any) -> Any:
-        """Testing log rows matching the query (kwargs), newest first unless ``sort``; a pandas DataFrame
-        with ``as_frame=True``. ``task_id=`` (a task or run, or its id) and ``attempt=`` pick a run's rows."""
+        """Testing log rows matching the query, newest first unless ``sort``.
+
+        Args:
+            sort: PyMongo sort, e.g. ``[("step", 1)]``. Default ``None``: newest first.
+            limit: At most this many rows. Default ``None``: all.
+            as_frame: Default ``False``. ``True`` returns a pandas DataFrame (pandas needed).
+            **kwargs: The query: fields and MongoDB filter; ``task_id=`` (a task or run, or its id)
+                and ``attempt=`` pick one run's rows.
+
+        Returns:
+            A list of row dicts, or a DataFrame with ``as_frame=True``.
+
+        Example::
+
+            hub.find_testing_logs(task_id=run.id, attempt=1, sort=[("step", 1)])
+        """
         return _rows(_logs.find_logs(self._records, "testing", kwargs, sort=sort, limit=limit), as_frame,
                      "find_testing_logs")
 
     @_explains("training log", _logs.COLLECTIONS["training"])
     def delete_training_log(self, **kwargs: Any) -> int:
-        """Delete matching training logs (all of this project's when no kwargs); return how many."""
+        """Delete matching training log rows; return how many were deleted.
+
+        Args:
+            **kwargs: The query. **With none, every training log row of the project is deleted.**
+
+        Returns:
+            The number of rows deleted.
+        """
         return _logs.delete_logs(self._records, "training", kwargs)
 
     @_explains("validation log", _logs.COLLECTIONS["validation"])
     def delete_validation_log(self, **kwargs: Any) -> int:
-        """Delete matching validation logs (all of this project's when no kwargs); return how many."""
+        """Delete matching validation log rows; return how many were deleted.
+
+        Args:
+            **kwargs: The query. **With none, every validation log row of the project is deleted.**
+
+        Returns:
+            The number of rows deleted.
+        """
         return _logs.delete_logs(self._records, "validation", kwargs)
 
     @_explains("testing log", _logs.COLLECTIONS["testing"])
     def delete_testing_log(self, **kwargs: Any) -> int:
-        """Delete matching testing logs (all of this project's when no kwargs); return how many."""
+        """Delete matching testing log rows; return how many were deleted.
+
+        Args:
+            **kwargs: The query. **With none, every testing log row of the project is deleted.**
+
+        Returns:
+            The number of rows deleted.
+        """
         return _logs.delete_logs(self._records, "testing", kwargs)
 
     # ------------------------------------------------------------------ tasks
     @_hints.refuses_near_options(*_TASK_OPTIONS)
     def create_task(self, task_name: str | None = None, script: Any = None, hyper_parameters: dict | None = None,
                     saved_result_keys: list[str] | None = None, **kwargs: Any) -> Any:
-        """Queue a run of ``script`` (a Python file; its text is stored) with ``hyper_parameters`` as globals.
+        """Queue a run of ``script`` with ``hyper_parameters`` as its globals; return the task's ``_id``.
 
-        Options: ``max_attempts`` (default 3: claims, bounding runners that die), ``timeout``
-        (seconds), ``priority`` (higher first), ``retry_on_error`` (default 0: how many times a
-        failed attempt is re-queued before the task is ``failed``; retries do not use
-        ``max_attempts``); other kwargs are tags. Example::
+        The script's text is read and compiled now and stored in the record, so runners need no
+        copy. A runner (:meth:`run_task`, ``tensorhub worker``) claims it, runs it in a child process
+        and records ``result`` (the ``saved_result_keys`` globals) and the status: ``finished``,
+        ``failed`` (error, traceback, ``exit_code``) or ``cancelled``.
 
-            hub.create_task("mnist", "task_script.py", dict(n_units=800), saved_result_keys=["test_accuracy"])
+        Args:
+            task_name: The queue's name, a non-empty string. Required.
+            script: The path of a Python file. Required.
+            hyper_parameters: A dict whose entries become the script's global variables (names must
+                be identifiers). Default ``None``: none.
+            saved_result_keys: Names of the script's globals stored as the task's ``result`` when it
+                ends (one never set fails the task). Default ``None``: none.
+            **kwargs: Tags, plus the options ``max_attempts`` (default 3: claims, which bound the
+                runners that die or stall), ``timeout`` (seconds, default ``None``: no limit; a child
+                process past it is killed and the task fails), ``priority`` (default 0: higher first)
+                and ``retry_on_error`` (default 0: how many times a failed attempt is re-queued before
+                the task is ``failed``; retries do not use ``max_attempts``). A near miss of a
+                parameter or option (``hyperparams=``, ``max_attempt=``) is refused.
+
+        Returns:
+            The task record's ``_id``.
+
+        Raises:
+            ScriptNotFoundError: The script is missing or unreadable.
+            ScriptSyntaxError: The script does not compile.
+            InvalidArgumentTypeError: A wrong type, or a near-miss keyword (``did you mean ...?``).
+            InvalidArgumentError: A bad option value or a reserved tag name.
+
+        Example::
+
+            hub.create_task("mnist", "train.py", dict(n_units=800), saved_result_keys=["test_accuracy"])
         """
         return self._queue.create(task_name, script, [hyper_parameters], saved_result_keys, **kwargs)[0]
 
@@ -496,21 +906,55 @@ class TensorHub:
     def create_sweep(self, task_name: str, script: Any, grid: dict[str, list] | None = None,
                      points: list[dict] | None = None, saved_result_keys: list[str] | None = None,
                      **kwargs: Any) -> list:
-        """Create one task per hyper-parameter point: the product of ``grid`` and/or each dict of ``points``.
+        """Create one task per hyper-parameter point, in one write (all or none); return their ids.
 
-        Example: ``hub.create_sweep("mnist", "train.py", grid={"lr": [0.1, 0.01], "units": [400, 800]})``
-        creates 4 tasks, in one write (all or none). Returns their ids.
+        The points are every combination of ``grid``'s value lists, then each dict of ``points``.
+
+        Args:
+            task_name: The queue's name.
+            script: The path of a Python file (as :meth:`create_task`).
+            grid: ``{"name": [values], ...}``: every combination is a task. Default ``None``.
+            points: A list of hyper-parameter dicts, one task each. Default ``None``. At least one of
+                ``grid``/``points`` is required.
+            saved_result_keys: As :meth:`create_task`. Default ``None``.
+            **kwargs: Tags, plus the options of :meth:`create_task` (``max_attempts``, ``timeout``,
+                ``priority``, ``retry_on_error``).
+
+        Returns:
+            The tasks' ``_id`` values, in point order.
+
+        Raises:
+            InvalidArgumentError: No ``grid``/``points``, or a grid value list that is empty.
+
+        Example::
+
+            hub.create_sweep("mnist", "train.py", grid={"lr": [0.1, 0.01], "units": [400, 800]})  # 4 tasks
         """
         return self._queue.create(task_name, script, _tasks.sweep_points(grid, points), saved_result_keys, **kwargs)
 
     @_explains(*_TASK)
     def run_task(self, task_name: str | None = None, sort: Any = None, lease: float = _tasks.DEFAULT_LEASE,
                  in_process: bool = False, **kwargs: Any) -> bool:
-        """Claim one pending task (highest priority, oldest first unless ``sort``) and run it.
+        """Claim one pending task (highest priority, oldest first unless ``sort``) and run it to its end.
 
-        The script runs in a child process unless ``in_process=True`` (TensorLayer's way).
-        Returns False when no task was available; the task ends ``finished``, ``failed`` or
-        ``cancelled``.
+        The claim is a lease renewed every ``lease``/3 seconds; a runner stalled for a whole lease
+        loses the task to another runner (at least once, recorded exactly once).
+
+        Args:
+            task_name: Only tasks of this name. Default ``None``: any.
+            sort: PyMongo sort choosing which pending task. Default ``None``: priority, then oldest.
+            lease: Seconds a claim lasts without renewal, > 0. Default 60.
+            in_process: Default ``False``: the script runs in a child process (killed with every
+                process it started when the task ends). ``True`` runs it in this process
+                (TensorLayer's way; ``timeout`` is not enforced then).
+            **kwargs: The query over task fields (tags).
+
+        Returns:
+            ``True`` if a task was claimed and run (whatever its outcome), ``False`` if none was
+            available.
+
+        Raises:
+            InvalidArgumentError: ``lease`` is not a positive number of seconds.
         """
         _check_seconds("lease", lease, zero=False)
         claimed = self._queue.claim(_task_query(task_name, kwargs), sort=sort, lease=lease)
@@ -523,23 +967,56 @@ class TensorHub:
 
     @_explains(*_TASK)
     def check_unfinished_task(self, task_name: str | None = None, **kwargs: Any) -> bool:
-        """Whether any matching task is still ``pending`` or ``running``."""
+        """Whether any matching task is still ``pending`` or ``running``.
+
+        Args:
+            task_name: Only tasks of this name. Default ``None``: any.
+            **kwargs: The query over task fields.
+
+        Returns:
+            ``True`` if at least one matching task is unfinished.
+        """
         return self._queue.has_unfinished(_task_query(task_name, kwargs))
 
     @_explains(*_TASK, options=("limit",))
     def find_tasks(self, task_name: str | None = None, sort: Any = None, as_frame: bool = False,
                    **kwargs: Any) -> Any:
-        """Task records matching the query (newest first unless ``sort``); interactive runs are tasks too
-        (``run_type="interactive"``). A pandas DataFrame with ``as_frame=True``."""
+        """Task records matching the query, newest first unless ``sort``.
+
+        Interactive runs (:meth:`start_run`) are tasks too, with ``run_type="interactive"``.
+
+        Args:
+            task_name: Only tasks of this name. Default ``None``: any.
+            sort: PyMongo sort. Default ``None``: newest first.
+            as_frame: Default ``False``. ``True`` returns a pandas DataFrame.
+            **kwargs: The query (``status="failed"``, tags, MongoDB filter), plus the option ``limit``
+                (default ``None``: all).
+
+        Returns:
+            A list of task records (``status``, ``hyper_parameters``, ``result``, ``error``,
+            ``attempts``, ``owner``...), or a DataFrame with ``as_frame=True``.
+        """
         limit = kwargs.pop("limit", None)
         return _rows(self._queue.find(_task_query(task_name, kwargs), sort=sort, limit=limit), as_frame, "find_tasks")
 
     @_explains(*_TASK)
     def wait_for_tasks(self, task_name: str | None = None, timeout: float | None = None, poll: float = 0.5,
                        **kwargs: Any) -> list[dict]:
-        """Block until no matching task is unfinished; return the matching task records.
+        """Block until no matching task is ``pending`` or ``running``; return the matching tasks.
 
-        Raises :class:`~tensorhub.errors.TaskTimeoutError` after ``timeout`` seconds.
+        Shows a progress bar when a terminal watches (``$TENSORHUB_PROGRESS``).
+
+        Args:
+            task_name: Only tasks of this name. Default ``None``: any.
+            timeout: Seconds to wait at most (>= 0). Default ``None``: no limit.
+            poll: Seconds between two looks at the store, > 0. Default 0.5.
+            **kwargs: The query over task fields.
+
+        Returns:
+            The matching task records, once none is unfinished.
+
+        Raises:
+            TaskTimeoutError: Tasks were still unfinished after ``timeout`` seconds.
         """
         if timeout is not None:
             _check_seconds("timeout", timeout, zero=True)
@@ -548,11 +1025,19 @@ class TensorHub:
 
     @_explains(*_TASK)
     def cancel_tasks(self, **kwargs: Any) -> int:
-        """Cancel matching tasks: pending ones never start, running ones are asked to stop.
+        """Cancel matching tasks: pending ones never start, running ones are stopped.
 
-        A running task's runner sees the request within about a second, kills the script and
-        records ``cancelled`` (never ``finished``, even if the script was just ending). Returns
-        the number of tasks affected: pending ones cancelled plus running ones newly asked to stop.
+        A running task's runner sees the request within about a second, kills the script and records
+        ``cancelled`` (never ``finished``, even if the script was just ending). An interactive run
+        sets ``run.cancel_requested`` within about a second and ends ``cancelled`` when it ends. Also
+        ``tensorhub cancel``.
+
+        Args:
+            **kwargs: The query over task fields (``task_name=``, ``_id=``...). **With none, every
+                pending or running task of the project.**
+
+        Returns:
+            How many tasks were affected: pending ones cancelled plus running ones newly asked to stop.
         """
         return self._queue.cancel(kwargs)
 
@@ -561,14 +1046,27 @@ class TensorHub:
 
         Their history is kept (``errors``, ``attempts``); ``attempts_left`` and the retries of
         ``retry_on_error`` start over, and the last outcome (result, error, owner) is cleared.
-        Pending, running and finished tasks are left alone. Returns how many were re-queued.
-        **With no arguments, every failed or cancelled task of the project.**
+        Pending, running and finished tasks are left alone. Also ``tensorhub requeue``.
+
+        Args:
+            **kwargs: The query over task fields. **With none, every failed or cancelled task of the
+                project.**
+
+        Returns:
+            How many tasks were re-queued.
         """
         return self._queue.requeue(kwargs)
 
     @_explains(*_TASK)
     def delete_tasks(self, **kwargs: Any) -> int:
-        """Delete matching task records; return how many were deleted."""
+        """Delete matching task records, in any state; return how many were deleted.
+
+        Args:
+            **kwargs: The query over task fields. **With none, every task (and run) of the project.**
+
+        Returns:
+            The number of task records deleted.
+        """
         return self._queue.delete(kwargs)
 
     # ------------------------------------------------------------------ runs
@@ -576,61 +1074,119 @@ class TensorHub:
                   **params: Any) -> _runs.Run:
         """Start an interactive run (a notebook, a script run by hand) with ``params`` as its parameters.
 
+        The run is a task record (``run_type="interactive"``), ``running`` and owned by this process,
+        its lease renewed every ``lease``/3 seconds while the process lives. It ends ``finished``
+        (result: the last value of each logged metric, updated by ``run.end(result={...})``),
+        ``failed`` with the traceback if the ``with`` block raised, ``cancelled`` if
+        :meth:`cancel_tasks` stopped it, or, if this process dies, ``failed`` once its lease runs out.
+        While it is open, every log row, model and dataset saved to this store from this process
+        carries its ``task_id`` and ``attempt`` (1). No runner ever claims it.
+
+        Args:
+            run_name: The run's name (its ``task_name``). Default ``None``: ``"interactive"``.
+            lease: Keyword-only. Seconds after which a dead process's run ends ``failed``, > 0.
+                Default 60.
+            **params: The run's parameters (stored as ``hyper_parameters``; numpy/torch scalars are
+                converted).
+
+        Returns:
+            A :class:`~tensorhub.runs.Run`: ``run.log(...)``, ``run.end(result=None)``, ``run.id``; a
+            context manager. Without ``with``, call ``run.end()`` (at exit it ends by itself).
+
         Example::
 
             with hub.start_run("mlp", lr=0.1, units=800) as run:
                 for step in range(1000):
-                    run.log(step=step, loss=loss)         # or hub.log(...); kind="validation" for those rows
-                hub.save_model(net, "mlp")               # stamped with the run's task_id and attempt
-
-        The run is a task record (``run_type="interactive"``, ``task_name`` = ``run_name`` or
-        ``"interactive"``), ``running`` and renewed every ``lease``/3 seconds while this process
-        lives; it ends ``finished`` (result: the last value of each logged metric, plus
-        ``run.end(result={...})``), ``failed`` with the traceback if the block raised, or, if this
-        process dies, ``failed`` once its ``lease`` (seconds) runs out. Without ``with``: ``run =
-        hub.start_run(...)`` then ``run.end()`` (at exit it ends by itself). While it is open,
-        everything saved to this store from this process carries its ``task_id`` and ``attempt`` (1).
+                    run.log(step=step, loss=loss)          # or hub.log(...)
+                run.log(kind="validation", acc=0.93)
+                hub.save_model(net, "mlp")                # stamped with the run's task_id and attempt
         """
         _check_seconds("lease", lease, zero=False)
         return _runs.start_run(self._records, self._queue, run_name, lease=lease, params=params)
 
     def log(self, step: int | None = None, kind: str = "training", **metrics: Any) -> None:
-        """Log ``metrics`` at ``step`` to the current run: the newest interactive run of this process on
-        this store, else the task this code runs as (``TensorHub().log(...)`` in a task's script).
+        """Log one row of ``metrics`` to the current run, buffered: the logging call of training loops.
 
-        ``kind`` is ``"training"`` (default), ``"validation"`` or ``"testing"``; ``step`` defaults to
-        the previous step + 1. Values: Python, numpy or 0-d torch scalars. Rows are buffered and
-        written in batches (1000 rows, 2 s, the run's end, exit). Outside any run:
-        :class:`~tensorhub.errors.NoActiveRunError`.
+        The current run is the newest interactive run of this process on this store, else the task
+        this code runs as (``TensorHub().log(...)`` in a task's script). Rows are written in batches
+        (every 1000 rows, after 2 s, at the run's end, when the hub closes, at exit), each with the
+        ``time`` it was logged at, ``step``, ``task_id`` and ``attempt``.
+
+        Args:
+            step: The row's step. Default ``None``: the previous step of this ``kind`` + 1 (0 first).
+            kind: ``"training"`` (default), ``"validation"`` or ``"testing"``: which logs.
+            **metrics: The values: Python numbers/strings, numpy scalars, 0-d torch tensors (at
+                least one).
+
+        Raises:
+            NoActiveRunError: No run is current (start one with :meth:`start_run`).
+            InvalidArgumentError: An unknown ``kind``, no metric, or a metric named as a field
+                tensorhub sets (``task_id``, ``time``...).
+
+        Example::
+
+            hub.log(step=10, loss=0.25, acc=0.91)
         """
         _run_log.current_run(self._records).log(step, kind, **metrics)
 
     @_explains(*_TASK)
     def find_runs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
                   **kwargs: Any) -> Any:
-        """Runs (tasks and interactive runs) matching the query, newest first: one row each with ``id``,
-        ``run_name``, ``run_type``, ``status``, ``attempt``, ``host``, ``pid``, ``started_at``,
-        ``finished_at``, ``duration_s``, ``params``, ``result``, ``error`` and ``metrics`` (per metric
-        logged in the run: ``final``, ``min``, ``max``, ``count``). Query by task fields
-        (``run_name=``/``task_name=``, ``status=``, ``run_type="interactive"``...).
+        """Runs (tasks and interactive runs) matching the query, newest first, with their metrics.
+
+        Ends, first, the interactive runs whose process died (lease expired) as ``failed``.
+
+        Args:
+            sort: PyMongo sort over task fields. Default ``None``: newest first.
+            limit: At most this many runs. Default ``None``: all.
+            as_frame: Default ``False``. ``True`` returns a pandas DataFrame.
+            **kwargs: The query over task fields: ``run_name=`` (= ``task_name=``), ``status=``,
+                ``run_type="interactive"`` or ``"task"``, ``_id=``...
+
+        Returns:
+            One row per run: ``id``, ``run_name``, ``run_type``, ``status``, ``attempt``, ``host``,
+            ``pid``, ``started_at``, ``finished_at``, ``duration_s``, ``params``, ``result``,
+            ``error`` and ``metrics`` (per metric logged in the run: ``final``, ``min``, ``max``,
+            ``count``; validation/testing ones as ``validation_<name>``/``testing_<name>``).
         """
         return _rows(_runs.find_runs(self._records, self._queue, sort=sort, limit=limit, **kwargs), as_frame,
                      "find_runs", _runs.RUN_COLUMNS)
 
     def compare_runs(self, run_name: str | None = None, keys: Any = None, sort: Any = None,
                      as_frame: bool = False, limit: int | None = None, **kwargs: Any) -> Any:
-        """One row per run, best first: ``run_name``, ``id``, ``status``, ``attempt``, ``duration_s``,
-        ``params.<name>`` per parameter, and per key its final value (from the result, else the last
-        logged) and ``best_<key>`` (over the run's logs, for logged metrics).
+        """One flat row per run, best first: parameters, final and best metrics side by side.
 
-        Example: ``hub.compare_runs("mlp", keys=["val_accuracy", "loss"])`` sorts by ``val_accuracy``
-        descending; ``sort=[("loss", 1)]`` sorts ascending, and makes ``best_loss`` the minimum
-        (otherwise the maximum). With no ``keys``, every numeric result and logged metric.
+        Args:
+            run_name: Only runs of this name. Default ``None``: any.
+            keys: Metric names to show and rank by (result fields or logged metrics, validation ones
+                as ``validation_<name>``). Default ``None``: every numeric result and logged metric.
+            sort: A column name (descending) or ``[(column, 1 | -1), ...]``. Default ``None``: the
+                first key, descending. A key sorted ascending has its minimum as ``best_<key>``.
+            as_frame: Default ``False``. ``True`` returns a pandas DataFrame.
+            limit: At most this many runs (the newest). Default ``None``: all.
+            **kwargs: The query over task fields, as :meth:`find_runs`.
+
+        Returns:
+            Rows with ``run_name``, ``id``, ``status``, ``attempt``, ``duration_s``,
+            ``params.<name>`` per parameter, and per key its final value (from the result, else the
+            last logged) and ``best_<key>`` (over the run's logs, for logged metrics).
+
+        Example::
+
+            hub.compare_runs("mlp", keys=["validation_acc", "loss"])
+            hub.compare_runs("mlp", keys=["loss"], sort=[("loss", 1)])   # lowest loss first
         """
         return _rows(_runs.compare_runs(self._records, self._queue, run_name, keys=keys, sort=sort, limit=limit,
                                         **kwargs), as_frame, "compare_runs")
 
     def find_run_records(self, run: Any) -> dict[str, Any]:
-        """What a run (a task or interactive run, or its id) saved: ``{"training_logs": n,
-        "validation_logs": n, "testing_logs": n, "models": [ids], "datasets": [ids]}``."""
+        """What a run saved: its log row counts and the ids of its models and datasets.
+
+        Args:
+            run: A task or run record, or its id (``run.id``, an ``ObjectId`` or its hex string).
+
+        Returns:
+            ``{"training_logs": n, "validation_logs": n, "testing_logs": n, "models": [ids],
+            "datasets": [ids]}``.
+        """
         return _runs.find_run_records(self._records, run)
