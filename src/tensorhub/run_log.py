@@ -104,10 +104,20 @@ class RunLogger:
 
     # ------------------------------------------------------------------ logging
     def log(self, step: int | None = None, kind: str = "training", **metrics: Any) -> None:
-        """Log one row of ``metrics`` at ``step`` to the ``kind`` logs (training, validation, testing).
+        """Log one row of ``metrics`` at ``step`` to the ``kind`` logs; it is written with the next batch.
 
-        ``step`` defaults to the previous step of this kind plus one (0 first). Values may be
-        Python, numpy or 0-d torch scalars. The row is written with the next batch.
+        Args:
+            step: The row's step (an int, or a numpy/torch integer scalar). Default ``None``: the
+                previous step of this kind plus one (0 first).
+            kind: ``"training"`` (default), ``"validation"`` or ``"testing"``.
+            **metrics: At least one value: Python numbers/strings, numpy scalars, one-element
+                numpy arrays or torch tensors (converted with ``.item()``).
+
+        Raises:
+            InvalidArgumentError: An unknown ``kind``, no metric, or a metric named as a field
+                tensorhub sets (``task_id``, ``attempt``, ``step``, ``time``...).
+            InvalidArgumentTypeError: A value that is not a scalar.
+            NoActiveRunError: The run has ended.
         """
         if kind not in COLLECTIONS:
             raise InvalidArgumentError(f"log kinds are {sorted(COLLECTIONS)}, not {kind!r}")
@@ -152,8 +162,10 @@ class RunLogger:
     def flush(self, quiet: bool = False) -> int:
         """Write the waiting rows now (one batch per log kind); return how many were written.
 
-        If the store refuses a batch, its rows stay for the next flush; ``quiet`` logs a warning
-        instead of raising.
+        If the store refuses a batch, its rows stay for the next flush.
+
+        Args:
+            quiet: Default ``False``: a refused batch raises. ``True`` logs a warning instead.
         """
         written = 0
         with self._lock:

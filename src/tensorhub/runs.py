@@ -54,8 +54,29 @@ RUN_COLUMNS = ["id", "run_name", "run_type", "status", "attempt", "host", "pid",
 
 
 class Run(RunLogger):
-    """An interactive run (see the module docstring): ``run.log(...)``, ``run.end(result=None)``, a
-    context manager. ``run.id`` is its task record's ``_id``."""
+    """An interactive run, as :meth:`TensorHub.start_run <tensorhub.TensorHub.start_run>` returns it.
+
+    A task record (``run_type="interactive"``) owned by this process while it is open (see the
+    module docstring). Use it as a context manager (the block's exception ends it ``failed``),
+    or call :meth:`end`; a run left open ends at interpreter exit.
+
+    Attributes:
+        id: The run's task record ``_id`` (``find_training_logs(task_id=run.id)``).
+        attempt: Always 1 for an interactive run.
+        name: The run's name (its ``task_name``).
+        final: The last value of each metric logged so far (validation and testing ones as
+            ``validation_<name>``/``testing_<name>``): the result it ends with.
+        ended: Whether the run has ended (``log`` then raises ``NoActiveRunError``).
+        pending: Rows logged and not yet written.
+        cancel_requested: Whether ``cancel_tasks`` asked it to stop.
+
+    Example::
+
+        with hub.start_run("mlp", lr=0.1) as run:
+            run.log(step=0, loss=1.0)
+            run.log(kind="validation", acc=0.9)
+            run.end(result={"test_accuracy": 0.97})   # optional: the block's end ends it too
+    """
 
     def __init__(self, records: Records, queue: TaskQueue, claimed: dict, lease: float) -> None:
         super().__init__(records, claimed["_id"], 1)
@@ -71,21 +92,35 @@ class Run(RunLogger):
 
     @property
     def cancel_requested(self) -> bool:
-        """Whether ``cancel_tasks`` asked this run to stop (seen at its last lease renewal)."""
+        """Whether ``cancel_tasks`` asked this run to stop (its heartbeat reads the record about every
+        second); the run then ends ``cancelled``. A loop may check it to stop early."""
         return self._heartbeat.cancel_requested.is_set()
 
     def end(self, result: Mapping[str, Any] | None = None) -> None:
         """End the run ``finished`` (``cancelled`` if a cancel was requested) and write what it logged.
 
-        Its ``result`` is the last value of each metric it logged (validation and testing ones as
-        ``validation_<name>``/``testing_<name>``), updated with ``result``. A second call does nothing.
+        A second call does nothing.
+
+        Args:
+            result: Values to record in the run's ``result``, on top of the last value of each
+                metric it logged (validation and testing ones as ``validation_<name>``/
+                ``testing_<name>``). Default ``None``: only those.
+
+        Raises:
+            InvalidArgumentTypeError: ``result`` is not a mapping.
+            TensorHubError: The buffered log rows could not be written (the run is then
+                recorded ``failed``).
         """
         if result is not None and not isinstance(result, Mapping):
             raise InvalidArgumentTypeError(f"result must be a dict of names to values, got {type(result).__name__}")
         self._end(FINISHED, result=result)
 
     def fail(self, exc: BaseException) -> None:
-        """End the run ``failed`` with ``exc``'s message and traceback (what a raising ``with`` block does)."""
+        """End the run ``failed`` with ``exc``'s message and traceback (what a raising ``with`` block does).
+
+        Args:
+            exc: The exception the run failed with.
+        """
         trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         self._end(FAILED, failure=bounded_failure(describe(exc), trace))
 

@@ -32,6 +32,29 @@ class _Shutdown(KeyboardInterrupt):
 
 @dataclass
 class WorkerOptions:
+    """How a :class:`Worker` claims and runs tasks: the options of ``tensorhub worker``.
+
+    Attributes:
+        task_name: Only tasks with this ``task_name`` (``--task-name``). Default ``None``: any.
+        lease: Seconds a claim lasts without renewal, > 0 (``--lease``). Default 60.
+        poll: Longest wait, in seconds, between two polls of an empty queue, > 0 (``--poll``;
+            the wait grows to it). Default 2.
+        idle_exit: Exit after this many seconds with no task, >= 0 (``--idle-exit``). Default
+            ``None``: never.
+        max_tasks: Exit after running this many tasks, >= 1 (``--max-tasks``). Default
+            ``None``: no limit.
+        sort: PyMongo sort choosing which pending task to claim. Default ``None``: highest
+            priority, then oldest.
+        in_process: Run scripts in the worker's own process (``--in-process``). Default
+            ``False``: a child process per task.
+        idle_log: Seconds between two reports of an idle worker (how many tasks are pending, here
+            and in other projects), > 0 (``--idle-log``). Default 60.
+
+    Raises:
+        InvalidArgumentError: A duration that is not a finite number of seconds in range, or a
+            ``max_tasks`` that is not an int >= 1.
+    """
+
     task_name: str | None = None
     lease: float = _tasks.DEFAULT_LEASE
     poll: float = 2.0
@@ -56,7 +79,19 @@ class WorkerOptions:
 
 
 class Worker:
-    """Runs tasks from one hub until told to stop, idle for too long, or ``max_tasks`` ran."""
+    """Runs tasks from one hub until told to stop, idle for too long, or ``max_tasks`` ran.
+
+    What ``tensorhub worker`` runs. In a program of your own::
+
+        with TensorHub(uri, project_name="train") as hub:
+            worker = Worker(hub, WorkerOptions(task_name="mnist", idle_exit=600))
+            worker.install_signal_handlers()   # SIGTERM/SIGINT stop it cleanly (main thread only)
+            ran = worker.run()
+
+    Args:
+        hub: The hub whose project's queue it claims from.
+        options: A :class:`WorkerOptions`.
+    """
 
     def __init__(self, hub: TensorHub, options: WorkerOptions) -> None:
         self.hub = hub
@@ -73,6 +108,8 @@ class Worker:
             raise _Shutdown()
 
     def install_signal_handlers(self) -> None:
+        """Make SIGTERM and SIGINT stop the worker: at once between tasks; during a task the task is
+        handed back to ``pending`` (never marked finished). Call it from the main thread."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
 
