@@ -25,6 +25,11 @@ from typing import Any, BinaryIO
 from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec
 
 
+def unwrap(store: Any) -> Any:
+    """The backend store behind a deferred wrapper (``hub.index``/``hub.blobs`` show the real one)."""
+    return store._inner if isinstance(store, (DeferredIndex, DeferredBlobs)) else store
+
+
 class Creation:
     """Runs its steps once, before the first write (thread-safe; a failure leaves them to the next write)."""
 

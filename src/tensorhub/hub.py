@@ -25,7 +25,7 @@ from tensorhub import runs as _runs
 from tensorhub import tasks as _tasks
 from tensorhub.backends.base import BlobStore, IndexStore
 from tensorhub.context import ENV_PROJECT, Connection, default_connection, default_project, inside_task
-from tensorhub.deferred import Creation, DeferredBlobs, DeferredIndex
+from tensorhub.deferred import Creation, DeferredBlobs, DeferredIndex, unwrap
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.frames import to_frame
 from tensorhub.ownership import claim_blobs
@@ -232,12 +232,12 @@ class TensorHub:
     def index(self) -> IndexStore:
         """The :class:`~tensorhub.backends.base.IndexStore` behind this hub, unscoped (every project):
         for inspecting the store directly; the hub's own methods are scoped to ``project_name``."""
-        return self._records.store_index()
+        return unwrap(self._records.store_index())  # the backend's own class, also before its first write
 
     @property
     def blobs(self) -> BlobStore:
         """The :class:`~tensorhub.backends.base.BlobStore` behind this hub."""
-        return self._records.blobs
+        return unwrap(self._records.blobs)
 
     @property
     def task_queue(self) -> TaskQueue:
