@@ -10,7 +10,9 @@ from __future__ import annotations
 import itertools
 import os
 import textwrap
+import time
 import uuid
+from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +94,15 @@ def write_script(tmp_path: Path, body: str, name: str = "task.py") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(body))
     return path
+
+
+def wait_until(predicate: Callable[[], object], what: str = "condition", timeout: float = 30.0) -> None:
+    """Poll ``predicate`` every 20 ms until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
 
 
 @pytest.fixture(autouse=True)

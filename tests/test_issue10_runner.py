@@ -23,7 +23,7 @@ import pytest
 from tensorhub import TensorHub
 from tensorhub.errors import InvalidArgumentError
 
-from conftest import fresh_uri, write_script
+from conftest import fresh_uri, wait_until, write_script
 
 WAIT = 30.0  # upper bound of every wait in this file (seconds)
 
@@ -46,17 +46,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_until(predicate, what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def _read_pids(path: Path, count: int = 3) -> list[int]:
     """The pids the task(s) recorded, once there are at least ``count``."""
-    _wait_until(lambda: path.exists() and len(path.read_text().split()) >= count, "the task to record its pids")
+    wait_until(lambda: path.exists() and len(path.read_text().split()) >= count, "the task to record its pids")
     return [int(p) for p in path.read_text().split()]
 
 
@@ -115,7 +107,7 @@ def test_item05_task_that_kills_its_helper_or_group_fails_and_the_worker_carries
     try:
         _, stderr = worker.communicate(timeout=90)
         pids = _read_pids(pids_file)
-        _wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
+        wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
     finally:
         worker.kill()
         worker.wait(10)
@@ -144,7 +136,7 @@ def test_item05_runner_survives_the_loss_of_its_helper(file_hub: TensorHub, tmp_
         (task,) = file_hub.find_tasks("t5b")
         assert task["status"] == "failed" and task["attempts"] == 1
         assert "helper process died" in task["error"]
-        _wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
+        wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
         file_hub.create_task("t5b", _script(tmp_path, "ok = True\n", "ok.py"), saved_result_keys=["ok"])
         assert file_hub.run_task("t5b") is True
         assert file_hub.find_tasks("t5b", status="finished")[0]["result"] == {"ok": True}
@@ -164,7 +156,7 @@ def test_item06_every_process_a_task_starts_dies_with_the_task(file_hub: TensorH
     try:
         assert file_hub.run_task("t6") is True
         pids = _read_pids(pids_file, 3)
-        _wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
+        wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
         (task,) = file_hub.find_tasks("t6")
         assert task["status"] == ("finished" if ending == "returns" else "failed")
         assert "spawned" in task["stdout_tail"]
@@ -183,7 +175,7 @@ def test_item06_cancel_kills_the_whole_tree(file_hub: TensorHub, tmp_path: Path)
         assert file_hub.cancel_tasks(task_name="t6c") == 1
         runner.join(WAIT)
         assert not runner.is_alive()
-        _wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
+        wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
         assert file_hub.find_tasks("t6c")[0]["status"] == "cancelled"
     finally:
         _kill_leftovers(pids)
@@ -200,7 +192,7 @@ def test_item06_worker_exit_kills_the_whole_tree(file_hub: TensorHub, tmp_path: 
         pids = _read_pids(pids_file, 3)
         worker.send_signal(how)
         worker.communicate(timeout=WAIT)
-        _wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
+        wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
     finally:
         worker.kill()
         worker.wait(10)
@@ -385,7 +377,7 @@ def test_item10_a_lost_lease_stops_the_task_copy(file_hub: TensorHub, tmp_path: 
     runner = threading.Thread(target=file_hub.run_task, args=("t10l",), kwargs={"lease": 1.5})
     runner.start()
     try:
-        _wait_until(lambda: file_hub.find_tasks("t10l", status="running"), "the task to start")
+        wait_until(lambda: file_hub.find_tasks("t10l", status="running"), "the task to start")
         file_hub.index.update_many(tasks.COLLECTION, {"task_name": "t10l"}, {"$set": {"claim_id": "someone-else"}})
         runner.join(WAIT)
         assert not runner.is_alive()
@@ -436,4 +428,4 @@ def test_issue11_item09_helper_is_stopped_and_reaped(file_hub: TensorHub, tmp_pa
     assert done.returncode == 0, done.stderr
     assert "ResourceWarning" not in done.stderr, done.stderr
     helper = int(done.stdout.split()[0])
-    _wait_until(lambda: not _alive(helper), "the helper to be gone")
+    wait_until(lambda: not _alive(helper), "the helper to be gone")

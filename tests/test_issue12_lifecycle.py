@@ -14,7 +14,6 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from tensorhub.records import Records
 from tensorhub.runner import run_claimed
 from tensorhub.worker import Worker, WorkerOptions
 
-from conftest import SPLIT_BLOBS, write_script
+from conftest import SPLIT_BLOBS, wait_until, write_script
 
 #: a script that says it started (creates the file ``marker``), then runs for at most ~30 s in small
 #: sleeps (so an in-process interrupt lands soon)
@@ -33,14 +32,6 @@ SLEEPER = ("import pathlib, time\npathlib.Path(marker).touch()\nfor _ in range(3
            "done = True\n")
 #: the bound the issue sets: a cancelled running task is ``cancelled`` within this many seconds
 CANCEL_BOUND = 2.0
-
-
-def _wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _status_within(hub: TensorHub, task_id: object, bound: float, wanted: str) -> str:
@@ -68,7 +59,7 @@ def test_item03_a_cancelled_running_task_ends_cancelled_within_2s(task_hub: Tens
     runner = threading.Thread(target=task_hub.run_task, args=("c",))
     runner.start()
     try:
-        _wait_until(marker.exists, what="the script to start")
+        wait_until(marker.exists, what="the script to start")
         assert task_hub.cancel_tasks(task_name="c") == 1
         assert _status_within(task_hub, task_id, CANCEL_BOUND, "cancelled") == "cancelled"
     finally:
@@ -87,7 +78,7 @@ def test_item03_a_cancelled_in_process_task_ends_cancelled_within_2s(task_hub: T
 
     def cancel() -> None:
         try:
-            _wait_until(marker.exists, what="the script to start")
+            wait_until(marker.exists, what="the script to start")
             seen["count"] = task_hub.cancel_tasks(task_name="c")
             seen["status"] = _status_within(task_hub, task_id, CANCEL_BOUND, "cancelled")
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
@@ -112,7 +103,7 @@ def test_item03_an_in_process_task_in_another_thread_is_cancelled_within_2s(
     runner = threading.Thread(target=task_hub.run_task, args=("c",), kwargs={"in_process": True})
     runner.start()
     try:
-        _wait_until(marker.exists, what="the script to start")
+        wait_until(marker.exists, what="the script to start")
         assert task_hub.cancel_tasks(task_name="c") == 1
         assert _status_within(task_hub, task_id, CANCEL_BOUND, "cancelled") == "cancelled"
     finally:
@@ -129,7 +120,7 @@ def test_item03_cancelling_an_in_process_task_does_not_stop_its_worker(tmp_path:
                                  saved_result_keys=["done"], priority=1)
         after = hub.create_task("w", write_script(tmp_path, "ok = True\n", "ok.py"), saved_result_keys=["ok"])
         worker = Worker(hub, WorkerOptions(task_name="w", poll=0.05, idle_exit=5, max_tasks=2, in_process=True))
-        canceller = threading.Thread(target=lambda: (_wait_until(marker.exists, what="the script to start"),
+        canceller = threading.Thread(target=lambda: (wait_until(marker.exists, what="the script to start"),
                                                      hub.cancel_tasks(_id=doomed)))
         try:
             worker.install_signal_handlers()

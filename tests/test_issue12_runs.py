@@ -13,8 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from tensorhub import TensorHub
 from tensorhub import run_log as _run_log
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, InvalidArgumentTypeError, NoActiveRunError
 
-from conftest import SPLIT_BLOBS, write_script
+from conftest import SPLIT_BLOBS, wait_until, write_script
 
 WAIT = 30.0  # upper bound of every wait in this file (seconds)
 
@@ -42,14 +40,6 @@ SAVES_EVERYTHING = """
     hub.save_dataset([np.ones(2)], "d")
     done = True
 """
-
-
-def _wait_until(predicate, what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _alive(pid: int) -> bool:
@@ -123,16 +113,16 @@ def test_item01_a_sigkilled_runners_retry_logs_attempt_2(task_hub: TensorHub, tm
                                "--poll", "0.1", "--lease", "2", "--task-name", "retry"],
                               stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        _wait_until(lambda: len(task_hub.find_training_logs(attempt=1, step={"$exists": True})) == 3,
+        wait_until(lambda: len(task_hub.find_training_logs(attempt=1, step={"$exists": True})) == 3,
                     "the first attempt's rows")
         child_pid = task_hub.find_training_logs(child_pid={"$exists": True})[0]["child_pid"]
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
-        _wait_until(lambda: not _alive(child_pid), "the orphaned task process to die")
+        wait_until(lambda: not _alive(child_pid), "the orphaned task process to die")
     finally:
         worker.kill()
         worker.wait(10)
-    _wait_until(lambda: task_hub.run_task("retry", lease=5), "the lease to run out and the retry to run")
+    wait_until(lambda: task_hub.run_task("retry", lease=5), "the lease to run out and the retry to run")
     (task,) = task_hub.find_tasks("retry")
     assert task["status"] == "finished" and task["attempts"] == 2, task.get("error")
     for attempt in (1, 2):
@@ -208,7 +198,7 @@ def test_item02_a_killed_interactive_process_ends_failed_after_its_lease(task_hu
         process.wait(10)
         process.stdout.close()
     # find_runs runs the queue's expiry sweep: the lease (1 s) runs out, no attempt is left
-    _wait_until(lambda: task_hub.find_runs(run_name="doomed")[0]["status"] != "running", "the lease to run out")
+    wait_until(lambda: task_hub.find_runs(run_name="doomed")[0]["status"] != "running", "the lease to run out")
     (run,) = task_hub.find_runs(run_name="doomed")
     assert run["status"] == "failed" and "lease" in run["error"] and str(run["id"]) == run_id
     assert run["metrics"]["loss"]["final"] == 1.0

@@ -19,18 +19,10 @@ import pytest
 from tensorhub import TensorHub
 from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
 
-from conftest import write_script
+from conftest import wait_until, write_script
 
 
 _script = write_script
-
-
-def _wait_until(predicate, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _worker(hub: TensorHub, *args: str) -> subprocess.Popen:
@@ -113,7 +105,7 @@ def test_cancel_stops_a_running_task(task_hub: TensorHub, tmp_path: Path) -> Non
     task_hub.create_task("cancel", script)
     runner = threading.Thread(target=task_hub.run_task, args=("cancel",), kwargs={"lease": 3.0})
     runner.start()
-    _wait_until(lambda: task_hub.find_tasks("cancel", status="running"), what="a running task")
+    wait_until(lambda: task_hub.find_tasks("cancel", status="running"), what="a running task")
     assert task_hub.cancel_tasks(task_name="cancel") == 2  # one running, one pending
     runner.join(timeout=30)
     assert not runner.is_alive()
@@ -167,11 +159,11 @@ def test_a_killed_runner_loses_its_task_to_another_after_the_lease(task_hub: Ten
     task_hub.create_task("lease", script, saved_result_keys=["done"])
     first = _worker(task_hub, "--task-name", "lease", "--lease", "2")
     try:
-        _wait_until(lambda: task_hub.find_training_logs(), what="the task to start")
+        wait_until(lambda: task_hub.find_training_logs(), what="the task to start")
         child_pid = task_hub.find_training_logs()[0]["child_pid"]
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        _wait_until(lambda: not _alive(child_pid), timeout=10, what="the orphaned task process to die")
+        wait_until(lambda: not _alive(child_pid), timeout=10, what="the orphaned task process to die")
     finally:
         first.kill()
     (task,) = task_hub.find_tasks("lease")
@@ -194,7 +186,7 @@ def test_max_attempts_ends_in_failed_for_good(task_hub: TensorHub, tmp_path: Pat
     task_hub.create_task("once", script, max_attempts=1)
     runner = _worker(task_hub, "--task-name", "once", "--lease", "1")
     try:
-        _wait_until(lambda: task_hub.find_tasks("once", status="running"), what="the task to start")
+        wait_until(lambda: task_hub.find_tasks("once", status="running"), what="the task to start")
         runner.send_signal(signal.SIGKILL)
         runner.wait(10)
     finally:
@@ -216,7 +208,7 @@ def test_sigterm_hands_the_task_back_and_kills_its_process(task_hub: TensorHub, 
     task_hub.create_task("term", script)
     runner = _worker(task_hub, "--task-name", "term")
     try:
-        _wait_until(lambda: task_hub.find_training_logs(), what="the task to start")
+        wait_until(lambda: task_hub.find_training_logs(), what="the task to start")
         child_pid = task_hub.find_training_logs()[0]["child_pid"]
         runner.send_signal(signal.SIGTERM)
         _, stderr = runner.communicate(timeout=30)
@@ -225,4 +217,4 @@ def test_sigterm_hands_the_task_back_and_kills_its_process(task_hub: TensorHub, 
     assert runner.returncode == 0, stderr
     (task,) = task_hub.find_tasks("term")
     assert task["status"] == "pending" and task["attempts"] == 0 and "handed back" in stderr
-    _wait_until(lambda: not _alive(child_pid), timeout=10, what="the task process to die")
+    wait_until(lambda: not _alive(child_pid), timeout=10, what="the task process to die")
