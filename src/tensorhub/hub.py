@@ -232,7 +232,7 @@ class TensorHub:
     def index(self) -> IndexStore:
         """The :class:`~tensorhub.backends.base.IndexStore` behind this hub, unscoped (every project):
         for inspecting the store directly; the hub's own methods are scoped to ``project_name``."""
-        return unwrap(self._records.store_index())  # the backend's own class, also before its first write
+        return self._records.store_index()
 
     @property
     def blobs(self) -> BlobStore:

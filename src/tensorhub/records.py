@@ -32,6 +32,7 @@ from typing import Any
 from bson import ObjectId
 
 from tensorhub.backends.base import BlobStore, Document, IndexStore
+from tensorhub.deferred import unwrap
 from tensorhub.documents import normalize_document, plain_numbers
 from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, InvalidQueryError
 from tensorhub.query import normalize_sort, validate_filter
@@ -150,7 +151,7 @@ class Records:
     def store_index(self) -> IndexStore:
         """The raw index, unscoped: only for ``TensorHub.index`` (users' and tests' direct door to the
         store). The repository layer never uses it: it goes through the scoped methods."""
-        return self._index
+        return unwrap(self._index)  # the backend's own store, also before a new store's first write
 
     @property
     def store_key(self) -> str:
