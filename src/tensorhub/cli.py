@@ -18,6 +18,7 @@ import click
 
 from tensorhub.commands import queue as _queue
 from tensorhub.commands import records as _records
+from tensorhub.commands import ui as _ui
 from tensorhub.commands.common import open_hub, project_option, resolve_uri, uri_option
 from tensorhub.commands.records import list_records
 from tensorhub.context import ENV_PROJECT, ENV_URI
@@ -56,7 +57,7 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _command in (*_records.COMMANDS, *_queue.COMMANDS):
+for _command in (*_records.COMMANDS, *_queue.COMMANDS, *_ui.COMMANDS):
     main.add_command(_command)
 
 
