@@ -5,7 +5,8 @@
 3. run them with runner processes (``tensorhub worker``), which pull from the store;
 4. pick the best model by test accuracy, reload it and check it in this process;
 5. return a table of the tasks and their results, and a comparison of the runs (``compare_runs``:
-   parameters, results, and the final and best loss from each run's logs), best first.
+   parameters, results, and the final and best loss from each run's logs), best first, ending with
+   the ``tensorhub ui`` command that shows them in a browser.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from tensorhub.context import ENV_URI
 from tensorhub.errors import BackendNotInstalledError
 from tensorhub.hub import TensorHub
+from tensorhub.redaction import redact_uri
 from tensorhub.table import format_table
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,16 @@ def _digits() -> tuple[np.ndarray, ...]:
 def _accuracy(params: dict, X: np.ndarray, y: np.ndarray) -> float:
     hidden = np.maximum(X @ params["W1"] + params["b1"], 0)
     return float(np.mean(np.argmax(hidden @ params["W2"] + params["b2"], axis=1) == y))
+
+
+def ui_command_line(uri: str) -> str:
+    """The ``tensorhub ui`` command that shows the demo's results (a password in ``uri`` redacted:
+    pass it through $TENSORHUB_URI instead).
+
+    Args:
+        uri: The demo's store URI.
+    """
+    return f"tensorhub ui --uri {redact_uri(uri)} --project {PROJECT}"
 
 
 def run_demo(uri: str, runners: int = 2, max_iter: int = 200) -> str:
@@ -92,4 +104,6 @@ def run_demo(uri: str, runners: int = 2, max_iter: int = 200) -> str:
                                          "loss", "best_loss"])
         return (f"{table}\n\nruns, best first (compare_runs; loss: final and best over the logged steps):\n"
                 f"{comparison}\n\nbest model: {best._n_hidden} hidden units, test accuracy {best._test_accuracy:.4f} "
-                f"(re-checked in this process: {checked:.4f})\nstore: {hub}")
+                f"(re-checked in this process: {checked:.4f})\nstore: {hub}\n\n"
+                f"see the runs, their curves and the models in a browser (pip install 'tensorhub[ui]'):\n"
+                f"  {ui_command_line(uri)}")

@@ -51,12 +51,9 @@ class Server:
     def __init__(self, server: uvicorn.Server, thread: threading.Thread) -> None:
         self._server = server
         self._thread = thread
-
-    @property
-    def port(self) -> int:
-        """The port the server listens on (the real one when 0 was asked for)."""
-        sockets = [s for srv in (self._server.servers or []) for s in (srv.sockets or [])]
-        return int(sockets[0].getsockname()[1])
+        sockets = [s for srv in (server.servers or []) for s in (srv.sockets or [])]
+        #: the port the server listens on (the real one when 0 was asked for)
+        self.port: int = int(sockets[0].getsockname()[1])
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the server to exit and wait for its thread (at most ``timeout`` seconds).
