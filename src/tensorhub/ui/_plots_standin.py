@@ -48,14 +48,15 @@ def log_series(hub: TensorHub, metric: str, runs: Any = None, x: str = "step", k
     for run_id in _run_ids(hub, runs, query):
         names = hub.find_records("tasks", _id=run_id, limit=1)
         run_name = str(names[0].get("task_name")) if names else str(run_id)
-        rows = hub.find_records(f"{kind}_logs", sort=[(x_field, 1)], task_id=run_id, **{metric: {"$exists": True}})
+        where: dict[str, Any] = {"task_id": run_id, metric: {"$exists": True}}
+        rows = hub.find_records(f"{kind}_logs", [(x_field, 1)], None, **where)
         by_attempt: dict[Any, tuple[list, list]] = {}
         for row in rows:
             value = row.get(metric)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
             xs, ys = by_attempt.setdefault(row.get("attempt") or 1, ([], []))
-            xv = row.get(x_field)
+            xv: Any = row.get(x_field)
             xs.append(xv.isoformat() if hasattr(xv, "isoformat") else xv)
             ys.append(value)
         for attempt, (xs, ys) in sorted(by_attempt.items(), key=lambda item: str(item[0])):
