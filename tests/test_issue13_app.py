@@ -210,7 +210,8 @@ def test_issue13_runs_table_pages_sorts_and_queries_in_the_store(tmp_path: Path,
             page = client.get("/api/runs", params={"q": '{"task_name": "r"}', "sort": "params.lr", "dir": "1",
                                                    "size": "2", "page": "1"}).json()
             assert [r["params"]["lr"] for r in page["runs"]] == [0.3, 0.4] and page["more"] is False
-            assert spy.calls[-1] == {"sort": [("hyper_parameters.lr", 1)], "limit": 5, "task_name": "r"}
+            assert spy.calls[-1] == {"sort": [("hyper_parameters.lr", 1)], "limit": 5, "metrics": False,
+                                     "task_name": "r"}
             first = client.get("/api/runs", params={"sort": "params.lr", "size": "2"}).json()
             assert [r["params"]["lr"] for r in first["runs"]] == [9, 0.4] and first["more"] is True
             html = client.get("/runs", params={"q": '{"result.score": 1}'}).text
@@ -221,6 +222,25 @@ def test_issue13_runs_table_pages_sorts_and_queries_in_the_store(tmp_path: Path,
             assert client.get("/api/runs", params={"sort": "x); drop"}).status_code == 400
             # a field named like an option of find_runs is a field, not the option
             assert client.get("/api/runs", params={"q": '{"limit": 1}'}).json()["runs"] == []
+
+
+def test_issue13_runs_listing_and_live_status_read_no_log_rows(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with TensorHub(f"file://{tmp_path}", project_name="p") as hub:
+        with hub.start_run("many rows") as run:
+            run.log(step=0, loss=1.0)
+
+        def refuse(*args: Any) -> None:
+            raise AssertionError("the runs table read log rows")
+
+        monkeypatch.setattr("tensorhub.runs._log_metrics", refuse)
+        with _client(hub) as client:
+            assert client.get("/api/runs").json()["runs"][0]["metrics"] == {}
+            assert client.get(f"/api/runs/{run.id}").json()["status"] == "finished"
+            assert client.get("/runs").status_code == 200
+        assert hub.find_runs(metrics=False)[0]["metrics"] == {}
+        with pytest.raises(AssertionError, match="read log rows"):
+            hub.find_runs()
 
 
 def test_issue13_other_projects_are_opened_per_request_and_closed_at_shutdown(tmp_path: Path) -> None:

@@ -1131,7 +1131,7 @@ class TensorHub:
 
     @_explains(*_TASK)
     def find_runs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,
-                  **kwargs: Any) -> Any:
+                  metrics: bool = True, **kwargs: Any) -> Any:
         """Runs (tasks and interactive runs) matching the query, newest first, with their metrics.
 
         Ends, first, the interactive runs whose process died (lease expired) as ``failed``.
@@ -1140,6 +1140,9 @@ class TensorHub:
             sort: PyMongo sort over task fields. Default ``None``: newest first.
             limit: At most this many runs. Default ``None``: all.
             as_frame: Default ``False``. ``True`` returns a pandas DataFrame.
+            metrics: Default ``True``: summarize each run's logged metrics (reads its log rows).
+                ``False``: ``metrics`` is ``{}`` and no log row is read (a listing of runs with
+                many rows, or one refreshed every second).
             **kwargs: The query over task fields: ``run_name=`` (= ``task_name=``), ``status=``,
                 ``run_type="interactive"`` or ``"task"``, ``_id=``...
 
@@ -1149,8 +1152,8 @@ class TensorHub:
             ``error`` and ``metrics`` (per metric logged in the run: ``final``, ``min``, ``max``,
             ``count``; validation/testing ones as ``validation_<name>``/``testing_<name>``).
         """
-        return _rows(_runs.find_runs(self._records, self._queue, sort=sort, limit=limit, **kwargs), as_frame,
-                     "find_runs", _runs.RUN_COLUMNS)
+        return _rows(_runs.find_runs(self._records, self._queue, sort=sort, limit=limit, metrics=metrics, **kwargs),
+                     as_frame, "find_runs", _runs.RUN_COLUMNS)
 
     def compare_runs(self, run_name: str | None = None, keys: Any = None, sort: Any = None,
                      as_frame: bool = False, limit: int | None = None, **kwargs: Any) -> Any:

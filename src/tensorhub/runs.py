@@ -242,14 +242,15 @@ def _run_filter(query: dict[str, Any]) -> dict[str, Any]:
 
 
 def find_runs(records: Records, queue: TaskQueue, sort: Any = None, limit: int | None = None,
-              **query: Any) -> list[dict]:
+              metrics: bool = True, **query: Any) -> list[dict]:
     """Runs (tasks and interactive runs) matching ``query`` (task fields; ``run_name`` is ``task_name``),
     newest first, each as a row of :data:`RUN_COLUMNS`. ``metrics`` maps each metric logged in the run
-    (``metric_key`` names) to its ``final`` value, ``min``, ``max`` and ``count`` of rows."""
+    (``metric_key`` names) to its ``final`` value, ``min``, ``max`` and ``count`` of rows; with
+    ``metrics=False`` it is ``{}`` and no log row is read (a listing that polls, a run with 1M rows)."""
     query = _run_filter(query)
     queue.expire({"run_type": INTERACTIVE_RUN})  # a dead process's interactive run ends as its lease says
     tasks = queue.find(query, sort=sort, limit=limit)
-    metrics = _log_metrics(records, [t["_id"] for t in tasks])
+    found = _log_metrics(records, [t["_id"] for t in tasks]) if metrics else {}
     rows = []
     for task in tasks:
         owner = task.get("owner") or {}
@@ -260,7 +261,7 @@ def find_runs(records: Records, queue: TaskQueue, sort: Any = None, limit: int |
             "pid": owner.get("pid"), "started_at": task.get("started_at"), "finished_at": end,
             "duration_s": _seconds(task.get("started_at"), end) if end else None,
             "params": task.get("hyper_parameters") or {}, "result": task.get("result"),
-            "error": task.get("error"), "metrics": metrics.get(task["_id"], {})})
+            "error": task.get("error"), "metrics": found.get(task["_id"], {})})
     return rows
 
 

@@ -160,7 +160,7 @@ def parse_q(text: str | None) -> dict[str, Any]:
         raise InvalidArgumentError(f"the query is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise InvalidArgumentError('a query is a JSON object, e.g. {"status": "failed"}')
-    if any(k in ("sort", "limit", "as_frame") for k in parsed):  # fields, not find_runs' options
+    if any(k in ("sort", "limit", "as_frame", "metrics") for k in parsed):  # fields, not find_runs' options
         parsed = {"$and": [parsed]}
     return parsed
 
@@ -185,7 +185,8 @@ def run_rows(hub: TensorHub, request: Request) -> dict[str, Any]:
     page = _int(request, "page", 0)
     size = _int(request, "size", PAGE_SIZE, least=1)
     size = min(size, 500)
-    rows = hub.find_runs(sort=sort, limit=(page + 1) * size + 1, **query)
+    # no log row is read: the table shows params and results, and is refreshed every second
+    rows = hub.find_runs(sort=sort, limit=(page + 1) * size + 1, metrics=False, **query)
     more = len(rows) > (page + 1) * size
     rows = rows[page * size:(page + 1) * size]
     params = list(dict.fromkeys(p for r in rows for p in r["params"]))
@@ -311,7 +312,7 @@ def create_app(hub: TensorHub, token: str | None = None, allow_actions: bool = F
     def compare_page(request: Request) -> Response:
         h = hub_of(request)
         ids = [_oid(i) for i in (request.query_params.get("ids") or "").split(",") if i.strip()]
-        runs = h.find_runs(_id={"$in": ids}) if ids else []
+        runs = h.find_runs(_id={"$in": ids}, metrics=False) if ids else []
         metrics: dict[str, dict[str, None]] = {}
         for run in runs:
             for kind, names in _plots.run_metrics(h, run["id"]).items():
@@ -342,7 +343,7 @@ def create_app(hub: TensorHub, token: str | None = None, allow_actions: bool = F
     def api_run(request: Request) -> Response:
         h = hub_of(request)
         run_id = _oid(request.path_params["run_id"])
-        rows = h.find_runs(_id=run_id, limit=1)
+        rows = h.find_runs(_id=run_id, limit=1, metrics=False)  # polled every second by the run page
         if not rows:
             raise HTTPException(404, f"no run {run_id} in project {h.project_name!r}")
         return _json(rows[0])
