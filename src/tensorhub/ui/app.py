@@ -258,6 +258,7 @@ def create_app(hub: TensorHub, token: str | None = None, allow_actions: bool = F
     templates = Jinja2Templates(env=env)
     templates.env.filters["tojson_text"] = as_text  # plain text, escaped by autoescape like any other
     templates.env.filters["user_fields"] = user_fields
+    templates.env.filters["when"] = when
 
     def project_of(request: Request) -> str:
         return request.query_params.get("project") or hub.project_name
@@ -413,6 +414,7 @@ def create_app(hub: TensorHub, token: str | None = None, allow_actions: bool = F
         Route("/api/compare", api_compare),
         Route("/api/tasks/{task_id}/{action}", api_action, methods=["POST"]),
         Route("/static/plotly.min.js", plotly_js),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),  # no icon; no 404 in the console
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
     app = Starlette(routes=routes, middleware=[Middleware(Guard, token=token)],
@@ -490,6 +492,13 @@ def queue_summary(hub: TensorHub) -> dict[str, Any]:
 _SHOWN = frozenset({"_id", "project_name", "time", "blob_prefix", "blob_refs", "spec", "schema", "pickled",
                     "revision", "dataset_name", "model_name", "nbytes", "rows", "task_id", "attempt", "dataset_id",
                     "format", "adapter", "manifest", "arrays", "blob_sha256"})
+
+
+def when(value: Any) -> str:
+    """A stored time as ``2026-01-02 03:04:05`` (UTC), empty for None."""
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return "" if value is None else str(value)
 
 
 def as_text(value: Any, limit: int = 2000) -> str:

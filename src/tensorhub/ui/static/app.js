@@ -82,6 +82,9 @@
     return String(v);
   }
 
+  // a time as the server renders it: "2026-01-02 03:04:05"
+  function when(text) { return text ? String(text).replace("T", " ").slice(0, 19) : ""; }
+
   function newRow(table, run) {
     var params = (table.getAttribute("data-params") || "").split(",").filter(Boolean);
     var results = (table.getAttribute("data-results") || "").split(",").filter(Boolean);
@@ -96,7 +99,7 @@
     link.href = "/runs/" + encodeURIComponent(run.id) + "?project=" + encodeURIComponent(body.getAttribute("data-project"));
     link.textContent = run.run_name; name.appendChild(link);
     td("status", run.status); td("attempt", fmt(run.attempt)); td("host", run.host || "");
-    td("started", run.started_at || ""); td("finished", run.finished_at || ""); td("duration", fmt(run.duration_s));
+    td("started-at", when(run.started_at)); td("finished-at", when(run.finished_at)); td("duration", fmt(run.duration_s));
     params.forEach(function (p) { td("param", fmt(run.params[p])); });
     results.forEach(function (r) { td("result", fmt(run.result && run.result[r])); });
     td("error", (run.error || "").slice(0, 200));
@@ -118,7 +121,7 @@
         setText(tr.querySelector(".status"), run.status);
         setText(tr.querySelector(".attempt"), fmt(run.attempt));
         setText(tr.querySelector(".host"), run.host || "");
-        setText(tr.querySelector(".finished"), run.finished_at || "");
+        setText(tr.querySelector(".finished-at"), when(run.finished_at));
         setText(tr.querySelector(".duration"), fmt(run.duration_s));
         setText(tr.querySelector(".error"), (run.error || "").slice(0, 200));
       });
