@@ -115,6 +115,8 @@ def test_issue13_run_page_lists_attempts_and_what_the_run_saved_with_links_both_
             models = client.get("/models").text
             assert f'href="/runs/{ids["first"]}?project=p"' in models
             assert f'id="model-{model["_id"]}"' in models
+            only = client.get("/datasets", params={"id": str(dataset["_id"])}).text
+            assert only.count("<tr id=\"dataset-") == 1
 
 
 def test_issue13_token_is_needed_for_every_request_when_set(tmp_path: Path) -> None:

@@ -325,7 +325,9 @@ def create_app(hub: TensorHub, token: str | None = None, allow_actions: bool = F
         def page(request: Request) -> Response:
             h = hub_of(request)
             number = _int(request, "page", 0)
-            rows = h.find_records(kind, limit=(number + 1) * PAGE_SIZE + 1)
+            record_id = request.query_params.get("id")  # a lineage link: that record only
+            query = {"_id": _oid(record_id)} if record_id else {}
+            rows = h.find_records(kind, None, (number + 1) * PAGE_SIZE + 1, **query)
             more = len(rows) > (number + 1) * PAGE_SIZE
             return render(request, f"{kind}.html", records=rows[number * PAGE_SIZE:(number + 1) * PAGE_SIZE],
                           page=number, more=more)
