@@ -39,6 +39,8 @@ APT_UPDATE_TIMEOUT = 180
 APT_INSTALL_TIMEOUT = 400
 #: where screenshots go (git-ignored), for a reviewer to look at
 ARTIFACTS = Path(__file__).parent / "artifacts"
+#: the browser window's size (pixels)
+WINDOW = (1280, 1000)
 #: upper bound of every wait in the browser tests (seconds)
 WAIT = 10.0
 
@@ -113,7 +115,7 @@ def new_driver(user_data_dir: Path) -> Any:
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-extensions", "--window-size=1280,1000",
+                 "--disable-sync", "--disable-extensions", f"--window-size={WINDOW[0]},{WINDOW[1]}",
                  f"--user-data-dir={user_data_dir}"):
         options.add_argument(flag)
     # a dialog stays open for assert_no_alert to find (the default dismisses it and fails a later command)
@@ -175,7 +177,14 @@ def screenshot(driver: Any, name: str) -> Path:
     """Save the current page as ``tests/artifacts/<name>.png`` (a reviewer looks at these)."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    driver.save_screenshot(str(path))
+    # the whole page, not only the window: grow the window to the page's height (bounded), then restore
+    width, height = WINDOW
+    page_height = driver.execute_script("return document.documentElement.scrollHeight;") or height
+    driver.set_window_size(width, max(height, min(int(page_height) + 150, 6000)))
+    try:
+        driver.save_screenshot(str(path))
+    finally:
+        driver.set_window_size(width, height)
     return path
 
 

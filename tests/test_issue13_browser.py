@@ -301,11 +301,11 @@ def test_item13_datasets_models_and_queue_pages_show_the_records(driver: Any, ui
 def test_item13_an_app_with_a_token_refuses_requests_without_it(driver: Any, store: Store) -> None:
     import httpx
 
-    with serve(_app(store.uri, token=TOKEN)) as url:
+    with serve(_app(store.uri, token=TOKEN)) as url, httpx.Client(base_url=url, timeout=WAIT) as client:
         for path in ("/", f"/runs?project={PROJECT}", "/api/projects", f"/api/runs?project={PROJECT}"):
-            assert httpx.get(url + path, timeout=WAIT).status_code == 401, path
-            assert httpx.get(url + path, headers={"Authorization": "Bearer wrong"}, timeout=WAIT).status_code == 401
-            ok = httpx.get(url + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=WAIT)
+            assert client.get(path).status_code == 401, f"{path} without the token"
+            assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
+            ok = client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
             assert ok.status_code == 200, (path, ok.text[:200])
         # in the browser: ?token= once, then the page's cookie carries it
         _open(driver, f"{url}/?token={TOKEN}")
