@@ -11,6 +11,7 @@ The DOM these tests read is the contract in the issue's notes (ids, classes, dat
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -107,17 +108,20 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         hub.close()
 
 
-def _app(uri: str, token: str | None = None) -> Any:
-    """The dashboard over its own TensorHub on ``uri``, as ``tensorhub ui`` opens it (not the writer's hub)."""
+@contextlib.contextmanager
+def _served_app(uri: str, token: str | None = None) -> Iterator[str]:
+    """The dashboard over its own TensorHub on ``uri`` (as ``tensorhub ui`` opens it, not the writer's
+    hub), served by uvicorn on 127.0.0.1; yields its base URL."""
     from tensorhub.ui import create_app
 
-    return create_app(TensorHub(uri, project_name=PROJECT), token=token)
+    with TensorHub(uri, project_name=PROJECT) as hub, serve(create_app(hub, token=token)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def ui(store: Store) -> Iterator[str]:
     """The base URL of the dashboard over ``store``, served by uvicorn on 127.0.0.1."""
-    with serve(_app(store.uri)) as url:
+    with _served_app(store.uri) as url:
         yield url
 
 
@@ -301,7 +305,7 @@ def test_item13_datasets_models_and_queue_pages_show_the_records(driver: Any, ui
 def test_item13_an_app_with_a_token_refuses_requests_without_it(driver: Any, store: Store) -> None:
     import httpx
 
-    with serve(_app(store.uri, token=TOKEN)) as url, httpx.Client(base_url=url, timeout=WAIT) as client:
+    with _served_app(store.uri, token=TOKEN) as url, httpx.Client(base_url=url, timeout=WAIT) as client:
         for path in ("/", f"/runs?project={PROJECT}", "/api/projects", f"/api/runs?project={PROJECT}"):
             assert client.get(path).status_code == 401, f"{path} without the token"
             assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401, path
