@@ -66,6 +66,10 @@ def test_item_downsample_is_exact_when_small_and_refuses_bad_max_points() -> Non
     px, py = downsample([1, 2, 3], [3.0, 1.0, 2.0], max_points=3)
     assert px.tolist() == [1, 2, 3] and py.tolist() == [3.0, 1.0, 2.0]
     assert downsample(list(range(10)), list(range(10)), max_points=2)[0].tolist() == [0, 9]
+    gap = np.arange(10_000.0)
+    gap[3_000:6_000] = np.nan  # a stretch of NaN: kept as a gap, never chosen over a real value elsewhere
+    gx, gy = downsample(np.arange(gap.size), gap, max_points=100)
+    assert 0 < np.isnan(gy).sum() and np.nanmax(gy) == 9_999.0 and np.nanmin(gy) == 0.0
     with pytest.raises(InvalidArgumentError, match="max_points"):
         downsample([1, 2], [1, 2], max_points=1)
     with pytest.raises(InvalidArgumentError, match="length"):

@@ -95,8 +95,8 @@ def _bucket_extremes(y: np.ndarray, max_points: int) -> np.ndarray:
     low = np.concatenate([interior, np.full(pad, np.inf)]).reshape(buckets, size)
     high = np.concatenate([interior, np.full(pad, -np.inf)]).reshape(buckets, size)
     # NaN never wins a bucket unless all of it is NaN (then one NaN point keeps the gap visible)
-    arg_low = np.where(np.isnan(low).all(axis=1), 0, np.nanargmin(np.where(np.isnan(low), np.inf, low), axis=1))
-    arg_high = np.nanargmax(np.where(np.isnan(high), -np.inf, high), axis=1)
+    arg_low = np.argmin(np.where(np.isnan(low), np.inf, low), axis=1)
+    arg_high = np.argmax(np.where(np.isnan(high), -np.inf, high), axis=1)
     starts = np.arange(buckets) * size + 1
     chosen = np.concatenate([[0], starts + arg_low, starts + arg_high, [n - 1]])
     return np.unique(np.minimum(chosen, n - 1))
@@ -241,12 +241,13 @@ def run_metrics(hub: TensorHub, run_id: Any) -> dict[str, list[str]]:
 # ---------------------------------------------------------------------------- figures
 def figure_logs(series: Sequence[Mapping[str, Any]], metric: str, x: str = "step") -> Figure:
     """A line chart of ``series`` (:func:`log_series`' output): one trace per series, named after its
-    run and attempt; every text is set as data, so a stored name is shown as text."""
+    run and attempt. SVG traces (not WebGL): a few thousand points per series draw fast, and they
+    draw in browsers without WebGL (headless ones)."""
     go = _plotly_go()
     figure = go.Figure()
     for s in series:
-        figure.add_trace(go.Scattergl(x=s["x"], y=s["y"], mode="lines", name=s["name"],
-                                      meta={"run_id": s["run_id"], "attempt": s["attempt"]}))
+        figure.add_trace(go.Scatter(x=s["x"], y=s["y"], mode="lines", name=s["name"],
+                                    meta={"run_id": s["run_id"], "attempt": s["attempt"]}))
     figure.update_layout(title={"text": metric}, xaxis_title={"text": x}, yaxis_title={"text": metric},
                          legend={"orientation": "h"}, margin={"l": 50, "r": 20, "t": 50, "b": 40},
                          template="plotly_white")
