@@ -226,7 +226,10 @@ def run_metrics(hub: TensorHub, run_id: Any) -> dict[str, list[str]]:
         hub: The store and project to read.
         run_id: The run: its id, record or Run object.
     """
-    (task_id,) = _run_ids(run_id)
+    ids = _run_ids(run_id)
+    if len(ids) != 1:
+        raise InvalidArgumentTypeError(f"run_metrics takes one run (an id, record or Run), got {run_id!r}")
+    task_id = ids[0]
     found: dict[str, list[str]] = {}
     for kind in COLLECTIONS:
         names: set[str] = set()
