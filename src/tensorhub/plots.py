@@ -190,7 +190,9 @@ def log_series(hub: TensorHub, metric: str, runs: Any = None, x: str = "step", k
     """
     _check(metric, x, kind)
     find = _finder(hub, kind)
-    wanted = {metric: {"$exists": True}, x: {"$exists": True}}
+    # only rows with the metric; rows without the x field are skipped while grouping (a condition
+    # fewer for backends that match rows in Python)
+    wanted = {metric: {"$exists": True}}
     if runs is None and not query:  # one query for the metric's rows of the whole project
         rows = find(sort=[(x, 1)], **wanted)
         ids = list(dict.fromkeys(r.get("task_id") for r in rows if isinstance(r.get("task_id"), ObjectId)))
