@@ -1,6 +1,6 @@
 """The ``tensorhub`` command: the group, ``--version``, ``gc`` and ``demo``; the other commands live
 in :mod:`tensorhub.commands` (``ls``/``show``/``rm`` in ``records``, ``cancel``/``requeue``/``worker``
-in ``queue``).
+in ``queue``, ``plot`` in ``plot``).
 
 Every command takes ``--uri`` (default ``$TENSORHUB_URI``, else the embedded store) and
 ``--project``/``-p`` (default ``$TENSORHUB_PROJECT``, else ``"default"``). A
@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from tensorhub.commands import plot as _plot
 from tensorhub.commands import queue as _queue
 from tensorhub.commands import records as _records
 from tensorhub.commands import ui as _ui
@@ -57,7 +58,7 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _command in (*_records.COMMANDS, *_queue.COMMANDS, *_ui.COMMANDS):
+for _command in (*_records.COMMANDS, *_queue.COMMANDS, *_ui.COMMANDS, *_plot.COMMANDS):
     main.add_command(_command)
 
 

@@ -1193,3 +1193,62 @@ class TensorHub:
             "datasets": [ids]}``.
         """
         return _runs.find_run_records(self._records, run)
+
+    # ------------------------------------------------------------------ plots
+    def plot_logs(self, metric: str, runs: Any = None, x: str = "step", kind: str = "training",
+                  max_points: int = 2000, **kwargs: Any) -> Any:
+        """A plotly figure of ``metric``'s curve, one line per run and attempt (the dashboard's chart).
+
+        Each line is downsampled to at most ``max_points`` points (the lowest and highest value of
+        each bucket of steps are kept), so a run with a million rows draws quickly and correctly.
+        Needs plotly (``pip install 'tensorhub[ui]'``).
+
+        Args:
+            metric: The logged metric, e.g. ``"loss"``.
+            runs: Run ids, run/task records or Run objects (one or a list). Default ``None``: the
+                runs the query selects; with no query, every run that logged ``metric``.
+            x: The x axis: ``"step"`` (default), ``"epoch"`` (a logged field) or ``"time"``.
+            kind: ``"training"`` (default), ``"validation"`` or ``"testing"`` logs.
+            max_points: At most this many points per line. Default 2000.
+            **kwargs: With ``runs=None``, a query over runs (``run_name=``, ``status=``...), as
+                :meth:`find_runs`.
+
+        Returns:
+            A ``plotly.graph_objects.Figure`` (``fig.show()``, ``fig.write_html("f.html")``).
+
+        Example::
+
+            hub.plot_logs("loss", run_name="mlp").show()
+            hub.plot_logs("acc", runs=[run_a.id, run_b.id], kind="validation")
+        """
+        from tensorhub import plots as _plots
+
+        series = _plots.log_series(self, metric, runs, x=x, kind=kind, max_points=max_points, **kwargs)
+        return _plots.figure_logs(series, metric, x)
+
+    def plot_runs(self, objective: str | None = None, params: Any = None, run_name: str | None = None,
+                  **kwargs: Any) -> Any:
+        """A plotly parallel-coordinates figure of the runs' parameters against a result.
+
+        One line per run (the rows of :meth:`compare_runs`), coloured by ``objective``. Needs
+        plotly (``pip install 'tensorhub[ui]'``).
+
+        Args:
+            objective: The result or logged metric to compare by (e.g. ``"validation_acc"``).
+                Default ``None``: the first numeric result column.
+            params: The parameter names to show. Default ``None``: every parameter.
+            run_name: Only runs of this name. Default ``None``: any.
+            **kwargs: The query over runs, as :meth:`find_runs` (``status="finished"``...).
+
+        Returns:
+            A ``plotly.graph_objects.Figure``.
+
+        Example::
+
+            hub.plot_runs("validation_acc", run_name="mlp", status="finished").show()
+        """
+        from tensorhub import plots as _plots
+
+        keys = [objective] if objective is not None else None
+        rows = self.compare_runs(run_name, keys=keys, **kwargs)
+        return _plots.figure_runs(rows, params, objective)

@@ -228,7 +228,8 @@ def _log_metrics(records: Records, ids: Sequence[ObjectId]) -> dict[Any, dict[st
 _logs_skip = frozenset({"_id", "project_name", "time", "task_id", "attempt", "step"})
 
 
-def _run_filter(query: dict[str, Any]) -> dict[str, Any]:
+def run_filter(query: dict[str, Any]) -> dict[str, Any]:
+    """A runs query as a task query: ``run_name`` is ``task_name``, ``run_type=\"task\"`` matches old tasks too."""
     if "run_name" in query:
         if "task_name" in query:
             raise InvalidArgumentError("pass run_name= or task_name= (the same field), not both")
@@ -247,7 +248,7 @@ def find_runs(records: Records, queue: TaskQueue, sort: Any = None, limit: int |
     newest first, each as a row of :data:`RUN_COLUMNS`. ``metrics`` maps each metric logged in the run
     (``metric_key`` names) to its ``final`` value, ``min``, ``max`` and ``count`` of rows; with
     ``metrics=False`` it is ``{}`` and no log row is read (a listing that polls, a run with 1M rows)."""
-    query = _run_filter(query)
+    query = run_filter(query)
     queue.expire({"run_type": INTERACTIVE_RUN})  # a dead process's interactive run ends as its lease says
     tasks = queue.find(query, sort=sort, limit=limit)
     found = _log_metrics(records, [t["_id"] for t in tasks]) if metrics else {}

@@ -38,13 +38,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from tensorhub import plots as _plots
 from tensorhub.errors import InvalidArgumentError, NotFoundError, TensorHubError
 from tensorhub.hub import TensorHub
-
-try:  # the shared plotting module; its stand-in only until it lands in this tree
-    from tensorhub import plots as _plots  # type: ignore[attr-defined,unused-ignore]
-except ImportError:  # pragma: no cover - depends on the tree
-    from tensorhub.ui import _plots_standin as _plots
 
 log = logging.getLogger(__name__)
 
