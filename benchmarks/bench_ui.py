@@ -255,7 +255,7 @@ def run(tasks: int, rows: int, repeats: int, tmpdir: str | None, show_profile: b
                 finally:
                     driver.quit()
             if show_profile:
-                _profile_requests(hub, list(pages.values()) + urls[:1])
+                _profile_requests(hub, big_id)
         finally:
             server.stop()
             hub.close()
@@ -269,18 +269,18 @@ def _chart_label(url: str) -> str:
     return f"{query.get('kind', '?')}:{query.get('metric', '?')}"
 
 
-def _profile_requests(hub: TensorHub, paths: list[str]) -> None:
-    """cProfile of each request served in-process (Starlette's TestClient): where the server's time goes."""
-    from starlette.testclient import TestClient
+def _profile_requests(hub: TensorHub, run_id: str) -> None:
+    """cProfile of the store reads behind the run page and its loss chart, called in this thread
+    (the same calls as ``ui/app.py``'s ``run_page`` and ``api_series``): where the server's time goes."""
+    from bson import ObjectId
 
-    from tensorhub.ui.app import create_app
+    from tensorhub.ui import app as ui_app
 
-    app = create_app(hub)
-    for path in paths:
-        def request(path: str = path) -> None:
-            with TestClient(app) as client:
-                client.get(path).raise_for_status()
-        print(profile(f"GET {path}", request, top=20))
+    oid = ObjectId(run_id)
+    print(profile("run page: find_run_records + run_metrics",
+                  lambda: (hub.find_run_records(oid), ui_app._plots.run_metrics(hub, oid)), top=20))
+    print(profile("chart data: log_series(loss, training, x=step)",
+                  lambda: ui_app._plots.log_series(hub, "loss", runs=[oid], x="step", kind="training"), top=20))
 
 
 # ---------------------------------------------------------------------------- the report
