@@ -94,11 +94,26 @@ def _b_calls(b: TensorHub, script: Path) -> dict[str, Callable[[], Any]]:
         "find_runs": lambda: b.find_runs() + b.find_runs(project_name="a"),
         "compare_runs": lambda: b.compare_runs(),
         "find_run_records": lambda: b.find_run_records(b.find_tasks()[0]),
+        "plot_logs": lambda: _figure_values(b.plot_logs("loss")),
+        "plot_runs": lambda: _figure_values(b.plot_runs()),
         "find_records": lambda: b.find_records("models") + b.find_records("tasks", project_name="a"),
         # every record of both projects by id: A's are not found, B's lineage names nothing of A
         "describe_record": lambda: [b.describe_record(c, r["_id"]) for c in ("datasets", "models", "tasks")
                                     for r in b.index.find(c, {})],
     }
+
+
+def _figure_values(figure: Any) -> list[Any]:
+    """A plotly figure's data as what :func:`_leaks` reads: each trace's numbers as arrays, its text as is."""
+    found: list[Any] = []
+    for trace in figure.to_plotly_json()["data"]:
+        for key in ("x", "y"):
+            if trace.get(key) is not None:
+                found.append(np.array([v if isinstance(v, (int, float)) else np.nan for v in trace[key]], float))
+        for dimension in trace.get("dimensions", []):
+            found.append(np.array([v if isinstance(v, (int, float)) else np.nan for v in dimension["values"]], float))
+        found.append({"name": trace.get("name")})
+    return found
 
 
 def _log_in_a_run(hub: TensorHub) -> None:

@@ -148,3 +148,15 @@ def test_item_cli_plot_writes_a_standalone_page(tmp_path: Path) -> None:
     bad = CliRunner().invoke(cli_main, ["plot", "loss", "--uri", uri, "-p", "p", "--run", str(run.id),
                                         "-q", "{}", "-o", str(out)])
     assert bad.exit_code == 2 and "not both" in bad.output
+
+
+def test_item_plot_runs_draws_runs_that_lack_the_objective(hub: TensorHub) -> None:
+    """A failed or unfinished run has no result: it is drawn uncoloured, not an error from plotly."""
+    with hub.start_run("good", lr=0.1) as run:
+        run.log(step=0, loss=0.5)
+    with pytest.raises(RuntimeError), hub.start_run("broken", lr=0.2):
+        raise RuntimeError("no loss logged")
+    figure = hub.plot_runs(objective="loss")
+    (trace,) = figure.data
+    colors = list(trace.line.color)
+    assert len(colors) == 2 and 0.5 in colors and any(np.isnan(c) for c in colors)

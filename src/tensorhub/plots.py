@@ -300,7 +300,9 @@ def figure_runs(rows: Sequence[Mapping[str, Any]], params: Sequence[str] | None 
                                "tickvals": list(range(len(labels))), "ticktext": labels})
     line: dict[str, Any] = {}
     if objective:
-        line = {"color": [_number(r.get(objective)) for r in rows], "colorscale": "Viridis", "showscale": True,
+        # a run without the result (failed, still running) gets NaN: plotly refuses None as a colour
+        colors = [_number(r.get(objective)) for r in rows]
+        line = {"color": [math.nan if c is None else c for c in colors], "colorscale": "Viridis", "showscale": True,
                 "colorbar": {"title": {"text": objective}}}
     figure = go.Figure(go.Parcoords(dimensions=dimensions, line=line))
     figure.update_layout(title={"text": f"parameters against {objective}" if objective else "parameters"},
