@@ -23,7 +23,7 @@ import pytest
 from tensorhub import TensorHub
 from tensorhub.errors import InvalidArgumentError
 
-from conftest import fresh_uri, wait_until, write_script
+from conftest import fresh_uri, pid_alive, wait_until, write_script
 
 WAIT = 30.0  # upper bound of every wait in this file (seconds)
 
@@ -35,15 +35,6 @@ def file_hub(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
 
 
 _script = write_script
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _read_pids(path: Path, count: int = 3) -> list[int]:
@@ -107,7 +98,7 @@ def test_item05_task_that_kills_its_helper_or_group_fails_and_the_worker_carries
     try:
         _, stderr = worker.communicate(timeout=90)
         pids = _read_pids(pids_file)
-        wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
+        wait_until(lambda: not any(pid_alive(p) for p in pids), f"the task's processes {pids} to die")
     finally:
         worker.kill()
         worker.wait(10)
@@ -136,7 +127,7 @@ def test_item05_runner_survives_the_loss_of_its_helper(file_hub: TensorHub, tmp_
         (task,) = file_hub.find_tasks("t5b")
         assert task["status"] == "failed" and task["attempts"] == 1
         assert "helper process died" in task["error"]
-        wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
+        wait_until(lambda: not any(pid_alive(p) for p in pids), f"the task's processes {pids} to die")
         file_hub.create_task("t5b", _script(tmp_path, "ok = True\n", "ok.py"), saved_result_keys=["ok"])
         assert file_hub.run_task("t5b") is True
         assert file_hub.find_tasks("t5b", status="finished")[0]["result"] == {"ok": True}
@@ -156,7 +147,7 @@ def test_item06_every_process_a_task_starts_dies_with_the_task(file_hub: TensorH
     try:
         assert file_hub.run_task("t6") is True
         pids = _read_pids(pids_file, 3)
-        wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
+        wait_until(lambda: not any(pid_alive(p) for p in pids), f"the task's processes {pids} to die")
         (task,) = file_hub.find_tasks("t6")
         assert task["status"] == ("finished" if ending == "returns" else "failed")
         assert "spawned" in task["stdout_tail"]
@@ -175,7 +166,7 @@ def test_item06_cancel_kills_the_whole_tree(file_hub: TensorHub, tmp_path: Path)
         assert file_hub.cancel_tasks(task_name="t6c") == 1
         runner.join(WAIT)
         assert not runner.is_alive()
-        wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
+        wait_until(lambda: not any(pid_alive(p) for p in pids), f"the task's processes {pids} to die")
         assert file_hub.find_tasks("t6c")[0]["status"] == "cancelled"
     finally:
         _kill_leftovers(pids)
@@ -192,7 +183,7 @@ def test_item06_worker_exit_kills_the_whole_tree(file_hub: TensorHub, tmp_path: 
         pids = _read_pids(pids_file, 3)
         worker.send_signal(how)
         worker.communicate(timeout=WAIT)
-        wait_until(lambda: not any(_alive(p) for p in pids), f"the task's processes {pids} to die")
+        wait_until(lambda: not any(pid_alive(p) for p in pids), f"the task's processes {pids} to die")
     finally:
         worker.kill()
         worker.wait(10)
@@ -428,4 +419,4 @@ def test_issue11_item09_helper_is_stopped_and_reaped(file_hub: TensorHub, tmp_pa
     assert done.returncode == 0, done.stderr
     assert "ResourceWarning" not in done.stderr, done.stderr
     helper = int(done.stdout.split()[0])
-    wait_until(lambda: not _alive(helper), "the helper to be gone")
+    wait_until(lambda: not pid_alive(helper), "the helper to be gone")

@@ -24,7 +24,7 @@ from tensorhub import TensorHub
 from tensorhub import run_log as _run_log
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, InvalidArgumentTypeError, NoActiveRunError
 
-from conftest import SPLIT_BLOBS, wait_until, write_script
+from conftest import SPLIT_BLOBS, pid_alive, wait_until, write_script
 
 WAIT = 30.0  # upper bound of every wait in this file (seconds)
 
@@ -40,14 +40,6 @@ SAVES_EVERYTHING = """
     hub.save_dataset([np.ones(2)], "d")
     done = True
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _check_saved_in_run(hub: TensorHub, task_id, attempt: int) -> None:
@@ -118,7 +110,7 @@ def test_item01_a_sigkilled_runners_retry_logs_attempt_2(task_hub: TensorHub, tm
         child_pid = task_hub.find_training_logs(child_pid={"$exists": True})[0]["child_pid"]
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
-        wait_until(lambda: not _alive(child_pid), "the orphaned task process to die")
+        wait_until(lambda: not pid_alive(child_pid), "the orphaned task process to die")
     finally:
         worker.kill()
         worker.wait(10)

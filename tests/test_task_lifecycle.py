@@ -19,7 +19,7 @@ import pytest
 from tensorhub import TensorHub
 from tensorhub.errors import InvalidArgumentError, TaskTimeoutError
 
-from conftest import wait_until, write_script
+from conftest import pid_alive, wait_until, write_script
 
 
 _script = write_script
@@ -28,18 +28,6 @@ _script = write_script
 def _worker(hub: TensorHub, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tensorhub", "worker", hub.uri, "-p", hub.project_name,
                              "--poll", "0.1", *args], stderr=subprocess.PIPE, text=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (dead, not yet reaped) counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_script_exception_marks_failed_and_runner_carries_on(task_hub: TensorHub, tmp_path: Path) -> None:
@@ -163,7 +151,7 @@ def test_a_killed_runner_loses_its_task_to_another_after_the_lease(task_hub: Ten
         child_pid = task_hub.find_training_logs()[0]["child_pid"]
         first.send_signal(signal.SIGKILL)
         first.wait(10)
-        wait_until(lambda: not _alive(child_pid), timeout=10, what="the orphaned task process to die")
+        wait_until(lambda: not pid_alive(child_pid), timeout=10, what="the orphaned task process to die")
     finally:
         first.kill()
     (task,) = task_hub.find_tasks("lease")
@@ -217,4 +205,4 @@ def test_sigterm_hands_the_task_back_and_kills_its_process(task_hub: TensorHub, 
     assert runner.returncode == 0, stderr
     (task,) = task_hub.find_tasks("term")
     assert task["status"] == "pending" and task["attempts"] == 0 and "handed back" in stderr
-    wait_until(lambda: not _alive(child_pid), timeout=10, what="the task process to die")
+    wait_until(lambda: not pid_alive(child_pid), timeout=10, what="the task process to die")
