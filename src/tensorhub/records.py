@@ -22,11 +22,13 @@ It knows nothing of any backend: only the :class:`IndexStore` and :class:`BlobSt
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import functools
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -64,6 +66,33 @@ _LOOKUP = object()
 def _owned(internal: frozenset[str], stamped: bool) -> frozenset[str]:
     """Every field a record of a kind owns (computed once per kind, not per record)."""
     return COMMON_INTERNAL_FIELDS | internal | (RUN_FIELDS if stamped else frozenset())
+
+
+#: set only by :func:`keeping_time` (importers and copies): a ``time`` field in a new record's fields is its
+#: original save time, kept, instead of a refused user field
+_keep_time: contextvars.ContextVar[bool] = contextvars.ContextVar("tensorhub_keep_time", default=False)
+
+
+@contextlib.contextmanager
+def keeping_time() -> Iterator[None]:
+    """Within this block, records made by :meth:`Records.new_record` keep a ``time`` given in their
+    fields (a ``datetime``; naive is UTC) instead of the save time.
+
+    Internal: for importers and copies, which bring records that already have a save time (log
+    rows included, through the public ``save_*`` calls); users' ``time`` stays refused elsewhere.
+    """
+    token = _keep_time.set(True)
+    try:
+        yield
+    finally:
+        _keep_time.reset(token)
+
+
+def _kept_time(value: Any) -> dt.datetime:
+    if not isinstance(value, dt.datetime):
+        raise InvalidArgumentTypeError(f"a kept 'time' must be a datetime, got {type(value).__name__}")
+    when = value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    return when.replace(microsecond=when.microsecond // 1000 * 1000)
 
 
 def utcnow() -> dt.datetime:
@@ -220,6 +249,10 @@ class Records:
             if not isinstance(key, str) or key.startswith("$"):
                 error = InvalidArgumentError if isinstance(key, str) else InvalidArgumentTypeError
                 raise error(f"record field names must be plain strings not starting with '$', got {key!r}")
+        kept = None
+        if "time" in fields and _keep_time.get():  # an importer's or a copy's original save time
+            kept = _kept_time(fields["time"])
+            fields = {key: value for key, value in fields.items() if key != "time"}
         if "time" in fields or fields.get("project_name", self.project_name) != self.project_name:
             clash = "time" if "time" in fields else "project_name"
             raise InvalidArgumentError(
@@ -228,7 +261,7 @@ class Records:
         stamped = kind in STAMPED_KINDS
         self.refuse_internal({k: v for k, v in fields.items() if k != "project_name"},
                              _owned(frozenset(internal), stamped), kind)
-        record = {"_id": ObjectId(), "project_name": self.project_name, "time": utcnow()}
+        record = {"_id": ObjectId(), "project_name": self.project_name, "time": kept or utcnow()}
         record.update(fields)
         if own:
             record.update(own)
