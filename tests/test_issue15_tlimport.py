@@ -215,3 +215,20 @@ def test_item02_restricted_unpickler_allows_only_arrays_and_containers(tmp_path:
         with pytest.raises(RefusedPickle):
             restricted_loads(pickle.dumps(bad, protocol=2))
     assert not marker.exists()
+
+
+def test_item02_time_is_kept_only_inside_keeping_time(tmp_path: Path) -> None:
+    from tensorhub import InvalidArgumentError
+    from tensorhub.records import keeping_time
+
+    when = dt.datetime(2018, 5, 4, 3, 2, 1, 123456)  # naive: UTC, as TensorLayer wrote it
+    with TensorHub(f"file://{tmp_path / 'store'}", project_name="p") as hub:
+        with pytest.raises(InvalidArgumentError, match="stamped by tensorhub"):
+            hub.save_training_logs([{"time": when, "loss": 1.0}])
+        with keeping_time():
+            hub.save_training_logs([{"time": when, "loss": 1.0}])
+            hub.save_dataset(np.arange(3), "d", time=when)
+        assert hub.find_training_logs()[0]["time"] == when.replace(microsecond=123000, tzinfo=dt.timezone.utc)
+        assert hub.find_dataset_records("d")[0]["time"].year == 2018
+        with pytest.raises(InvalidArgumentError, match="stamped by tensorhub"):  # the block ended
+            hub.save_dataset(np.arange(3), "d", time=when)

@@ -11,8 +11,8 @@ from tensorhub.importers.tensorlayer import WHY_PICKLE, import_tensorlayer, surv
 
 @click.command("import-tensorlayer")
 @click.argument("source", metavar="MONGODB_URI")
-@click.option("--to", "to", default=None, metavar="URI",
-              help="The destination store (default: $TENSORHUB_URI, else the embedded store).")
+@click.option("--to", "--uri", "to", default=None, metavar="URI",
+              help="The destination store (--uri is the same; default: $TENSORHUB_URI, else the embedded store).")
 @click.option("--project", "-p", "projects", multiple=True, metavar="NAME",
               help="Import only this TensorLayer project (repeatable; default: every project). Each goes into "
                    "the tensorhub project of the same name.")
