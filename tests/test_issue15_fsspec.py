@@ -191,8 +191,8 @@ def test_item03_missing_gcsfs_or_adlfs_names_the_package_and_the_extra(monkeypat
 
     for module in ("gcsfs", "adlfs"):
         monkeypatch.setitem(sys.modules, module, None)  # import fails, installed or not
-    for protocol in ("gs", "gcs", "az", "abfs"):
-        monkeypatch.delitem(fsspec_registry._registry, protocol, raising=False)
+    for protocol in ("gs", "gcs", "az", "abfs"):  # classes fsspec imported already, if any
+        monkeypatch.delitem(getattr(fsspec_registry, "_registry", {}), protocol, raising=False)
     with pytest.raises(BackendNotInstalledError, match=r"gcsfs.*pip install 'tensorhub\[gcs\]'") as raised:
         TensorHub(f"file://{tmp_path}/hub", project_name="p", blobs="gs://bucket/prefix")
     assert isinstance(raised.value, ImportError)

@@ -158,7 +158,8 @@ class FsspecBlobStore(BlobStore):
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str, uri: str, atomic_writes: AtomicWrites) -> None:
         if atomic_writes not in ("rename", "put"):  # a filesystem with neither would show partial blobs
-            raise ConfigurationError(f"{redact_uri(uri)}: atomic_writes must be 'rename' or 'put', got {atomic_writes!r}")
+            raise ConfigurationError(
+                f"{redact_uri(uri)}: atomic_writes must be 'rename' or 'put', got {atomic_writes!r}")
         self.fs, self.root, self.uri = fs, root.rstrip("/"), redact_uri(uri)
         #: how puts are atomic here: "rename" (temp key, then moved) or "put" (one upload, published whole)
         self.atomic_writes: AtomicWrites = atomic_writes
@@ -177,7 +178,7 @@ class FsspecBlobStore(BlobStore):
 
     def _key(self, path: str) -> str | None:
         """The key of a listed path, None for temp keys and paths outside the root."""
-        path = self.fs._strip_protocol(path).rstrip("/")
+        path = path.rstrip("/")  # fsspec lists paths without the protocol, as url_to_fs gives the root
         if not path.startswith(self.root + "/"):
             return None
         key = path[len(self.root) + 1:]
@@ -197,22 +198,20 @@ class FsspecBlobStore(BlobStore):
     def put(self, key: str, data: bytes | BinaryIO) -> None:
         path = self._path(key)
         if not isinstance(data, (bytes, bytearray, memoryview)) and not hasattr(data, "read"):
-            raise InvalidArgumentTypeError(f"a blob must be bytes or a readable binary stream, got {type(data).__name__}")
-        with self._errors(key):
-            if self.atomic_writes == "put":
-                # one upload the service publishes whole; a stream's partial upload must never be committed
-                body = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else data.read()
+            raise InvalidArgumentTypeError(
+                f"a blob must be bytes or a readable binary stream, got {type(data).__name__}")
+        if self.atomic_writes == "put":
+            # one upload the service publishes whole: a stream is read first (its errors are the caller's),
+            # so that an upload interrupted mid-way is never committed
+            body = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else data.read()
+            with self._errors(key):
                 self.fs.pipe_file(path, body)
-                return
+            return
+        with self._errors(key):
             parent = path.rsplit("/", 1)[0]
-            self.fs.makedirs(parent, exist_ok=True)
             tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}"
             try:
-                if isinstance(data, (bytes, bytearray, memoryview)):
-                    self.fs.pipe_file(tmp, bytes(data))
-                else:
-                    with self.fs.open(tmp, "wb") as out:
-                        shutil.copyfileobj(data, out, 1 << 22)
+                self._write(tmp, data)
                 self._move(tmp, path)
             except BaseException:
                 try:
@@ -220,6 +219,25 @@ class FsspecBlobStore(BlobStore):
                 except Exception:  # noqa: BLE001 - never there, or sweep_incomplete removes it later
                     pass
                 raise
+
+    def _write(self, path: str, data: bytes | bytearray | memoryview | BinaryIO) -> None:
+        """Write ``data`` to ``path`` (a temp key), making its directory when the filesystem says it is
+        missing (local, sftp): once, not checked on every put. A stream is read only once opened."""
+        parent = path.rsplit("/", 1)[0]
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            try:
+                self.fs.pipe_file(path, bytes(data))
+            except FileNotFoundError:
+                self.fs.makedirs(parent, exist_ok=True)
+                self.fs.pipe_file(path, bytes(data))
+            return
+        try:
+            out = self.fs.open(path, "wb")
+        except FileNotFoundError:
+            self.fs.makedirs(parent, exist_ok=True)
+            out = self.fs.open(path, "wb")
+        with out:
+            shutil.copyfileobj(data, out, 1 << 22)
 
     def _move(self, tmp: str, path: str) -> None:
         """Move ``tmp`` onto ``path``, replacing it (removed first where the filesystem's rename will not replace)."""
