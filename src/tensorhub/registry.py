@@ -54,6 +54,13 @@ _BUILTIN: dict[str, _Entry] = {
     "mongomock": _Entry("tensorhub.backends.mongomock:open_stores", "mongomock"),
     "s3": _Entry("tensorhub.backends.s3:open_stores", "s3"),
 }
+# fsspec filesystems as blob stores (backends/fsspec.py); s3:// stays on boto3 above. The extra is
+# the one that installs the implementation (gcsfs, adlfs); fsspec+PROTOCOL:// reaches the others
+_FSSPEC = "tensorhub.backends.fsspec:open_stores"
+_FSSPEC_PREFIX = "fsspec+"
+_BUILTIN.update({scheme: _Entry(_FSSPEC, extra) for scheme, extra in (
+    ("memory", "fsspec"), ("gs", "gcs"), ("gcs", "gcs"), ("az", "azure"), ("abfs", "azure"),
+    ("sftp", "fsspec"), ("ssh", "fsspec"), ("hdfs", "fsspec"), ("webhdfs", "fsspec"))})
 _ALIASES = {"mongodb+srv": "mongodb"}
 _registered: dict[str, _Entry] = {}
 
@@ -93,8 +100,11 @@ def _lookup(scheme: str) -> _Entry:
     plugins = _entry_point_backends()
     if scheme in plugins:
         return plugins[scheme]
+    if scheme.startswith(_FSSPEC_PREFIX) and len(scheme) > len(_FSSPEC_PREFIX):  # any fsspec protocol, as blobs
+        return _Entry(_FSSPEC, "fsspec")
     raise UnknownSchemeError(
-        f"no tensorhub backend for URI scheme {scheme!r}; known schemes: {', '.join(known_schemes())}. "
+        f"no tensorhub backend for URI scheme {scheme!r}; known schemes: {', '.join(known_schemes())}, "
+        f"and {_FSSPEC_PREFIX}PROTOCOL:// for another fsspec filesystem as blobs. "
         "Third-party backends register with tensorhub.register_backend() or the "
         f"{ENTRY_POINT_GROUP!r} entry-point group."
     )
