@@ -22,10 +22,13 @@ GridFS is not used: mongomock's GridFS breaks with pymongo 4.20.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
+
+from bson.regex import Regex
 
 from tensorhub._compat import mongomock as mongomock_compat
 from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec, Stores
@@ -61,6 +64,17 @@ def _normalize_update(update: Mapping[str, Any]) -> dict[str, Any]:
             for op, fields in update.items()}
 
 
+def _aware_copy(value: Any) -> Any:
+    """A copy of a stored document (or value) whose datetimes are timezone-aware UTC."""
+    if isinstance(value, dict):
+        return {key: _aware_copy(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_aware_copy(v) for v in value]
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return copy.copy(value) if isinstance(value, Regex) else value  # the other BSON values are immutable
+
+
 class MongomockIndexStore(MongoIndexStore):
     """Documents in mongomock collections; every query evaluated by :mod:`tensorhub.query` under the store's lock.
 
@@ -71,22 +85,32 @@ class MongomockIndexStore(MongoIndexStore):
     """
 
     shared_across_processes = False  # the data lives in this process's memory
-    # mongomock records indexes but every query reads the whole collection, and so does count
+    # mongomock records indexes but every query reads the whole collection; count matches the stored
+    # documents where they are, copying none
     supports_server_side_indexes = False
-    supports_cheap_count = False
+    supports_cheap_count = True
 
     def __init__(self, client: Any, lock: threading.RLock, where: str) -> None:
         super().__init__(client, "tensorhub", where)
         self._lock = lock
 
-    def _matching(self, collection: str, filter: Mapping[str, Any]) -> list[Document]:
-        """The documents matching ``filter`` in MongoDB's sense, in insertion order (copies: mongomock
-        hands out copies). Called under the lock, so they stay the matches for the write that follows."""
+    def _stored_matches(self, collection: str, filter: Mapping[str, Any]) -> list[Document]:
+        """The stored documents matching ``filter`` (not copies: read them only). Called under the lock."""
         validate_filter(filter)  # a malformed filter fails even on an empty collection
         with translate_errors(self.uri):
-            documents = list(self._coll(collection).find({}))
+            stored = mongomock_compat.stored_documents(self._coll(collection))
         with regex_budget():  # one regex time allowance for the whole scan, as on file://
-            return [d for d in documents if matches(d, filter)]
+            return [d for d in stored if matches(d, filter)]
+
+    def _matching(self, collection: str, filter: Mapping[str, Any]) -> list[Document]:
+        """Copies of the documents matching ``filter`` in MongoDB's sense, in insertion order. Called
+        under the lock, so they stay the matches for the write that follows.
+
+        The stored documents are matched in place (their naive datetimes are UTC to tensorhub.query,
+        as to MongoDB); only the matches are copied, with timezone-aware datetimes as a client with
+        ``tz_aware=True`` returns them.
+        """
+        return [_aware_copy(d) for d in self._stored_matches(collection, filter)]
 
     def _write_back(self, collection: str, documents: Sequence[Document]) -> None:
         with translate_errors(self.uri):
@@ -126,7 +150,7 @@ class MongomockIndexStore(MongoIndexStore):
 
     def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
         with self._lock:
-            ids = [d["_id"] for d in self._matching(collection, filter)]
+            ids = [d["_id"] for d in self._stored_matches(collection, filter)]
             with translate_errors(self.uri):
                 for document_id in ids:
                     self._coll(collection).delete_one({"_id": document_id})
@@ -134,7 +158,7 @@ class MongomockIndexStore(MongoIndexStore):
 
     def count(self, collection: str, filter: Mapping[str, Any]) -> int:
         with self._lock:
-            return len(self._matching(collection, filter))
+            return len(self._stored_matches(collection, filter))
 
     def count_by(self, collection: str, fields: Sequence[str],
                  filter: Mapping[str, Any] | None = None) -> dict[tuple[Any, ...], int]:
