@@ -170,9 +170,9 @@ class IndexStoreContract:
         if stored:
             index_store.insert_many("c", docs)
         with pytest.raises(InvalidQueryError):
-            index_store.update_many("c", {}, bad)  # type: ignore[arg-type] - a pipeline is a list: refused
+            index_store.update_many("c", {}, bad)  # a pipeline (a list) is refused too
         with pytest.raises(InvalidQueryError):
-            index_store.find_one_and_update("c", {}, bad, sort=[("i", 1)])  # type: ignore[arg-type]
+            index_store.find_one_and_update("c", {}, bad, sort=[("i", 1)])
         assert [d["_id"] for d in index_store.find("c", {"i": {"$exists": True}}, sort=[("i", 1)])] == \
             [d["_id"] for d in docs]  # nothing changed
 
@@ -181,9 +181,9 @@ class IndexStoreContract:
         index_store.insert_many("c", _docs(2))
         bad = MALFORMED_SORTS[name]
         with pytest.raises(InvalidQueryError):
-            index_store.find("c", {}, sort=bad)  # type: ignore[arg-type]
+            index_store.find("c", {}, sort=bad)
         with pytest.raises(InvalidQueryError):
-            index_store.find_one_and_update("c", {}, {"$set": {"x": 1}}, sort=bad)  # type: ignore[arg-type]
+            index_store.find_one_and_update("c", {}, {"$set": {"x": 1}}, sort=bad)
         assert index_store.count("c", {"x": 1}) == 0
 
     def test_update_the_stored_value_refuses_is_an_invalid_query_error(self, index_store: IndexStore) -> None:
