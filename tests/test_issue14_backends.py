@@ -166,23 +166,45 @@ def test_item14_mongodb_task_claim_is_served_by_a_declared_index(
                 f"the server scans {scanned or 'no index'} for {explained}"
 
 
-def test_item14_mongodb_logs_of_a_run_are_found_through_a_declared_index(mongo_hub: TensorHub, sent: list) -> None:
+@pytest.mark.parametrize("sort", [None, [("step", -1)]], ids=["newest-first", "by-step"])
+def test_item14_mongodb_logs_of_a_run_are_found_through_a_declared_index(
+    mongo_hub: TensorHub, sent: list, sort: Any
+) -> None:
     with mongo_hub.start_run("r") as run:
         for step in range(5):
             mongo_hub.log(step=step, loss=1.0 / (step + 1))
     with mongo_hub.start_run("other"):
         mongo_hub.log(step=0, loss=9.0)
     sent.clear()
-    rows = mongo_hub.find_training_logs(task_id=run.id, sort=[("step", -1)], limit=100)
-    assert [r["step"] for r in rows] == [4, 3, 2, 1, 0]
-    (_, collection, filter, sort), = [c for c in sent if c[1] == "training_logs"]
-    declared = declared_indexes()["training_logs"]
-    # the filter's bounds are exact on the run (project_name, task_id); the rows of one run are sorted in memory
-    assert ("project_name", 1) in declared[1] and any(serves(index, filter, None) and
-                                                     {k for k, _ in index} <= equalities(filter) for index in declared)
+    rows = mongo_hub.find_training_logs(task_id=run.id, sort=sort, limit=100)
+    assert sorted(r["step"] for r in rows) == [0, 1, 2, 3, 4]
+    (_, collection, filter, sent_sort), = [c for c in sent if c[1] == "training_logs"]
+    by_run = [("project_name", 1), ("task_id", 1), ("time", -1), ("_id", -1)]
+    assert by_run in declared_indexes()["training_logs"]
+    # the bounds are exact on the run; the default order comes out of the index, a sort by step
+    # sorts the run's rows only
+    assert serves(by_run, filter, sent_sort if sort is None else None)
     assert pinned(filter) == filter  # nothing but equalities: explained whole, on SecantusDB too
-    scanned = scanned_indexes(mongo_hub.index.db, collection, filter, sort)  # type: ignore[attr-defined]
-    assert [("project_name", 1), ("task_id", 1)] in scanned, f"the server scans {scanned or 'no index'}"
+    scanned = scanned_indexes(mongo_hub.index.db, collection, filter, sent_sort)  # type: ignore[attr-defined]
+    assert scanned == [by_run], f"the server scans {scanned or 'no index'}"
+
+
+LISTINGS = [  # (collection, the filter of a listing, the kind's name field)
+    ("training_logs", {"project_name": "p"}),
+    ("datasets", {"project_name": "p", "dataset_name": "d"}),
+    ("models", {"project_name": "p", "model_name": "m"}),
+    ("tasks", {"project_name": "p", "task_name": "t"}),
+]
+
+
+@pytest.mark.parametrize(("collection", "filter"), LISTINGS, ids=[c for c, _ in LISTINGS])
+def test_item14_default_order_listing_is_served_by_a_declared_index(collection: str, filter: dict) -> None:
+    """A listing newest first (``records.NEWEST_FIRST``, the ``_id`` tiebreak included) with a limit reads
+    its first rows off an index: without ``_id`` in the index, MongoDB sorts every match first."""
+    from tensorhub.records import NEWEST_FIRST
+
+    assert any(serves(index, filter, NEWEST_FIRST) for index in declared_indexes()[collection]), \
+        f"no declared index of {collection} serves {filter} sorted by {NEWEST_FIRST}"
 
 
 def test_item14_serves_reads_index_keys_as_mongodb_does() -> None:

@@ -51,7 +51,7 @@ PENDING, RUNNING, FINISHED, FAILED, CANCELLED = "pending", "running", "finished"
 UNFINISHED = [PENDING, RUNNING]
 #: the indexes of the tasks collection: listings by name, and the queue order of claims (QUEUE_ORDER, _id
 #: included: a sort the index does not hold whole is a sort of every pending task), by name and without one
-INDEXES = {COLLECTION: [[("project_name", 1), ("task_name", 1), ("time", -1)],
+INDEXES = {COLLECTION: [[("project_name", 1), ("task_name", 1), ("time", -1), ("_id", -1)],
                         [("project_name", 1), ("task_name", 1), ("status", 1), ("priority", -1), ("time", 1), ("_id", 1)],
                         [("project_name", 1), ("status", 1), ("priority", -1), ("time", 1), ("_id", 1)]]}
 #: the state of a task before its record exists
