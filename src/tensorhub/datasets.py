@@ -33,7 +33,7 @@ APPEND_RETRIES = 20
 #: tag of the same name would be replaced
 INTERNAL_FIELDS = frozenset({"dataset_name", "spec", "schema", "nbytes", "rows", "pickled", "revision"})
 #: the indexes of this kind's collection (declared by the hub when it opens a store)
-INDEXES = {COLLECTION: [[("project_name", 1), ("dataset_name", 1), ("time", -1)]]}
+INDEXES = {COLLECTION: [[("project_name", 1), ("dataset_name", 1), ("time", -1), ("_id", -1)]]}
 
 
 def _pickle_blob(i: int) -> str:

@@ -49,9 +49,11 @@ log = logging.getLogger(__name__)
 COLLECTION = "tasks"
 PENDING, RUNNING, FINISHED, FAILED, CANCELLED = "pending", "running", "finished", "failed", "cancelled"
 UNFINISHED = [PENDING, RUNNING]
-#: the indexes of the tasks collection: listings by name, and the queue order of claims
-INDEXES = {COLLECTION: [[("project_name", 1), ("task_name", 1), ("time", -1)],
-                        [("project_name", 1), ("task_name", 1), ("status", 1), ("priority", -1), ("time", 1)]]}
+#: the indexes of the tasks collection: listings by name, and the queue order of claims (QUEUE_ORDER, _id
+#: included: a sort the index does not hold whole is a sort of every pending task), by name and without one
+INDEXES = {COLLECTION: [[("project_name", 1), ("task_name", 1), ("time", -1), ("_id", -1)],
+                        [("project_name", 1), ("task_name", 1), ("status", 1), ("priority", -1), ("time", 1), ("_id", 1)],
+                        [("project_name", 1), ("status", 1), ("priority", -1), ("time", 1), ("_id", 1)]]}
 #: the state of a task before its record exists
 NEW = "new"
 #: every change a task's state can make: (from-state, event) -> to-state. Nothing else is allowed:

@@ -5,6 +5,13 @@ selection and connect timeouts and pinged at once, so an unreachable server fail
 seconds with :class:`~tensorhub.errors.BackendUnavailableError` instead of hanging on the
 first query. The database is the URI's path (``mongodb://host/mydb``), ``tensorhub`` if none.
 Every driver error is translated in :func:`translate_errors`, and nowhere else.
+
+Filters, sorts and updates are checked here before they are sent (:func:`tensorhub.query.validate_filter`,
+``validate_update``, ``normalize_sort``), so a malformed one, or an operator the other backends do
+not implement (``$where``, ``$expr``...), fails with the same :class:`~tensorhub.errors.InvalidQueryError`
+as on ``file://``, ``s3://`` and ``mongomock://``, and never runs on the server. What only the
+server can refuse (``$inc`` of a string it holds) comes back as an ``OperationFailure``, which
+:func:`translate_errors` also makes an ``InvalidQueryError``.
 """
 
 from __future__ import annotations
@@ -34,12 +41,18 @@ from tensorhub.errors import (
     NotFoundError,
     SerializationError,
 )
-from tensorhub.query import normalize_sort, validate_update
+from tensorhub.query import normalize_sort, validate_filter, validate_update
 from tensorhub.redaction import redact_uri, scrub, shows_secret
 
 DEFAULT_DATABASE = "tensorhub"
 #: MongoDB's error code for a duplicate key (E11000)
 _DUPLICATE_KEY = 11000
+#: OperationFailure codes that say the server cannot serve now (credentials, shutdown, elections,
+#: network), not that the operation was wrong: BackendUnavailableError. Every other code is the
+#: server refusing the operation itself (BadValue 2, FailedToParse 9, TypeMismatch 14, PathNotViable 28,
+#: ConflictingUpdateOperators 40, invalid regex 51091...): InvalidQueryError.
+_UNAVAILABLE_CODES = frozenset({6, 7, 89, 91, 189, 9001, 10107, 11600, 11602, 13435, 13436})
+_CREDENTIAL_CODES = frozenset({13, 18})  # Unauthorized, AuthenticationFailed
 #: MongoDB's naming rule for databases, as it refuses them (on every platform; Windows forbids more)
 DATABASE_RULE = ("a MongoDB database name is 1 to 63 bytes long and has none of the characters "
                  "/ \\ . space \" $ or NUL")
@@ -71,8 +84,11 @@ def translate_errors(where: str) -> Iterator[None]:
             "Check that the server runs, the host and port, and the network."
         ) from exc
     except pymongo.errors.OperationFailure as exc:
-        if exc.code in (13, 18):  # Unauthorized, AuthenticationFailed
+        if exc.code in _CREDENTIAL_CODES:
             raise BackendUnavailableError(f"MongoDB at {where} refused the credentials: {exc}") from exc
+        if exc.code in _UNAVAILABLE_CODES:
+            raise BackendUnavailableError(f"MongoDB at {where} cannot serve the operation now "
+                                          f"(code {exc.code}: {str(exc)[:200]}); try again") from exc
         raise InvalidQueryError(f"MongoDB rejected the operation: {exc}") from exc
 
 
@@ -104,17 +120,34 @@ class MongoIndexStore(IndexStore):
     def _coll(self, name: str) -> Any:
         return self.db[name]
 
+    def _filter(self, filter: Mapping[str, Any]) -> dict[str, Any]:
+        """``filter`` checked as every backend checks it: a malformed filter, or an operator
+        tensorhub does not implement, fails here rather than on the server (which would run ``$where``)."""
+        validate_filter(filter)
+        return dict(filter)
+
     def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
+        """Insert all or none: an ordered insert stops at the first duplicate ``_id``; the documents
+        it inserted before it are deleted again before :class:`DuplicateKeyError` is raised (a
+        concurrent reader may glimpse them meanwhile: MongoDB has no multi-document atomicity
+        without a transaction, which a standalone server lacks)."""
         if not documents:
             return
+        batch = [dict(d) for d in documents]  # pymongo adds a missing _id to these copies
         with translate_errors(self.uri):
-            self._coll(collection).insert_many([dict(d) for d in documents], ordered=True)
+            try:
+                self._coll(collection).insert_many(batch, ordered=True)
+            except pymongo.errors.BulkWriteError as exc:
+                inserted = batch[:exc.details.get("nInserted", 0)]
+                if inserted:  # these _ids did not exist before this call: deleting them touches no one else's
+                    self._coll(collection).delete_many({"_id": {"$in": [d["_id"] for d in inserted]}})
+                raise
 
     def find(
         self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None, limit: int | None = None
     ) -> list[Document]:
         with translate_errors(self.uri):
-            cursor = self._coll(collection).find(dict(filter))
+            cursor = self._coll(collection).find(self._filter(filter))
             if sort:
                 cursor = cursor.sort(_sort(sort))
             if limit:
@@ -123,29 +156,29 @@ class MongoIndexStore(IndexStore):
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
         with translate_errors(self.uri):
-            return self._coll(collection).update_many(dict(filter), _update(update)).matched_count
+            return self._coll(collection).update_many(self._filter(filter), _update(update)).matched_count
 
     def find_one_and_update(
         self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any], sort: SortSpec | None = None
     ) -> Document | None:
         with translate_errors(self.uri):
             return self._coll(collection).find_one_and_update(
-                dict(filter), _update(update), sort=_sort(sort), return_document=pymongo.ReturnDocument.AFTER
+                self._filter(filter), _update(update), sort=_sort(sort), return_document=pymongo.ReturnDocument.AFTER
             )
 
     def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
         with translate_errors(self.uri):
-            return self._coll(collection).delete_many(dict(filter)).deleted_count
+            return self._coll(collection).delete_many(self._filter(filter)).deleted_count
 
     def count(self, collection: str, filter: Mapping[str, Any]) -> int:
         with translate_errors(self.uri):
-            return self._coll(collection).count_documents(dict(filter))
+            return self._coll(collection).count_documents(self._filter(filter))
 
     def count_by(self, collection: str, fields: Sequence[str],
                  filter: Mapping[str, Any] | None = None) -> dict[tuple[Any, ...], int]:
         # grouped on the server: one aggregation, no document leaves it
         names = {f"f{i}": f"${field}" for i, field in enumerate(fields)}
-        pipeline = [{"$match": dict(filter or {})}, {"$group": {"_id": names, "n": {"$sum": 1}}}]
+        pipeline = [{"$match": self._filter(filter or {})}, {"$group": {"_id": names, "n": {"$sum": 1}}}]
         counts: dict[tuple[Any, ...], int] = {}
         with translate_errors(self.uri):
             for row in self._coll(collection).aggregate(pipeline):

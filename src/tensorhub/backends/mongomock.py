@@ -1,6 +1,6 @@
-"""``mongomock://`` backend: mongomock for the index, an in-process dict for blobs.
+"""``mongomock://`` backend: mongomock keeps the documents, :mod:`tensorhub.query` decides every query.
 
-For fast offline tests (ours and users'). Two deliberate differences from a plain
+For fast offline tests (ours and users'). Three deliberate differences from a plain
 ``mongomock.MongoClient()``:
 
 * Stores are shared per URI within a process: ``TensorHub("mongomock://")`` twice sees one
@@ -8,31 +8,35 @@ For fast offline tests (ours and users'). Two deliberate differences from a plai
   :func:`reset` forgets them all (test isolation).
 * Every operation holds a per-store lock: mongomock is not thread-safe (8 threads claiming
   from one collection made duplicate claims), and task claims must stay atomic.
-* A filter holding NaN or a regex is decided by :mod:`tensorhub.query`, as on ``file://``:
-  mongomock compares with Python's ``==`` (NaN never equals a stored NaN, which MongoDB
-  matches) and runs regexes with ``re``, without the time limit the other backends keep.
+* Every filter, sort and update is decided by :mod:`tensorhub.query`, the evaluator of ``file://``
+  and ``s3://``, not by mongomock's own matcher: under the lock, the collection's documents are
+  read from mongomock, matched, sorted and updated in Python, and the changed ones written back
+  by ``_id``. mongomock departs from MongoDB in many places (``True == 1``, NaN, nested arrays,
+  ``$mod``, ``$type`` lists, sorting by arrays, ``$where`` raising ``NotImplementedError``...),
+  so a query now means the same here as on the other backends, and fails with the same
+  :class:`~tensorhub.errors.InvalidQueryError`. Every query reads the whole collection: this is a
+  store for tests, not for data at scale.
 
 GridFS is not used: mongomock's GridFS breaks with pymongo 4.20.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
-import math
-import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
-from bson.decimal128 import Decimal128
 from bson.regex import Regex
 
 from tensorhub._compat import mongomock as mongomock_compat
 from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec, Stores
-from tensorhub.backends.mongo import MongoIndexStore
+from tensorhub.backends.mongo import MongoIndexStore, translate_errors
 from tensorhub.documents import normalize_document
 from tensorhub.errors import NotFoundError
-from tensorhub.query import matches, regex_budget, validate_update
+from tensorhub.query import apply_update, matches, normalize_sort, regex_budget, sort_documents, validate_filter, \
+    validate_update
 from tensorhub.redaction import redact_uri
 
 _servers: dict[str, tuple[Any, dict[str, tuple[bytes, dt.datetime]], threading.RLock]] = {}
@@ -53,52 +57,65 @@ def _server(name: str) -> tuple[Any, dict[str, tuple[bytes, dt.datetime]], threa
 
 
 def _normalize_update(update: Mapping[str, Any]) -> dict[str, Any]:
-    """BSON-normalise the values of an update document (operators are kept as they are)."""
+    """BSON-normalise the values of an update document (operators are kept as they are), so the
+    updated documents hold what a server would store (datetimes to the millisecond, lists for tuples)."""
     validate_update(update)  # the same refusals as every backend, before the values are touched
     return {op: normalize_document(fields) if isinstance(fields, Mapping) else fields
             for op, fields in update.items()}
 
 
-def _mongomock_misreads(value: Any) -> bool:
-    """Whether a filter holds something mongomock evaluates unlike MongoDB: NaN or a regex."""
-    if isinstance(value, float):
-        return math.isnan(value)
-    if isinstance(value, Decimal128):
-        return value.to_decimal().is_nan()
-    if isinstance(value, (re.Pattern, Regex)):
-        return True
-    if isinstance(value, Mapping):
-        return "$regex" in value or any(_mongomock_misreads(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_mongomock_misreads(v) for v in value)
-    return False
+def _aware_copy(value: Any) -> Any:
+    """A copy of a stored document (or value) whose datetimes are timezone-aware UTC."""
+    if isinstance(value, dict):
+        return {key: _aware_copy(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_aware_copy(v) for v in value]
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return copy.copy(value) if isinstance(value, Regex) else value  # the other BSON values are immutable
 
 
 class MongomockIndexStore(MongoIndexStore):
-    """:class:`MongoIndexStore` over mongomock, with every call serialised by the store's lock.
+    """Documents in mongomock collections; every query evaluated by :mod:`tensorhub.query` under the store's lock.
 
     Values are normalised through BSON on the way in, so types (datetimes to the millisecond,
-    tuples as lists) match what a real server returns.
+    tuples as lists) match what a real server returns. Inserts, index declarations and the
+    error translation are :class:`MongoIndexStore`'s (an insert meeting a duplicate ``_id``
+    inserts nothing).
     """
 
     shared_across_processes = False  # the data lives in this process's memory
-    # mongomock records indexes but every query scans; its count does not copy documents (inherited)
+    # mongomock records indexes but every query reads the whole collection; count matches the stored
+    # documents where they are, copying none
     supports_server_side_indexes = False
+    supports_cheap_count = True
 
     def __init__(self, client: Any, lock: threading.RLock, where: str) -> None:
         super().__init__(client, "tensorhub", where)
         self._lock = lock
 
-    def _decided(self, collection: str, filter: Mapping[str, Any]) -> Mapping[str, Any]:
-        """``filter``, or where mongomock would misread it, the ``_id``s of what it matches in MongoDB's sense.
+    def _stored_matches(self, collection: str, filter: Mapping[str, Any]) -> list[Document]:
+        """The stored documents matching ``filter`` (not copies: read them only). Called under the lock."""
+        validate_filter(filter)  # a malformed filter fails even on an empty collection
+        with translate_errors(self.uri):
+            stored = mongomock_compat.stored_documents(self._coll(collection))
+        with regex_budget():  # one regex time allowance for the whole scan, as on file://
+            return [d for d in stored if matches(d, filter)]
 
-        Called under the lock, so the ids stay the matches for the operation that uses them.
+    def _matching(self, collection: str, filter: Mapping[str, Any]) -> list[Document]:
+        """Copies of the documents matching ``filter`` in MongoDB's sense, in insertion order. Called
+        under the lock, so they stay the matches for the write that follows.
+
+        The stored documents are matched in place (their naive datetimes are UTC to tensorhub.query,
+        as to MongoDB); only the matches are copied, with timezone-aware datetimes as a client with
+        ``tz_aware=True`` returns them.
         """
-        if not _mongomock_misreads(filter):
-            return filter
-        with regex_budget():
-            ids = [d["_id"] for d in super().find(collection, {}) if matches(d, filter)]
-        return {"_id": {"$in": ids}}
+        return [_aware_copy(d) for d in self._stored_matches(collection, filter)]
+
+    def _write_back(self, collection: str, documents: Sequence[Document]) -> None:
+        with translate_errors(self.uri):
+            for document in documents:  # by _id, which an update cannot change (tensorhub.query refuses it)
+                self._coll(collection).replace_one({"_id": document["_id"]}, document)
 
     def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
         with self._lock:
@@ -106,26 +123,42 @@ class MongomockIndexStore(MongoIndexStore):
 
     def find(self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None,
              limit: int | None = None) -> list[Document]:
+        normalize_sort(sort)  # a malformed sort fails before anything is read
         with self._lock:
-            return super().find(collection, self._decided(collection, filter), sort, limit)
+            found = sort_documents(self._matching(collection, filter), sort)
+        return found[:limit] if limit else found
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
+        change = _normalize_update(update)
         with self._lock:
-            return super().update_many(collection, self._decided(collection, filter), _normalize_update(update))
+            # every document is updated before any is written: one refused update changes nothing, as on file://
+            updated = [apply_update(d, change) for d in self._matching(collection, filter)]
+            self._write_back(collection, updated)
+        return len(updated)
 
     def find_one_and_update(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any],
                             sort: SortSpec | None = None) -> Document | None:
+        change = _normalize_update(update)
+        normalize_sort(sort)
         with self._lock:
-            return super().find_one_and_update(collection, self._decided(collection, filter),
-                                               _normalize_update(update), sort)
+            found = sort_documents(self._matching(collection, filter), sort)
+            if not found:
+                return None
+            document = apply_update(found[0], change)
+            self._write_back(collection, [document])
+        return document
 
     def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
         with self._lock:
-            return super().delete_many(collection, self._decided(collection, filter))
+            ids = [d["_id"] for d in self._stored_matches(collection, filter)]
+            with translate_errors(self.uri):
+                for document_id in ids:
+                    self._coll(collection).delete_one({"_id": document_id})
+        return len(ids)
 
     def count(self, collection: str, filter: Mapping[str, Any]) -> int:
         with self._lock:
-            return super().count(collection, self._decided(collection, filter))
+            return len(self._stored_matches(collection, filter))
 
     def count_by(self, collection: str, fields: Sequence[str],
                  filter: Mapping[str, Any] | None = None) -> dict[tuple[Any, ...], int]:

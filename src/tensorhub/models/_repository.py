@@ -25,7 +25,7 @@ LINEAGE = {"dataset": ("dataset_id", "datasets"), "task": ("task_id", "tasks")}
 MODEL_FIELDS = frozenset({"model_name", "adapter", "format", "arrays", "blob_sha256", "dataset_id", "task_id",
                           "attempt"})
 #: the indexes of this kind's collection (declared by the hub when it opens a store)
-INDEXES = {COLLECTION: [[("project_name", 1), ("model_name", 1), ("time", -1)]]}
+INDEXES = {COLLECTION: [[("project_name", 1), ("model_name", 1), ("time", -1), ("_id", -1)]]}
 
 
 def internal_fields() -> frozenset[str]:

@@ -18,6 +18,32 @@ from tensorhub.errors import (
 )
 
 
+#: malformed filters: each raises InvalidQueryError on every backend, from every method taking a filter
+MALFORMED_FILTERS = {
+    "unknown operator": {"i": {"$frobnicate": 1}},
+    "$where": {"$where": "this.i > 1"},
+    "$expr": {"$expr": {"$gt": ["$i", 1]}},
+    "bad $regex": {"tags": {"$regex": "(unclosed"}},
+    "operator at the top": {"$gt": 1},
+    "$in without a list": {"i": {"$in": 5}},
+}
+#: malformed updates: each raises InvalidQueryError on every backend, whatever the filter matches
+MALFORMED_UPDATES = {
+    "$set of a non-document": {"$set": 5},
+    "unknown update operator": {"$frobnicate": {"i": 1}},
+    "replacement document": {"i": 1},
+    "empty update": {},
+    "pipeline": [{"$set": {"i": 1}}],
+}
+#: malformed sorts: each raises InvalidQueryError from find and find_one_and_update
+MALFORMED_SORTS = {
+    "direction 2": [("i", 2)],
+    "direction 0": [("i", 0)],
+    "no direction": [("i",)],
+    "direction not a number": [("i", "up")],
+}
+
+
 def _docs(n: int) -> list[dict]:
     base = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
     return [{"_id": ObjectId(), "i": i, "even": i % 2 == 0, "tags": [f"t{i % 3}"],
@@ -114,6 +140,80 @@ class IndexStoreContract:
         with pytest.raises(DuplicateKeyError) as caught:
             index_store.insert_many("c", [doc, dict(doc, i=2)])
         assert isinstance(caught.value, ConflictError)
+        assert index_store.find("c", {}) == []  # all or none: not even the first copy
+
+    # ------------------------------------------------------------------ one error type per fault
+    @pytest.mark.parametrize("name", sorted(MALFORMED_FILTERS))
+    @pytest.mark.parametrize("stored", [0, 3], ids=["empty", "full"])
+    def test_malformed_filter_is_an_invalid_query_error(self, index_store: IndexStore, name: str, stored: int) -> None:
+        bad = MALFORMED_FILTERS[name]
+        if stored:
+            index_store.insert_many("c", _docs(stored))
+        calls = {
+            "find": lambda: index_store.find("c", bad),
+            "count": lambda: index_store.count("c", bad),
+            "update_many": lambda: index_store.update_many("c", bad, {"$set": {"x": 1}}),
+            "find_one_and_update": lambda: index_store.find_one_and_update("c", bad, {"$set": {"x": 1}}),
+            "delete_many": lambda: index_store.delete_many("c", bad),
+        }
+        for method, call in calls.items():
+            with pytest.raises(InvalidQueryError):
+                call()
+                pytest.fail(f"{method} accepted the filter {bad!r} ({name})")
+        assert index_store.count("c", {}) == stored and index_store.count("c", {"x": 1}) == 0  # nothing changed
+
+    @pytest.mark.parametrize("name", sorted(MALFORMED_UPDATES))
+    @pytest.mark.parametrize("stored", [0, 3], ids=["empty", "full"])
+    def test_malformed_update_is_an_invalid_query_error(self, index_store: IndexStore, name: str, stored: int) -> None:
+        bad = MALFORMED_UPDATES[name]
+        docs = _docs(stored)
+        if stored:
+            index_store.insert_many("c", docs)
+        with pytest.raises(InvalidQueryError):
+            index_store.update_many("c", {}, bad)  # a pipeline (a list) is refused too
+        with pytest.raises(InvalidQueryError):
+            index_store.find_one_and_update("c", {}, bad, sort=[("i", 1)])
+        assert [d["_id"] for d in index_store.find("c", {"i": {"$exists": True}}, sort=[("i", 1)])] == \
+            [d["_id"] for d in docs]  # nothing changed
+
+    @pytest.mark.parametrize("name", sorted(MALFORMED_SORTS))
+    def test_malformed_sort_is_an_invalid_query_error(self, index_store: IndexStore, name: str) -> None:
+        index_store.insert_many("c", _docs(2))
+        bad = MALFORMED_SORTS[name]
+        with pytest.raises(InvalidQueryError):
+            index_store.find("c", {}, sort=bad)
+        with pytest.raises(InvalidQueryError):
+            index_store.find_one_and_update("c", {}, {"$set": {"x": 1}}, sort=bad)
+        assert index_store.count("c", {"x": 1}) == 0
+
+    def test_update_the_stored_value_refuses_is_an_invalid_query_error(self, index_store: IndexStore) -> None:
+        doc = dict(_docs(1)[0], s="text")
+        index_store.insert_many("c", [doc])
+        # refused by what the document holds (so a store with nothing to update accepts them, as MongoDB does)
+        for update in ({"$inc": {"s": 1}}, {"$push": {"s": 1}}, {"$set": {"s.inner": 1}}, {"$set": {"_id": 1}}):
+            with pytest.raises(InvalidQueryError):
+                index_store.update_many("c", {}, update)
+            with pytest.raises(InvalidQueryError):
+                index_store.find_one_and_update("c", {}, update)
+        assert index_store.find("c", {}) == [doc]
+
+    def test_inserting_an_existing_id_is_a_duplicate_key_error(self, index_store: IndexStore) -> None:
+        docs = _docs(3)
+        index_store.insert_many("c", docs[:1])
+        with pytest.raises(DuplicateKeyError) as caught:
+            index_store.insert_one("c", dict(docs[0], i=99))
+        assert isinstance(caught.value, ConflictError)
+        assert index_store.find_one("c", {"_id": docs[0]["_id"]})["i"] == 0  # the stored record is kept
+
+    def test_insert_many_meeting_an_existing_id_inserts_none(self, index_store: IndexStore) -> None:
+        """``insert_many`` is all or none: a batch holding one existing ``_id`` (not first) inserts nothing."""
+        docs = _docs(4)
+        index_store.insert_many("c", docs[:1])
+        with pytest.raises(DuplicateKeyError):
+            index_store.insert_many("c", [docs[1], dict(docs[0], i=99), docs[2]])
+        assert [d["_id"] for d in index_store.find("c", {})] == [docs[0]["_id"]]
+        index_store.insert_many("c", docs[1:])  # nothing of the refused batch is left in the way
+        assert index_store.count("c", {}) == 4
 
     # ------------------------------------------------------------------ declared capabilities
     def test_capabilities_are_declared_flags(self, index_store: IndexStore) -> None:
