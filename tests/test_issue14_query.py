@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from tensorhub import TensorHub
 from tensorhub.errors import InvalidQueryError
 from tensorhub.query import apply_update, compare_values, matches, sort_documents, validate_filter, validate_update
-from tensorhub.query.sort import _pattern_compare, sort_key
 from tensorhub.registry import open_stores
 
 from conftest import fresh_uri
@@ -302,6 +301,8 @@ def test_property_nor_is_the_negation_of_a_valid_filter(documents: list[dict[str
 def test_property_sorted_order_follows_the_documents_sort_keys(
     documents: list[dict[str, Any]], sort: list[tuple[str, int]]
 ) -> None:
+    from tensorhub.query.sort import _pattern_compare, sort_key
+
     fields = [(name, name.split(".")) for name, _ in sort]
     directions = [d for _, d in sort]
     try:

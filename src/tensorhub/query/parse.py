@@ -216,13 +216,13 @@ def _in_pred(op: str, arg: Any, path: str) -> Pred:
     for target in arg:
         if not isinstance(target, REGEX_TYPES):
             check_value(target, f"{path} ({op})")
-        pred = equality_pred(target)
-        every.append(pred)
+        term = equality_pred(target)
+        every.append(term)
         kind = type(target)
         if kind is str or ((kind is int or kind is float) and target == target):
             fast.add(target)
         else:
-            others.append(pred)
+            others.append(term)
 
     def pred(c: Any) -> bool:
         kind = type(c)

@@ -176,6 +176,12 @@ def _sort_top_level(documents: list[dict], pairs: list[tuple[str, int]]) -> list
     return documents
 
 
+def _column_key(keyed: tuple[tuple[Any, ...], dict], i: int, plain: bool) -> Any:
+    """Field ``i`` of a document's compound key, as Python sorts it."""
+    value = keyed[0][i]
+    return value if plain else _SORT_KEY(value)
+
+
 def sort_documents(documents: list[dict], sort: Any) -> list[dict]:
     """Sort documents in place by a PyMongo sort spec (stable, MongoDB's type order and array keys)."""
     pairs = normalize_sort(sort)
@@ -188,9 +194,7 @@ def sort_documents(documents: list[dict], sort: Any) -> list[dict]:
     decorated = [(sort_key(d, fields, directions), d) for d in documents]
     for i in reversed(range(len(pairs))):  # stable passes, last field first: lexicographic order
         column = [key[i] for key, _ in decorated]
-        if _plain(column):
-            decorated.sort(key=lambda kd, i=i: kd[0][i], reverse=directions[i] < 0)
-        else:
-            decorated.sort(key=lambda kd, i=i: _SORT_KEY(kd[0][i]), reverse=directions[i] < 0)
+        plain = _plain(column)
+        decorated.sort(key=functools.partial(_column_key, i=i, plain=plain), reverse=directions[i] < 0)
     documents[:] = [d for _, d in decorated]
     return documents
