@@ -157,8 +157,10 @@ def _single_key(document: Mapping[str, Any], name: str, direction: int) -> Any:
     value = document.get(name)
     if not isinstance(value, ARRAY_TYPES):
         return value
-    keys = [key for key, in compound_keys(document, [(name,)])]
-    return min(keys, key=_SORT_KEY) if direction > 0 else max(keys, key=_SORT_KEY)
+    if not value:
+        return UNDEFINED
+    # a top-level array's keys are its elements (an element that is an array, whole)
+    return min(value, key=_SORT_KEY) if direction > 0 else max(value, key=_SORT_KEY)
 
 
 def _sort_top_level(documents: list[dict], pairs: list[tuple[str, int]]) -> list[dict]:
