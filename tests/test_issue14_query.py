@@ -139,9 +139,8 @@ def test_item04_type_long_and_int_are_two_types(index_store: Any) -> None:
     assert evaluated(NUMBER_DOCS, {"n": {"$type": 18}}) == [30, 32]
     assert evaluated(NUMBER_DOCS, {"n": {"$type": "number"}}) == [30, 31, 32, 33]
     index_store.insert_many("c", [dict(d) for d in NUMBER_DOCS])
-    mongomock = {"mongomock": "mongomock filters $type itself and reads a stored Int64 as an int"}
-    check(index_store, found(index_store, {"n": {"$type": "long"}}), [30, 32], mongomock)
-    check(index_store, found(index_store, {"n": {"$type": "int"}}), [31], mongomock)
+    assert found(index_store, {"n": {"$type": "long"}}) == [30, 32]
+    assert found(index_store, {"n": {"$type": "int"}}) == [31]
     assert found(index_store, {"n": {"$type": ["number"]}}) == [30, 31, 32, 33]
 
 
@@ -186,8 +185,7 @@ def test_item06_unset_with_the_positional_operator_is_refused(index_store: Any) 
     assert index_store.find("c", {}) == [{"_id": 1, "a": [1, 2, 3]}]
     # naming the index works everywhere: the element becomes null, as MongoDB's $unset does
     index_store.update_many("c", {"a": 2}, {"$unset": {"a.1": 1}})
-    check(index_store, index_store.find("c", {}), [{"_id": 1, "a": [1, None, 3]}],
-          {"mongomock": "mongomock's $unset of an array index leaves the element"})
+    assert index_store.find("c", {}) == [{"_id": 1, "a": [1, None, 3]}]
 
 
 # --------------------------------------------------------------------------- item 7
