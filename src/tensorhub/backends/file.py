@@ -105,6 +105,8 @@ def _ids_in(query: Mapping[str, Any]) -> list[str] | None:
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: rows rewritten per transaction when a store of an older ``fields`` layout is opened
 _MIGRATE_BATCH = 2000
+#: SQLite's name of the (collection, id) primary key index: the lookup of records by ``_id``
+_PRIMARY_KEY = "sqlite_autoindex_documents_1"
 _INDEXED_BY = re.compile(r' INDEXED BY "[^"]*"')
 _DECODE_ERRORS = (bson.errors.BSONError, ValueError, TypeError, OverflowError, RecursionError)
 
@@ -151,8 +153,13 @@ def _choose_index(state: _State, query: Mapping[str, Any], sort: Sequence[tuple[
         ranged = int(eq < len(keys) and keys[eq][0] in bounded)
         rest = list(keys[eq:])
         wanted = [(k, d) for k, d in sort if k not in pinned]
-        ordered = int(bool(wanted) and not ranged and len(rest) >= len(wanted) and (
-            rest[:len(wanted)] == wanted or rest[:len(wanted)] == [(k, -d) for k, d in wanted]))
+        ordered = 0
+        if not ranged:  # how many sort keys the index gives in order (SQLite sorts the rest, a group at a time)
+            for flip in (1, -1):
+                n = 0
+                while n < min(len(rest), len(wanted)) and rest[n] == (wanted[n][0], wanted[n][1] * flip):
+                    n += 1
+                ordered = max(ordered, n)
         score = (eq, ranged, ordered)
         if score > best:
             best, chosen = score, name
@@ -313,24 +320,29 @@ class SQLiteIndexStore(IndexStore):
         if state.kinds is not None:
             plan.params["collection"] = collection
             where = f"collection = {literal(collection)} AND {plan.where}"
-            index = None if ids is not None else _choose_index(state, query, order)
+            index = _PRIMARY_KEY if ids is not None else _choose_index(state, query, order)
             source = f'documents INDEXED BY "{index}"' if index else "documents"
         else:
             plan.params["collection"] = collection
             where = f"collection = :collection AND {plan.where}"
-            source = "documents"
+            source = f'documents INDEXED BY "{_PRIMARY_KEY}"' if ids is not None else "documents"
         if ids is not None:  # look records up by primary key
             plan.params["ids"] = json.dumps(ids)
             where += " AND id IN (SELECT value FROM json_each(:ids))"
         return plan, f"FROM {source} WHERE {where}"
 
-    def _select(self, conn: sqlite3.Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
+    @staticmethod
+    def _execute(conn: sqlite3.Connection, sql: str, params: Mapping[str, Any]) -> sqlite3.Cursor:
+        """Run ``sql`` with the index it names, or without where SQLite cannot use that index."""
         try:
-            return conn.execute(sql, params).fetchall()
+            return conn.execute(sql, params)
         except sqlite3.OperationalError as exc:
             if "no query solution" not in str(exc):
                 raise
-            return conn.execute(_INDEXED_BY.sub("", sql), params).fetchall()
+            return conn.execute(_INDEXED_BY.sub("", sql), params)
+
+    def _select(self, conn: sqlite3.Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        return self._execute(conn, sql, params).fetchall()
 
     def _scan(self, conn: sqlite3.Connection, collection: str, query: Mapping[str, Any],
               sort: Sequence[tuple[str, int]] | None = None, limit: int | None = None) -> list[Document]:
@@ -505,10 +517,10 @@ class SQLiteIndexStore(IndexStore):
             if plan.empty:
                 return 0
             if plan.decided:
-                return int(conn.execute("DELETE " + _INDEXED_BY.sub("", source), plan.params).rowcount)
+                return int(self._execute(conn, "DELETE " + source, plan.params).rowcount)
             ids = [str(d["_id"]) for d in self._scan(conn, collection, filter)]
-            conn.execute("DELETE FROM documents WHERE collection = ? AND id IN (SELECT value FROM json_each(?))",
-                         (collection, json.dumps(ids)))
+            conn.execute(f'DELETE FROM documents INDEXED BY "{_PRIMARY_KEY}" WHERE collection = :c'
+                         " AND id IN (SELECT value FROM json_each(:ids))", {"c": collection, "ids": json.dumps(ids)})
         return len(ids)
 
     def create_index(self, collection: str, keys: SortSpec) -> None:

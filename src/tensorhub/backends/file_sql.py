@@ -494,7 +494,7 @@ class Compiler:
             if bracket == NUMBER:
                 terms += [self.equals(key, t) for t in values] if len(values) <= 8 else [self.many_numbers(key, values)]
                 continue
-            values = sorted({x for x in values if x is not None}, key=repr)
+            values = list(dict.fromkeys(x for x in values if x is not None))
             if not values:
                 continue
             p = self.param(json.dumps(values, ensure_ascii=False))
