@@ -356,7 +356,7 @@ class SQLiteIndexStore(IndexStore):
             return []
         verdict = plan.verdict
         where = source if plan.decided else f"{source} AND {verdict}"
-        order = f" ORDER BY {plan.order}" if plan.order else ""
+        order = f" ORDER BY {plan.order or 'rowid'}"  # Python's sort is stable: ties stay in insertion order
         if plan.order is None or not limit:
             rows = self._select(conn, f"SELECT doc, id, {verdict} {where}{order}", plan.params)
             found = self._confirm(collection, query, rows)
@@ -372,6 +372,27 @@ class SQLiteIndexStore(IndexStore):
                 return found[:limit]
             offset += page
             page = min(page * 2, 10_000)
+
+    def explain(self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None,
+                limit: int | None = None) -> list[str]:
+        """SQLite's ``EXPLAIN QUERY PLAN`` of the first statement :meth:`find` runs for this query
+        (e.g. ``SEARCH documents USING INDEX thidx_...``): to check that a declared index serves it."""
+        order = normalize_sort(sort)
+        if self._conn is None and not self._ready(create=False):
+            return []
+        with self._transaction() as conn:
+            plan, source = self._plan(conn, collection, filter, order)
+            if plan.empty:
+                return ["nothing can match: no SQL runs"]
+            where = source if plan.decided else f"{source} AND {plan.verdict}"
+            sql = f"SELECT doc, id, {plan.verdict} {where}" + (f" ORDER BY {plan.order}" if plan.order else "")
+            if plan.order is not None and limit:
+                sql += f" LIMIT {int(limit)}"
+            try:
+                rows = conn.execute("EXPLAIN QUERY PLAN " + sql, plan.params).fetchall()
+            except sqlite3.OperationalError:
+                rows = conn.execute("EXPLAIN QUERY PLAN " + _INDEXED_BY.sub("", sql), plan.params).fetchall()
+        return [str(row[-1]) for row in rows] + ([] if plan.decided else ["the matcher decides some rows"])
 
     def _confirm(self, collection: str, query: Mapping[str, Any], rows: list[Any]) -> list[Document]:
         """Decode ``(doc, id, verdict)`` rows; keep those SQL decided (2) or the matcher accepts."""
