@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 import shutil
@@ -74,6 +75,8 @@ from tensorhub.query import (
     validate_update,
 )
 from tensorhub.redaction import redact_uri
+
+log = logging.getLogger(__name__)
 
 
 def path_from_uri(uri: str) -> Path:
@@ -258,6 +261,8 @@ class SQLiteIndexStore(IndexStore):
                     updates.append((fields, rowid))
                     for key, kind in doc_kinds.items():
                         kinds[(collection, key)] = kinds.get((collection, key), 0) | kind
+                if updates and not last:
+                    log.info("rewriting the query fields of rows an older tensorhub wrote (once, %d rows a batch)", _MIGRATE_BATCH)
                 conn.executemany("UPDATE documents SET fields = ? WHERE rowid = ?", updates)
                 SQLiteIndexStore._add_kinds(conn, kinds)
             except BaseException:
@@ -320,7 +325,7 @@ class SQLiteIndexStore(IndexStore):
         if state.kinds is not None:
             plan.params["collection"] = collection
             where = f"collection = {literal(collection)} AND {plan.where}"
-            index = _PRIMARY_KEY if ids is not None else _choose_index(state, query, order)
+            index = _PRIMARY_KEY if ids is not None else _choose_index(state, query, order if plan.order else [])
             source = f'documents INDEXED BY "{index}"' if index else "documents"
         else:
             plan.params["collection"] = collection
