@@ -274,11 +274,12 @@ class SQLiteIndexStore(IndexStore):
             last = rows[-1][0]
 
     @staticmethod
-    def _add_kinds(conn: sqlite3.Connection, kinds: Mapping[tuple[str, str], int]) -> None:
-        conn.executemany("INSERT INTO field_kinds (collection, key, kinds) VALUES (?, ?, ?) ON CONFLICT"
+    def _add_kinds(conn: sqlite3.Connection, kinds: Mapping[tuple[str, str], int]) -> int:
+        """Record what rows now hold per key; how many keys gained a kind (0: plans stay as they were)."""
+        return conn.executemany("INSERT INTO field_kinds (collection, key, kinds) VALUES (?, ?, ?) ON CONFLICT"
                          " (collection, key) DO UPDATE SET kinds = kinds | excluded.kinds"
                          " WHERE kinds | excluded.kinds != kinds",
-                         [(c, k, v) for (c, k), v in kinds.items()])
+                         [(c, k, v) for (c, k), v in kinds.items()]).rowcount
 
     @contextmanager
     def _transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
@@ -295,7 +296,8 @@ class SQLiteIndexStore(IndexStore):
                 self._conn.execute("COMMIT")
 
     def _state(self, conn: sqlite3.Connection, collection: str) -> _State:
-        """The collection's kinds and indexes, read again only after a write (ours or another process's)."""
+        """The collection's kinds and indexes, read again after another connection's commit or a change
+        through this one that :meth:`_own_write` did not vouch for."""
         version = (conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
         cached = self._states.get(collection)
         if cached is not None and cached[0] == version:
@@ -309,6 +311,15 @@ class SQLiteIndexStore(IndexStore):
         state = _State(kinds, indexes)
         self._states[collection] = (version, state)
         return state
+
+    def _own_write(self, conn: sqlite3.Connection, collection: str, changed: int = 0) -> None:
+        """After a write of ours: the collection's cached state still holds unless it ``changed`` its kinds
+        (our rows are never stale), so the next query need not read it again."""
+        cached = self._states.get(collection)
+        if changed:
+            self._states.pop(collection, None)
+        elif cached is not None:
+            self._states[collection] = ((cached[0][0], conn.total_changes), cached[1])
 
     def _plan(self, conn: sqlite3.Connection, collection: str, query: Mapping[str, Any],
               sort: Sequence[tuple[str, int]] | None) -> tuple[Plan, str]:
@@ -446,7 +457,7 @@ class SQLiteIndexStore(IndexStore):
                 conn.executemany("INSERT INTO documents (doc, fields, collection, id) VALUES (?, ?, ?, ?)", rows)
             except sqlite3.IntegrityError as exc:
                 raise DuplicateKeyError(f"a record with this _id already exists in {collection}: {exc}") from exc
-            self._add_kinds(conn, kinds)
+            self._own_write(conn, collection, self._add_kinds(conn, kinds))
 
     def find(
         self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None, limit: int | None = None
@@ -476,7 +487,7 @@ class SQLiteIndexStore(IndexStore):
     def _write_back(self, conn: sqlite3.Connection, collection: str, documents: list[Document]) -> None:
         rows, kinds = self._rows(collection, documents)
         conn.executemany("UPDATE documents SET doc = ?, fields = ? WHERE collection = ? AND id = ?", rows)
-        self._add_kinds(conn, kinds)
+        self._own_write(conn, collection, self._add_kinds(conn, kinds))
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
         validate_update(update)  # fails the same when nothing matches
@@ -543,10 +554,13 @@ class SQLiteIndexStore(IndexStore):
             if plan.empty:
                 return 0
             if plan.decided:
-                return int(self._execute(conn, "DELETE " + source, plan.params).rowcount)
+                deleted = int(self._execute(conn, "DELETE " + source, plan.params).rowcount)
+                self._own_write(conn, collection)
+                return deleted
             ids = [str(d["_id"]) for d in self._scan(conn, collection, filter)]
             conn.execute(f'DELETE FROM documents INDEXED BY "{_PRIMARY_KEY}" WHERE collection = :c'
                          " AND id IN (SELECT value FROM json_each(:ids))", {"c": collection, "ids": json.dumps(ids)})
+            self._own_write(conn, collection)
         return len(ids)
 
     def create_index(self, collection: str, keys: SortSpec) -> None:
@@ -566,6 +580,7 @@ class SQLiteIndexStore(IndexStore):
             conn.execute(index_sql(collection, usable, name))
             conn.execute("INSERT OR IGNORE INTO declared_indexes (collection, name, keys) VALUES (?, ?, ?)",
                          (collection, name, json.dumps(usable)))
+            self._states.pop(collection, None)
 
     def close(self) -> None:
         with self._lock:
