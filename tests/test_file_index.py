@@ -174,9 +174,10 @@ def test_fields_of_the_current_layout() -> None:
                 "nan": NAN, "inf": float("inf"), "long": "x" * 201, "nul": "a\x00", "dot.ted": 1, "$d": 1, 'k"': 1,
                 "é": 2}
     fields = scalar_fields(document)
-    assert fields.startswith('{"\\u0000":2,')
-    assert json.loads(fields) == {"\x00": 2, "_id": {}, "s": 'q"\n\x01é', "i": 7, "f": 0.5, "b": True, "none": None,
-                                  "list": {}, "nan": {}, "inf": {}, "long": {}, "nul": {}, "é": 2}
+    assert fields.startswith('{"\\u0000":3,')  # layout 3: [type bracket, value], [-1] for "present, not told"
+    assert json.loads(fields) == {"\x00": 3, "_id": [8, str(document["_id"])], "s": [4, 'q"\n\x01é'], "i": [3, 7],
+                                  "f": [3, 0.5], "b": [9, 1], "none": [2, None], "list": [-1], "nan": [-1],
+                                  "inf": [-1], "long": [-1], "nul": [-1], "é": [3, 2]}
 
 
 def test_a_store_written_before_the_layout_is_answered_and_rewritten_on_update(tmp_path: Path) -> None:
@@ -188,7 +189,7 @@ def test_a_store_written_before_the_layout_is_answered_and_rewritten_on_update(t
     assert [d["_id"] for d in store.find(COLLECTION, {"flag": {"$exists": False}, "step": {"$lt": 2}})] == [0, 1]
     assert store.update_many(COLLECTION, {"step": {"$lt": 3}}, {"$set": {"flag": True}}) == 3
     fields = [f for (f,) in store._conn.execute("SELECT fields FROM documents ORDER BY rowid")]
-    assert all(f.startswith('{"\\u0000":2,') for f in fields[:3]) and not any(f.startswith('{"\\u') for f in fields[3:])
+    assert all(f.startswith('{"\\u0000":3,') for f in fields[:3]) and not any(f.startswith('{"\\u') for f in fields[3:])
     assert [d["_id"] for d in store.find(COLLECTION, {"flag": {"$ne": True}})] == list(range(3, 10))
     store.close()
 

@@ -9,16 +9,17 @@ Several processes on one machine share a store safely: SQLite serialises writers
 :meth:`SQLiteIndexStore.find_one_and_update` runs inside ``BEGIN IMMEDIATE`` so two
 processes can never claim the same task. With ``synchronous=NORMAL`` in WAL mode a
 committed write survives a crash of the writing process (not a power cut). Beside each
-BSON document a row keeps its top-level scalars as JSON (``fields``); a filter becomes an SQL
-expression over them that rules rows out, or in where the answer is certain, and
-:mod:`tensorhub.query` decides the rest and sorts.
+BSON document a row keeps its top-level scalars as JSON (``fields``, layout in
+:mod:`tensorhub.backends.file_sql`); declared indexes are SQLite expression indexes over them, a
+filter, a sort and a limit become SQL that rules rows out, or in where the answer is certain, and
+:mod:`tensorhub.query` decides the rest (and sorts what SQL cannot order exactly).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import math
+import json
+import logging
 import os
 import re
 import shutil
@@ -27,7 +28,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from json.encoder import encode_basestring
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -37,6 +38,24 @@ from bson import ObjectId
 from bson.regex import Regex
 
 from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec, Stores
+from tensorhub.backends.file_sql import (
+    K_UNTOLD,
+    NULL,
+    STALE,
+    STRING,
+    Plan,
+    bracket_sql,
+    compile_query,
+    encode_fields,
+    index_name,
+    index_sql,
+    indexable_keys,
+    literal,
+    literal_ok,
+    pushdown,
+    scalar_fields,
+    value_sql,
+)
 from tensorhub.documents import CODEC_OPTIONS, encode_document
 from tensorhub.errors import (
     BackendUnavailableError,
@@ -46,8 +65,18 @@ from tensorhub.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from tensorhub.query import apply_update, matches, regex_budget, sort_documents, validate_filter, validate_update
+from tensorhub.query import (
+    apply_update,
+    matches,
+    normalize_sort,
+    regex_budget,
+    sort_documents,
+    validate_filter,
+    validate_update,
+)
 from tensorhub.redaction import redact_uri
+
+log = logging.getLogger(__name__)
 
 
 def path_from_uri(uri: str) -> Path:
@@ -62,293 +91,95 @@ def path_from_uri(uri: str) -> Path:
 
 
 def _ids_in(query: Mapping[str, Any]) -> list[str] | None:
-    """The ``_id`` values a filter is restricted to at its top level (equality or ``$in``), if any."""
+    """The ``_id`` values a filter is restricted to at its top level (equality or ``$in`` of
+    ObjectIds), as the ``id`` column spells them; None when it names no such set."""
     if "_id" not in query:
         return None
     condition = query["_id"]
     if isinstance(condition, ObjectId):
         return [str(condition)]
-    if isinstance(condition, Mapping) and set(condition) == {"$in"} and isinstance(condition["$in"], list) \
-            and all(isinstance(v, ObjectId) for v in condition["$in"]) and len(condition["$in"]) <= 500:
+    if isinstance(condition, Mapping) and set(condition) == {"$in"} and isinstance(condition["$in"], (list, tuple)) \
+            and all(isinstance(v, ObjectId) for v in condition["$in"]):
         return [str(v) for v in condition["$in"]]
     return None
 
 
-# ------------------------------------------------------------------ the ``fields`` column
-#
-# Each row keeps, beside the BSON document, a JSON object of its top-level scalars that SQL
-# filters on (``pushdown``). Rows written in the current layout (2) start with the key "\u0000"
-# (no document key can hold a NUL) and list EVERY top-level key `_pushable_key` accepts: a str
-# (up to 200 characters, without NUL: SQLite's JSON functions cut text at a NUL), int, finite
-# float, bool or None as itself, any other value as ``{}`` ("present, not told"). So in a
-# layout-2 row a pushable key that is absent is a missing field. Rows written before (no
-# marker) hold only str and int values, an absent key tells nothing, and their text may be
-# cut at a NUL. A later layout must keep "a JSON scalar is the field's value" or drop the
-# marker, since readers of layout 2 rely on it for any row that starts with it.
-
-_MAX_TEXT = 200
-#: 1 for a row written in the current layout, else 0 (never NULL, even when ``fields`` is NULL)
-_CURRENT = "(substr(fields, 1, 11) IS '{\"\\u0000\":2')"
-_UNSAFE_KEY = re.compile(r'[."\\\x00-\x1f]')
-
-
-def _pushable_key(key: Any) -> bool:
-    """Whether a top-level key goes into ``fields``: one a ``$."key"`` JSON path names exactly.
-
-    Python's JSON encoder (``ensure_ascii=False``) escapes only ``"``, ``\\`` and control
-    characters, and SQLite matches path labels against the raw JSON text, so keys with those
-    are left out; so are dotted keys, which a filter never names (``"a.b"`` is a path).
-    """
-    return type(key) is str and not key.startswith("$") and _UNSAFE_KEY.search(key) is None
-
-
-@functools.lru_cache(maxsize=4096)
-def _key_json(key: str) -> str:
-    """``,"key":`` for a pushable key, else the empty string (cached: records repeat their keys)."""
-    return f",{encode_basestring(key)}:" if _pushable_key(key) else ""
-
-
-def scalar_fields(document: Mapping[str, Any]) -> str:
-    """The ``fields`` JSON of a document (layout 2, see above): what :func:`pushdown` filters on in SQL.
-
-    Written by hand as :class:`json.JSONEncoder` would (``ensure_ascii=False``, no spaces),
-    at half its cost: the encoder is rebuilt on every call.
-    """
-    parts = ['{"\\u0000":2']
-    for key, value in document.items():
-        name = _key_json(key)
-        if not name:
-            continue
-        kind = type(value)
-        if kind is int:
-            parts.append(name + int.__repr__(value))
-        elif kind is str:
-            parts.append(name + (encode_basestring(value) if len(value) <= _MAX_TEXT and "\x00" not in value else "{}"))
-        elif kind is float:
-            parts.append(name + (float.__repr__(value) if math.isfinite(value) else "{}"))
-        elif kind is bool:
-            parts.append(name + ("true" if value else "false"))
-        elif value is None:
-            parts.append(name + "null")
-        else:
-            parts.append(name + "{}")
-    parts.append("}")
-    return "".join(parts)
-
-
-# ------------------------------------------------------------------ filters as SQL
-#
-# A filter becomes one SQL expression per row with three values: 0 (the row cannot match),
-# 2 (it matches: the fields the filter reads are scalars ``fields`` states exactly) and 1 (it
-# may: the Python matcher decides). Conditions combine in Kleene's three-valued logic: AND
-# is min, OR is max, NOT is 2 - x. Every condition SQL cannot judge is 1, so the rows SQL
-# keeps are always a superset of the matches, and a 2 is given only where MongoDB's answer
-# for that scalar (or missing field) is certain: floats compare only as a filter (SQLite
-# may parse their text a unit in the last place away), as does text in rows of the old layout.
-
-NO, MAYBE, YES = "0", "1", "2"
-_JSON_TYPES = ("integer", "real", "text", "true", "false", "null", "object", "array")
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_RANGES = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
-_MAX_IN = 500
-#: SQLite's default limit on a statement's parameters before 3.32; a filter needing more is not pushed down
-_MAX_PARAMS = 999
-
-
-def _and(parts: list[str]) -> str:
-    parts = [p for p in parts if p != YES]
-    if NO in parts:
-        return NO
-    if not parts:
-        return YES
-    return parts[0] if len(parts) == 1 else f"min({', '.join(parts)})"
-
-
-def _or(parts: list[str]) -> str:
-    parts = [p for p in parts if p != NO]
-    if YES in parts:
-        return YES
-    if not parts:
-        return NO
-    return parts[0] if len(parts) == 1 else f"max({', '.join(parts)})"
-
-
-def _not(part: str) -> str:
-    return {NO: YES, YES: NO, MAYBE: MAYBE}.get(part) or f"(2 - {part})"
-
-
-def _missing(matches: bool) -> str:
-    """The value for a field absent from ``fields``: missing (current layout) or untold (old rows)."""
-    return f"(1 + {_CURRENT})" if matches else f"(1 - {_CURRENT})"
-
-
-def _is_number(value: Any) -> bool:
-    return (type(value) is int and _INT64_MIN <= value <= _INT64_MAX) or (type(value) is float and math.isfinite(value))
-
-
-def _text_ok(value: Any) -> bool:
-    return type(value) is str and "\x00" not in value
-
-
-def _margin(bound: float) -> float:
-    """How far SQLite's reading of a float's text could at most be from it, many times over."""
-    return abs(bound) * 2.0**-40 + 2.0**-1000
-
-
-def _is_operator_doc(value: Any) -> bool:  # as tensorhub.query reads a condition
-    return isinstance(value, Mapping) and bool(value) and all(str(k).startswith("$") for k in value)
-
-
-class _Pushdown:
-    """Builds the three-valued SQL of one filter; ``params`` are its named parameters."""
-
-    def __init__(self) -> None:
-        self.params: dict[str, Any] = {}
-
-    def param(self, value: Any) -> str:
-        name = f"p{len(self.params)}"
-        self.params[name] = value
-        return ":" + name
-
-    def query(self, query: Mapping[str, Any]) -> str:
-        parts = []
-        for key, condition in query.items():
-            if key in ("$and", "$or", "$nor"):
-                if not (isinstance(condition, (list, tuple)) and condition
-                        and all(isinstance(q, Mapping) for q in condition)):
-                    parts.append(MAYBE)  # malformed: the matcher raises
-                    continue
-                subs = [self.query(q) for q in condition]
-                parts.append(_and(subs) if key == "$and" else _or(subs) if key == "$or" else _not(_or(subs)))
-            elif key == "$comment":
-                continue
-            elif isinstance(key, str) and _pushable_key(key):
-                parts.append(self.field(key, condition))
-            else:
-                parts.append(MAYBE)
-        return _and(parts)
-
-    def field(self, key: str, condition: Any) -> str:
-        if not _is_operator_doc(condition):
-            return self.equals(key, condition)
-        return _and([self.operator(key, op, arg) for op, arg in condition.items()])
-
-    def operator(self, key: str, op: str, arg: Any) -> str:
-        if op == "$eq":
-            return self.equals(key, arg)
-        if op == "$ne":
-            return _not(self.equals(key, arg)) if not isinstance(arg, (re.Pattern, Regex)) else MAYBE
-        if op in _RANGES:
-            return self.compare(key, op, arg)
-        if op in ("$in", "$nin") and isinstance(arg, (list, tuple)):
-            hit = self.one_of(key, arg)
-            return hit if op == "$in" else _not(hit)
-        if op == "$exists" and (type(arg) in (bool, int) or arg is None):
-            present = YES if arg else NO
-            return self.case(key, {t: present for t in _JSON_TYPES}, _missing(not arg))
-        if op == "$not" and _is_operator_doc(arg):
-            return _not(self.field(key, arg))
-        return MAYBE
-
-    def case(self, key: str, outcome: dict[str, str], missing: str) -> str:
-        """``outcome`` by the JSON type of the key's entry in ``fields`` (default 0; ``object``, a
-        value not told, 1); ``missing`` when the key is absent. ``$V`` in an outcome is the entry."""
-        outcome = {"object": MAYBE, "array": MAYBE, **outcome}
-        path = self.param(f'$."{key}"')
-        whens = " ".join(f"WHEN '{t}' THEN {outcome.get(t, NO)}" for t in _JSON_TYPES)
-        return f"CASE json_type(fields, {path}) {whens} ELSE {missing} END".replace("$V", f"json_extract(fields, {path})")
-
-    def integer(self, op: str, bound: int) -> str:
-        """An integer entry compared with an integer ``bound``, exactly."""
-        if bound < _INT64_MIN:
-            return YES if op in (">", ">=") else NO
-        if bound > _INT64_MAX:
-            return YES if op in ("<", "<=") else NO
-        return f"2 * ($V {op} {self.param(bound)})"
-
-    def real_between(self, low: float, high: float) -> str:
-        """A float entry in ``[low, high]`` widened by far more than a parse can be off: a filter only."""
-        return f"($V BETWEEN {self.param(low - _margin(low))} AND {self.param(high + _margin(high))})"
-
-    def equals(self, key: str, target: Any) -> str:
-        """``{key: target}``: equality, or for None a null or missing field."""
-        if target is None:
-            return self.case(key, {"null": YES}, _missing(True))
-        if type(target) is bool:
-            return self.case(key, {"true" if target else "false": YES}, _missing(False))
-        if _text_ok(target):
-            return self.case(key, {"text": f"(CASE WHEN $V = {self.param(target)} THEN 1 + {_CURRENT} ELSE 0 END)"},
-                             _missing(False))
-        if _is_number(target):
-            integral = type(target) is int or target.is_integer()
-            return self.case(key, {"integer": self.integer("=", int(target)) if integral else NO,
-                                   "real": self.real_between(float(target), float(target))}, _missing(False))
-        return MAYBE
-
-    def one_of(self, key: str, targets: list | tuple) -> str:
-        """``$in``: equal to one of ``targets`` (all of simple types, else MAYBE)."""
-        if not targets:
-            return NO
-        if len(targets) > _MAX_IN or not all(t is None or type(t) is bool or _text_ok(t) or _is_number(t)
-                                             for t in targets):
-            return MAYBE
-        numbers = [t for t in targets if _is_number(t)]
-        ints = sorted(i for i in {int(t) for t in numbers if type(t) is int or t.is_integer()}
-                      if _INT64_MIN <= i <= _INT64_MAX)
-        texts = sorted({t for t in targets if type(t) is str})
-        outcome = {
-            "integer": f"2 * ($V IN ({', '.join(self.param(i) for i in ints)}))" if ints else NO,
-            "real": MAYBE if numbers else NO,
-            "text": f"(CASE WHEN $V IN ({', '.join(self.param(t) for t in texts)}) THEN 1 + {_CURRENT} ELSE 0 END)"
-            if texts else NO,
-            "true": YES if any(t is True for t in targets) else NO,
-            "false": YES if any(t is False for t in targets) else NO,
-            "null": YES if any(t is None for t in targets) else NO,
-        }
-        return self.case(key, outcome, _missing(any(t is None for t in targets)))
-
-    def compare(self, key: str, op: str, target: Any) -> str:
-        """``$gt $gte $lt $lte``: only values of the target's type bracket compare."""
-        sql = _RANGES[op]
-        if target is None:  # $gte/$lte null match null and missing; $gt/$lt null match nothing
-            return self.case(key, {"null": YES}, _missing(True)) if "=" in sql else NO
-        if _is_number(target):
-            bound = (math.floor(target) if sql in (">", "<=") else math.ceil(target)) if type(target) is float else target
-            near = float(target)
-            return self.case(key, {"integer": self.integer(sql, bound),
-                                   "real": self.real_between(near, math.inf) if ">" in sql
-                                   else self.real_between(-math.inf, near)}, _missing(False))
-        if _text_ok(target):  # SQLite compares text by bytes: MongoDB's order of UTF-8 strings
-            return self.case(key, {"text": f"(CASE WHEN {_CURRENT} THEN 2 * ($V {sql} {self.param(target)}) ELSE 1 END)"},
-                             _missing(False))
-        return MAYBE
-
-
-def pushdown(query: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The three-valued SQL expression of a filter over a row's ``fields`` and its parameters.
-
-    0: the row cannot match; 2: it matches; 1: :func:`tensorhub.query.matches` must decide.
-    Rows SQL drops (0) never match, so results never change, only the work.
-    """
-    builder = _Pushdown()
-    return builder.query(query), builder.params
-
-
-#: field names count_by groups by in SQL (spelled into a JSON path as they are)
+#: field names count_by groups by in SQL
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: rows rewritten per transaction when a store of an older ``fields`` layout is opened
+_MIGRATE_BATCH = 2000
+#: SQLite's name of the (collection, id) primary key index: the lookup of records by ``_id``
+_PRIMARY_KEY = "sqlite_autoindex_documents_1"
+_INDEXED_BY = re.compile(r' INDEXED BY "[^"]*"')
+_DECODE_ERRORS = (bson.errors.BSONError, ValueError, TypeError, OverflowError, RecursionError)
+
+
+@dataclass(frozen=True)
+class _State:
+    """What query planning reads of a collection: its kinds (None while it holds stale rows) and
+    its declared indexes (name, indexable keys)."""
+
+    kinds: dict[str, int] | None
+    indexes: tuple[tuple[str, tuple[tuple[str, int], ...]], ...]
+
+
+def _top_level_conditions(query: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """The top-level keys a filter pins to values (equality, ``$in``) and those it bounds (ranges)."""
+    pinned, bounded = set(), set()
+    for key, condition in query.items():
+        if not isinstance(key, str) or key.startswith("$"):
+            continue
+        if not (isinstance(condition, Mapping) and condition and all(str(k).startswith("$") for k in condition)):
+            if not isinstance(condition, (Mapping, list, tuple, re.Pattern, Regex)):
+                pinned.add(key)
+            continue
+        if "$eq" in condition or "$in" in condition:
+            pinned.add(key)
+        elif any(op in condition for op in ("$gt", "$gte", "$lt", "$lte")):
+            bounded.add(key)
+    return pinned, bounded
+
+
+def _choose_index(state: _State, query: Mapping[str, Any], sort: Sequence[tuple[str, int]]) -> str | None:
+    """The declared index that serves a query best: most leading keys pinned, then one bounded,
+    then one that also gives the sort's order; None when none narrows anything (SQLite chooses)."""
+    kinds = state.kinds or {}
+    pinned, bounded = _top_level_conditions(query)
+    pinned = {k for k in pinned if not kinds.get(k, 0) & K_UNTOLD}
+    bounded = {k for k in bounded if not kinds.get(k, 0) & K_UNTOLD}
+    best: tuple[int, int, int] = (0, 0, 0)
+    chosen = None
+    for name, keys in state.indexes:
+        eq = 0
+        while eq < len(keys) and keys[eq][0] in pinned:
+            eq += 1
+        ranged = int(eq < len(keys) and keys[eq][0] in bounded)
+        rest = list(keys[eq:])
+        wanted = [(k, d) for k, d in sort if k not in pinned]
+        ordered = 0
+        if not ranged:  # how many sort keys the index gives in order (SQLite sorts the rest, a group at a time)
+            for flip in (1, -1):
+                n = 0
+                while n < min(len(rest), len(wanted)) and rest[n] == (wanted[n][0], wanted[n][1] * flip):
+                    n += 1
+                ordered = max(ordered, n)
+        score = (eq, ranged, ordered)
+        if score > best:
+            best, chosen = score, name
+    return chosen
 
 
 class SQLiteIndexStore(IndexStore):
-    """Documents in one SQLite table ``(collection, id, doc, fields)``.
+    """Documents in one SQLite table ``(collection, id, doc, fields)``, queried through SQL.
 
-    A query runs as SQL over ``fields`` first (:func:`pushdown`); :mod:`tensorhub.query`
-    decides the rows SQL could not, and sorts.
+    A query runs as SQL over ``fields`` first (:func:`~tensorhub.backends.file_sql.compile_query`):
+    declared indexes are SQLite expression indexes, filters on them, sorts and limits run in
+    SQL, and :mod:`tensorhub.query` decides only the rows SQL could not (arrays, documents,
+    floats near a bound, regexes...), and sorts only what SQL cannot order exactly.
     """
 
-    # an ``_id`` filter is a key lookup, anything else reads every row of the collection (no
-    # indexes: create_index is ignored), and count() is a find()
-    supports_cheap_count = False
-    supports_server_side_indexes = False
+    supports_cheap_count = True  # count(*) in SQL; documents are decoded only where the matcher must look
+    supports_server_side_indexes = True
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -356,6 +187,7 @@ class SQLiteIndexStore(IndexStore):
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None  # opened when the file exists or a write creates it
         self._closed = False
+        self._states: dict[str, tuple[tuple[int, int], _State]] = {}
         if self.path.exists():  # an existing store's problems (permissions, damage) show at open
             self._ready(create=False)
 
@@ -376,7 +208,8 @@ class SQLiteIndexStore(IndexStore):
             try:
                 if create:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False,
+                                       cached_statements=512)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute(
@@ -385,6 +218,12 @@ class SQLiteIndexStore(IndexStore):
                     " PRIMARY KEY (collection, id))"
                 )
                 self._add_fields_column(conn)
+                conn.execute("CREATE TABLE IF NOT EXISTS field_kinds (collection TEXT NOT NULL, key TEXT NOT NULL,"
+                             " kinds INTEGER NOT NULL, PRIMARY KEY (collection, key))")
+                conn.execute("CREATE TABLE IF NOT EXISTS declared_indexes (collection TEXT NOT NULL,"
+                             " name TEXT NOT NULL, keys TEXT NOT NULL, PRIMARY KEY (collection, name))")
+                conn.execute(f"CREATE INDEX IF NOT EXISTS documents_stale ON documents (collection) WHERE {STALE}")
+                self._migrate(conn)
             except (OSError, sqlite3.Error) as exc:
                 raise BackendUnavailableError(f"cannot open the index at {self.path}: {exc}") from exc
             self._conn = conn
@@ -392,7 +231,7 @@ class SQLiteIndexStore(IndexStore):
 
     @staticmethod
     def _add_fields_column(conn: sqlite3.Connection) -> None:
-        """Give a table written before the ``fields`` column existed that column (NULL: SQL keeps every row)."""
+        """Give a table written before the ``fields`` column existed that column (NULL: a stale row)."""
         if any(column[1] == "fields" for column in conn.execute("PRAGMA table_info(documents)")):
             return
         try:
@@ -400,6 +239,47 @@ class SQLiteIndexStore(IndexStore):
         except sqlite3.OperationalError:  # another process added it first
             if not any(column[1] == "fields" for column in conn.execute("PRAGMA table_info(documents)")):
                 raise
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Rewrite the ``fields`` of rows of an older layout (or none), a batch per transaction, so
+        that queries can use SQL again; rows that cannot be decoded stay stale (queries name them)."""
+        last = 0
+        while True:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = conn.execute(f"SELECT rowid, collection, doc FROM documents WHERE {STALE} AND rowid > ?"
+                                    f" ORDER BY rowid LIMIT {_MIGRATE_BATCH}", (last,)).fetchall()
+                updates: list[tuple[str, int]] = []
+                kinds: dict[tuple[str, str], int] = {}
+                for rowid, collection, doc in rows:
+                    try:
+                        decoded: Document = bson.decode(doc, CODEC_OPTIONS)
+                        fields, doc_kinds = encode_fields(decoded)
+                    except _DECODE_ERRORS:
+                        continue
+                    updates.append((fields, rowid))
+                    for key, kind in doc_kinds.items():
+                        kinds[(collection, key)] = kinds.get((collection, key), 0) | kind
+                if updates and not last:
+                    log.info("rewriting the query fields of rows an older tensorhub wrote (once, %d rows a batch)", _MIGRATE_BATCH)
+                conn.executemany("UPDATE documents SET fields = ? WHERE rowid = ?", updates)
+                SQLiteIndexStore._add_kinds(conn, kinds)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            if len(rows) < _MIGRATE_BATCH:
+                return
+            last = rows[-1][0]
+
+    @staticmethod
+    def _add_kinds(conn: sqlite3.Connection, kinds: Mapping[tuple[str, str], int]) -> int:
+        """Record what rows now hold per key; how many keys gained a kind (0: plans stay as they were)."""
+        return conn.executemany("INSERT INTO field_kinds (collection, key, kinds) VALUES (?, ?, ?) ON CONFLICT"
+                         " (collection, key) DO UPDATE SET kinds = kinds | excluded.kinds"
+                         " WHERE kinds | excluded.kinds != kinds",
+                         [(c, k, v) for (c, k), v in kinds.items()]).rowcount
 
     @contextmanager
     def _transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
@@ -415,33 +295,131 @@ class SQLiteIndexStore(IndexStore):
             else:
                 self._conn.execute("COMMIT")
 
-    def _scan(self, conn: sqlite3.Connection, collection: str, query: Mapping[str, Any]) -> list[Document]:
-        """The matching documents in insertion order: SQL drops the rows :func:`pushdown` rules
-        out, the matcher confirms the rows it could not decide."""
+    def _state(self, conn: sqlite3.Connection, collection: str) -> _State:
+        """The collection's kinds and indexes, read again after another connection's commit or a change
+        through this one that :meth:`_own_write` did not vouch for."""
+        version = (conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
+        cached = self._states.get(collection)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        stale = conn.execute(f"SELECT 1 FROM documents WHERE collection = ? AND {STALE} LIMIT 1",
+                             (collection,)).fetchone() is not None
+        kinds = None if stale or not literal_ok(collection) else dict(
+            conn.execute("SELECT key, kinds FROM field_kinds WHERE collection = ?", (collection,)).fetchall())
+        indexes = tuple((name, tuple((k, d) for k, d in json.loads(keys))) for name, keys in conn.execute(
+            "SELECT name, keys FROM declared_indexes WHERE collection = ? ORDER BY name", (collection,)))
+        state = _State(kinds, indexes)
+        self._states[collection] = (version, state)
+        return state
+
+    def _own_write(self, conn: sqlite3.Connection, collection: str, changed: int = 0) -> None:
+        """After a write of ours: the collection's cached state still holds unless it ``changed`` its kinds
+        (our rows are never stale), so the next query need not read it again."""
+        cached = self._states.get(collection)
+        if changed:
+            self._states.pop(collection, None)
+        elif cached is not None:
+            self._states[collection] = ((cached[0][0], conn.total_changes), cached[1])
+
+    def _plan(self, conn: sqlite3.Connection, collection: str, query: Mapping[str, Any],
+              sort: Sequence[tuple[str, int]] | None) -> tuple[Plan, str]:
+        """The plan of a query and its ``FROM ... WHERE`` (the collection, the index, the terms)."""
         validate_filter(query)  # a malformed filter fails even when SQL leaves no row to match
-        expression, params = pushdown(query)
-        if expression == NO:
-            return []
+        state = self._state(conn, collection)
+        order = list(sort or [])
+        plan = compile_query(query, order or [("$natural", 1)], state.kinds)
+        if not order and state.kinds is not None:
+            plan.order = "rowid"
+        elif state.kinds is None:
+            plan.order = "rowid" if not order else None
         ids = _ids_in(query)
-        if len(params) + len(ids or ()) >= _MAX_PARAMS:
-            expression, params = MAYBE, {}
-        params["collection"] = collection
-        where = "collection = :collection"
-        if ids is not None:  # look records up by primary key instead of scanning the collection
-            params.update((f"id{i}", v) for i, v in enumerate(ids))
-            where += f" AND id IN ({', '.join(f':id{i}' for i in range(len(ids)))})"
-        if expression in (YES, MAYBE):
-            sql = f"SELECT doc, {expression}, id FROM documents WHERE {where} ORDER BY rowid"
-        else:  # LIMIT -1 keeps SQLite from copying the expression into the outer WHERE: it runs once a row
-            sql = (f"SELECT doc, m, i FROM (SELECT rowid AS r, doc, {expression} AS m, id AS i FROM documents"
-                   f" WHERE {where} LIMIT -1) WHERE m ORDER BY r")
-        rows = conn.execute(sql, params).fetchall()
+        if state.kinds is not None:
+            plan.params["collection"] = collection
+            where = f"collection = {literal(collection)} AND {plan.where}"
+            index = _PRIMARY_KEY if ids is not None else _choose_index(state, query, order if plan.order else [])
+            source = f'documents INDEXED BY "{index}"' if index else "documents"
+        else:
+            plan.params["collection"] = collection
+            where = f"collection = :collection AND {plan.where}"
+            source = f'documents INDEXED BY "{_PRIMARY_KEY}"' if ids is not None else "documents"
+        if ids is not None:  # look records up by primary key
+            plan.params["ids"] = json.dumps(ids)
+            where += " AND id IN (SELECT value FROM json_each(:ids))"
+        return plan, f"FROM {source} WHERE {where}"
+
+    @staticmethod
+    def _execute(conn: sqlite3.Connection, sql: str, params: Mapping[str, Any]) -> sqlite3.Cursor:
+        """Run ``sql`` with the index it names, or without where SQLite cannot use that index."""
+        try:
+            return conn.execute(sql, params)
+        except sqlite3.OperationalError as exc:
+            if "no query solution" not in str(exc):
+                raise
+            return conn.execute(_INDEXED_BY.sub("", sql), params)
+
+    def _select(self, conn: sqlite3.Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        return self._execute(conn, sql, params).fetchall()
+
+    def _scan(self, conn: sqlite3.Connection, collection: str, query: Mapping[str, Any],
+              sort: Sequence[tuple[str, int]] | None = None, limit: int | None = None) -> list[Document]:
+        """The matching documents, ordered by ``sort`` (insertion order without one), at most ``limit``.
+
+        SQL drops the rows the plan rules out, orders and limits where it can; the matcher
+        confirms the rows SQL could not decide, fetched page by page when a limit applies.
+        """
+        plan, source = self._plan(conn, collection, query, sort)
+        if plan.empty:
+            return []
+        verdict = plan.verdict
+        where = source if plan.decided else f"{source} AND {verdict}"
+        order = f" ORDER BY {plan.order or 'rowid'}"  # Python's sort is stable: ties stay in insertion order
+        if plan.order is None or not limit:
+            rows = self._select(conn, f"SELECT doc, id, {verdict} {where}{order}", plan.params)
+            found = self._confirm(collection, query, rows)
+            if plan.order is None:
+                sort_documents(found, sort)
+            return found[:limit] if limit else found
+        found, offset, page = [], 0, limit
+        while True:  # pages in SQL order until the matcher has confirmed ``limit`` rows
+            rows = self._select(conn, f"SELECT doc, id, {verdict} {where}{order} LIMIT {page} OFFSET {offset}",
+                                plan.params)
+            found += self._confirm(collection, query, rows)
+            if len(found) >= limit or len(rows) < page:
+                return found[:limit]
+            offset += page
+            page = min(page * 2, 10_000)
+
+    def explain(self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None,
+                limit: int | None = None) -> list[str]:
+        """SQLite's ``EXPLAIN QUERY PLAN`` of the first statement :meth:`find` runs for this query
+        (e.g. ``SEARCH documents USING INDEX thidx_...``): to check that a declared index serves it."""
+        order = normalize_sort(sort)
+        if self._conn is None and not self._ready(create=False):
+            return []
+        with self._transaction() as conn:
+            plan, source = self._plan(conn, collection, filter, order)
+            if plan.empty:
+                return ["nothing can match: no SQL runs"]
+            where = source if plan.decided else f"{source} AND {plan.verdict}"
+            sql = f"SELECT doc, id, {plan.verdict} {where}" + (f" ORDER BY {plan.order}" if plan.order else "")
+            if plan.order is not None and limit:
+                sql += f" LIMIT {int(limit)}"
+            try:
+                rows = conn.execute("EXPLAIN QUERY PLAN " + sql, plan.params).fetchall()
+            except sqlite3.OperationalError:
+                rows = conn.execute("EXPLAIN QUERY PLAN " + _INDEXED_BY.sub("", sql), plan.params).fetchall()
+        return [str(row[-1]) for row in rows] + ([] if plan.decided else ["the matcher decides some rows"])
+
+    def _confirm(self, collection: str, query: Mapping[str, Any], rows: list[Any]) -> list[Document]:
+        """Decode ``(doc, id, verdict)`` rows; keep those SQL decided (2) or the matcher accepts."""
         try:
             docs = bson.decode_all(b"".join([row[0] for row in rows]), CODEC_OPTIONS)
-        except (bson.errors.BSONError, ValueError, TypeError, OverflowError, RecursionError):
-            docs = [self._decode_row(collection, row[2], row[0]) for row in rows]  # find the damaged row and name it
+        except _DECODE_ERRORS:
+            docs = [self._decode_row(collection, row[1], row[0]) for row in rows]  # find the damaged row and name it
+        if all(row[2] == 2 for row in rows):
+            return docs
         with regex_budget():  # one regex time allowance for the whole scan (SQL never runs a regex)
-            return [d for d, (_, sure, _) in zip(docs, rows) if sure == 2 or matches(d, query)]
+            return [d for d, row in zip(docs, rows) if row[2] == 2 or matches(d, query)]
 
     def _decode_row(self, collection: str, row_id: str, doc: Any) -> Document:
         """One row's document, or :class:`CorruptDataError` naming the record and how to remove it.
@@ -452,38 +430,64 @@ class SQLiteIndexStore(IndexStore):
         """
         try:
             return bson.decode(doc, CODEC_OPTIONS)
-        except (bson.errors.BSONError, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        except _DECODE_ERRORS as exc:
             raise CorruptDataError(
                 f"record {row_id} of collection {collection!r} in the index {self.path} is damaged and cannot be "
                 f"read ({type(exc).__name__}: {str(exc)[:200]}); restore the index from a backup, or remove the "
                 f"record with: sqlite3 {self.path} \"DELETE FROM documents WHERE collection = '{collection}' AND "
                 f"id = '{row_id}'\"") from exc
 
+    @staticmethod
+    def _rows(collection: str, documents: Sequence[Document]) -> tuple[list[tuple[Any, ...]], dict[tuple[str, str], int]]:
+        """``(doc, fields, collection, id)`` per document, and the kinds they add."""
+        rows: list[tuple[Any, ...]] = []
+        kinds: dict[tuple[str, str], int] = {}
+        for d in documents:
+            fields, doc_kinds = encode_fields(d)
+            rows.append((encode_document(d), fields, collection, str(d["_id"])))
+            for key, kind in doc_kinds.items():
+                kinds[(collection, key)] = kinds.get((collection, key), 0) | kind
+        return rows, kinds
+
     def insert_many(self, collection: str, documents: Sequence[Document]) -> None:
-        rows = [(collection, str(d["_id"]), encode_document(d), scalar_fields(d)) for d in documents]
+        rows, kinds = self._rows(collection, documents)
         self._ready(create=True)
         with self._transaction(immediate=True) as conn:
             try:
-                conn.executemany("INSERT INTO documents (collection, id, doc, fields) VALUES (?, ?, ?, ?)", rows)
+                conn.executemany("INSERT INTO documents (doc, fields, collection, id) VALUES (?, ?, ?, ?)", rows)
             except sqlite3.IntegrityError as exc:
                 raise DuplicateKeyError(f"a record with this _id already exists in {collection}: {exc}") from exc
+            self._own_write(conn, collection, self._add_kinds(conn, kinds))
 
     def find(
         self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None, limit: int | None = None
     ) -> list[Document]:
+        order = normalize_sort(sort)
         if self._conn is None and not self._ready(create=False):
             validate_filter(filter)  # malformed filters fail on every store, even one not created yet
             return []
         with self._transaction() as conn:
-            found = self._scan(conn, collection, filter)
-        sort_documents(found, sort)
-        return found[:limit] if limit else found
+            return self._scan(conn, collection, filter, order, limit)
+
+    def count(self, collection: str, filter: Mapping[str, Any]) -> int:
+        """Counted in SQL; only rows SQL cannot decide are decoded and matched."""
+        if self._conn is None and not self._ready(create=False):
+            validate_filter(filter)
+            return 0
+        with self._transaction() as conn:
+            plan, source = self._plan(conn, collection, filter, None)
+            if plan.empty:
+                return 0
+            if plan.decided:
+                return int(self._select(conn, f"SELECT count(*) {source}", plan.params)[0][0])
+            sure = self._select(conn, f"SELECT count(*) {source} AND {plan.verdict} = 2", plan.params)[0][0]
+            rows = self._select(conn, f"SELECT doc, id, 1 {source} AND {plan.verdict} = 1", plan.params)
+            return int(sure) + len(self._confirm(collection, filter, rows))
 
     def _write_back(self, conn: sqlite3.Connection, collection: str, documents: list[Document]) -> None:
-        conn.executemany(
-            "UPDATE documents SET doc = ?, fields = ? WHERE collection = ? AND id = ?",
-            [(encode_document(d), scalar_fields(d), collection, str(d["_id"])) for d in documents],
-        )
+        rows, kinds = self._rows(collection, documents)
+        conn.executemany("UPDATE documents SET doc = ?, fields = ? WHERE collection = ? AND id = ?", rows)
+        self._own_write(conn, collection, self._add_kinds(conn, kinds))
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
         validate_update(update)  # fails the same when nothing matches
@@ -498,12 +502,15 @@ class SQLiteIndexStore(IndexStore):
     def find_one_and_update(
         self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any], sort: SortSpec | None = None
     ) -> Document | None:
+        """The task claim: in one ``BEGIN IMMEDIATE`` transaction, the first match by an indexed
+        ``SELECT ... ORDER BY ... LIMIT`` (pages until the matcher confirms one), then one ``UPDATE``."""
         validate_update(update)
+        order = normalize_sort(sort)
         if self._conn is None and not self._ready(create=False):
             validate_filter(filter)
             return None
         with self._transaction(immediate=True) as conn:
-            found = sort_documents(self._scan(conn, collection, filter), sort)
+            found = self._scan(conn, collection, filter, order, limit=1)
             if not found:
                 return None
             document = apply_update(found[0], update)
@@ -513,31 +520,67 @@ class SQLiteIndexStore(IndexStore):
     def count_by(self, collection: str, fields: Sequence[str],
                  filter: Mapping[str, Any] | None = None) -> dict[tuple[Any, ...], int]:
         """Grouped in SQL over ``fields`` (no document decoded) when every group's values are text or
-        missing there; otherwise (a filter, old-layout rows, other types) the scan of :class:`IndexStore`."""
+        null/missing there; otherwise (a filter, stale rows, other types) the scan of :class:`IndexStore`."""
         if filter or not all(_PLAIN_NAME.fullmatch(field) for field in fields):
             return super().count_by(collection, fields, filter)
-        columns = ", ".join(f"json_extract(fields, '$.{f}'), json_type(fields, '$.{f}')" for f in fields)
-        sql = (f"SELECT fields IS NULL, {columns}, count(*) FROM documents WHERE collection = ?"
-               f" GROUP BY {', '.join(str(i) for i in range(1, 2 + 2 * len(fields)))}")
+        if self._conn is None and not self._ready(create=False):
+            return {}
+        columns = ", ".join(f"{bracket_sql(f)}, {value_sql(f)}" for f in fields)
         with self._transaction() as conn:
-            rows = conn.execute(sql, (collection,)).fetchall()
+            if self._state(conn, collection).kinds is None:
+                rows = None
+            else:
+                rows = conn.execute(f"SELECT {columns}, count(*) FROM documents WHERE collection = ?"
+                                    f" GROUP BY {', '.join(str(i) for i in range(1, 1 + 2 * len(fields)))}",
+                                    (collection,)).fetchall()
+        if rows is None:
+            return super().count_by(collection, fields, filter)
         counts: dict[tuple[Any, ...], int] = {}
         for row in rows:
-            values, types = row[1:-1:2], row[2:-1:2]
-            if row[0] or any(t not in (None, "text", "null") for t in types):
+            brackets, values = row[0:-1:2], row[1:-1:2]
+            if any(b not in (STRING, NULL) for b in brackets):
                 return super().count_by(collection, fields, filter)  # SQL cannot tell these values exactly
-            key = tuple(v if t == "text" else None for v, t in zip(values, types))
+            key = tuple(v if b == STRING else None for v, b in zip(values, brackets))
             counts[key] = counts.get(key, 0) + row[-1]
         return counts
 
     def delete_many(self, collection: str, filter: Mapping[str, Any]) -> int:
+        """One ``DELETE ... WHERE`` when SQL decides the filter; else the matches' ids, deleted in one statement."""
         if self._conn is None and not self._ready(create=False):
             validate_filter(filter)
             return 0
         with self._transaction(immediate=True) as conn:
-            ids = [(collection, str(d["_id"])) for d in self._scan(conn, collection, filter)]
-            conn.executemany("DELETE FROM documents WHERE collection = ? AND id = ?", ids)
+            plan, source = self._plan(conn, collection, filter, None)
+            if plan.empty:
+                return 0
+            if plan.decided:
+                deleted = int(self._execute(conn, "DELETE " + source, plan.params).rowcount)
+                self._own_write(conn, collection)
+                return deleted
+            ids = [str(d["_id"]) for d in self._scan(conn, collection, filter)]
+            conn.execute(f'DELETE FROM documents INDEXED BY "{_PRIMARY_KEY}" WHERE collection = :c'
+                         " AND id IN (SELECT value FROM json_each(:ids))", {"c": collection, "ids": json.dumps(ids)})
+            self._own_write(conn, collection)
         return len(ids)
+
+    def create_index(self, collection: str, keys: SortSpec) -> None:
+        """An SQLite expression index over the collection's rows (its indexable leading keys, see
+        :func:`~tensorhub.backends.file_sql.indexable_keys`), recorded so every process plans with it."""
+        usable = indexable_keys(normalize_sort(keys))
+        if not usable or not literal_ok(collection):
+            return
+        name = index_name(collection, usable)
+        self._ready(create=True)
+        with self._lock:
+            assert self._conn is not None
+            if self._conn.execute("SELECT 1 FROM declared_indexes WHERE collection = ? AND name = ?",
+                                  (collection, name)).fetchone():
+                return
+        with self._transaction(immediate=True) as conn:
+            conn.execute(index_sql(collection, usable, name))
+            conn.execute("INSERT OR IGNORE INTO declared_indexes (collection, name, keys) VALUES (?, ?, ?)",
+                         (collection, name, json.dumps(usable)))
+            self._states.pop(collection, None)
 
     def close(self) -> None:
         with self._lock:
@@ -545,7 +588,6 @@ class SQLiteIndexStore(IndexStore):
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-
 
 #: names of the temp files a put writes before renaming them into place: never listed, swept when old
 _TMP_PREFIX = ".tmp-"
@@ -669,3 +711,6 @@ def open_stores(uri: str, *, index: bool = True, blobs: bool = True) -> Stores:
         index=SQLiteIndexStore(root / "index.sqlite") if index else None,
         blobs=FileBlobStore(root / "blobs") if blobs else None,
     )
+
+
+__all__ = ["FileBlobStore", "SQLiteIndexStore", "open_stores", "path_from_uri", "pushdown", "scalar_fields"]
