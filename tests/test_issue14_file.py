@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from tensorhub import TensorHub
 from tensorhub.backends.file import SQLiteIndexStore
-from tensorhub.backends.file_sql import MARKER
+from tensorhub.query.sql import MARKER
 from tensorhub.query import matches, sort_documents
 
 UTC = dt.timezone.utc

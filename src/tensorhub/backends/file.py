@@ -10,7 +10,7 @@ Several processes on one machine share a store safely: SQLite serialises writers
 processes can never claim the same task. With ``synchronous=NORMAL`` in WAL mode a
 committed write survives a crash of the writing process (not a power cut). Beside each
 BSON document a row keeps its top-level scalars as JSON (``fields``, layout in
-:mod:`tensorhub.backends.file_sql`); declared indexes are SQLite expression indexes over them, a
+:mod:`tensorhub.query.sql`); declared indexes are SQLite expression indexes over them, a
 filter, a sort and a limit become SQL that rules rows out, or in where the answer is certain, and
 :mod:`tensorhub.query` decides the rest (and sorts what SQL cannot order exactly).
 """
@@ -38,7 +38,7 @@ from bson import ObjectId
 from bson.regex import Regex
 
 from tensorhub.backends.base import BlobStore, Document, IndexStore, SortSpec, Stores
-from tensorhub.backends.file_sql import (
+from tensorhub.query.sql import (
     K_UNTOLD,
     NULL,
     STALE,
@@ -172,7 +172,7 @@ def _choose_index(state: _State, query: Mapping[str, Any], sort: Sequence[tuple[
 class SQLiteIndexStore(IndexStore):
     """Documents in one SQLite table ``(collection, id, doc, fields)``, queried through SQL.
 
-    A query runs as SQL over ``fields`` first (:func:`~tensorhub.backends.file_sql.compile_query`):
+    A query runs as SQL over ``fields`` first (:func:`~tensorhub.query.sql.compile_query`):
     declared indexes are SQLite expression indexes, filters on them, sorts and limits run in
     SQL, and :mod:`tensorhub.query` decides only the rows SQL could not (arrays, documents,
     floats near a bound, regexes...), and sorts only what SQL cannot order exactly.
@@ -565,7 +565,7 @@ class SQLiteIndexStore(IndexStore):
 
     def create_index(self, collection: str, keys: SortSpec) -> None:
         """An SQLite expression index over the collection's rows (its indexable leading keys, see
-        :func:`~tensorhub.backends.file_sql.indexable_keys`), recorded so every process plans with it."""
+        :func:`~tensorhub.query.sql.indexable_keys`), recorded so every process plans with it."""
         usable = indexable_keys(normalize_sort(keys))
         if not usable or not literal_ok(collection):
             return

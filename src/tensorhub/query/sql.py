@@ -3,7 +3,7 @@
 The ``file://`` index keeps each document as BSON (``doc``) beside a JSON object of its top-level
 scalars (``fields``). This module writes that JSON (:func:`encode_fields`) and compiles a filter
 and a sort into SQL over it (:func:`compile_query`); :mod:`tensorhub.query` decides what SQL
-cannot. It imports nothing of ``backends/file.py`` (it is the SQL half of the query language).
+cannot. It imports nothing of ``backends/file.py``, which imports it (it is the SQL half of the query language).
 
 **Layout 3 of ``fields``.** ``{"\\u0000":3, "key": [bracket, value], ...}``: the marker first (no
 document key can hold a NUL), then every top-level key :func:`pushable_key` accepts, each as a
