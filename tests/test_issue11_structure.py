@@ -75,7 +75,7 @@ def test_item04_capabilities_default_to_absent_on_the_abc() -> None:
 
 def test_item04_backends_declare_what_they_have(hub: TensorHub) -> None:
     """Each backend's flags, as its docs describe it (the contract suite checks they are honest)."""
-    declared = {"SQLiteIndexStore": (False, False, False), "MongoIndexStore": (False, True, True),
+    declared = {"SQLiteIndexStore": (False, True, True), "MongoIndexStore": (False, True, True),
                 "MongomockIndexStore": (False, True, False), "S3IndexStore": (True, False, False)}
     index = hub.index
     got = (index.supports_compaction, index.supports_cheap_count, index.supports_server_side_indexes)
