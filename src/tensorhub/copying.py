@@ -355,18 +355,18 @@ def _copy_collection(src: Records, dst: Records, collection: str, query: Mapping
             else:
                 counts.conflicts += 1
                 report.conflicts.append(f"{project}/{collection}/{record['_id']}")
-        ready = _copy_blobs(src, collection, todo, copier, counts, report) if collection in REF_COLLECTIONS \
-            else todo
-        counts.records += len(ready)
-        counts.overwritten += sum(1 for _, old in ready if old is not None)
-        if not copier.dry_run:
-            _write_records(dst, collection, ready, counts, report)
+        if collection not in REF_COLLECTIONS:  # no blobs: the batch in one write
+            _write_records(dst, collection, todo, counts, report, copier.dry_run)
+            continue
+        # each record as soon as its own blobs are in place: an interruption loses at most the records in flight
+        for ready in _copy_blobs(src, collection, todo, copier, counts, report):
+            _write_records(dst, collection, [ready], counts, report, copier.dry_run)
 
 
 def _copy_blobs(src: Records, collection: str, todo: list[tuple[dict[str, Any], dict[str, Any] | None]],
-                copier: _Copier, counts: Counts, report: CopyReport) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
-    """Put every blob of the records in ``todo`` in the destination (in parallel); return the records
-    whose blobs are all there, and report the others."""
+                copier: _Copier, counts: Counts, report: CopyReport) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Put every blob of the records in ``todo`` in the destination (all in parallel); yield, in order,
+    each record whose blobs are all there as soon as they are, and report the others."""
     plans: list[tuple[dict[str, Any], dict[str, Any] | None, list[tuple[str, Future[tuple[bool, int]], bool]]]] = []
     for record, old in todo:
         sizes = _chunk_sizes(collection, record)
@@ -381,7 +381,6 @@ def _copy_blobs(src: Records, collection: str, todo: list[tuple[dict[str, Any], 
                 keys.append((key, 0))
         jobs = [(key, *copier.submit(key, size)) for key, size in keys]
         plans.append((record, old, jobs))
-    ready = []
     for record, old, jobs in plans:
         failed = None
         for key, job, first in jobs:
@@ -403,13 +402,16 @@ def _copy_blobs(src: Records, collection: str, todo: list[tuple[dict[str, Any], 
             report.errors.append(f"{src.project_name}/{collection}/{record['_id']} not copied: the source lacks or "
                                  f"has damaged bytes of it ({failed}); it would not load there either")
         else:
-            ready.append((record, old))
-    return ready
+            yield record, old
 
 
 def _write_records(dst: Records, collection: str, ready: list[tuple[dict[str, Any], dict[str, Any] | None]],
-                   counts: Counts, report: CopyReport) -> None:
+                   counts: Counts, report: CopyReport, dry_run: bool) -> None:
     """Write records whose blobs are in place: new ones in one batch, replaced ones one by one."""
+    counts.records += len(ready)
+    counts.overwritten += sum(1 for _, old in ready if old is not None)
+    if dry_run:
+        return
     new = [record for record, old in ready if old is None]
     try:
         if new:
