@@ -26,7 +26,7 @@ from _common import common_parser, run_and_report  # noqa: E402
 
 #: benchmark name -> its script; models needs torch, s3 boto3 and moto, ui the ui extra, httpx and selenium
 #: (the test extra has them all; ui measures in a browser only where Debian's chromium is installed)
-BENCHES = ("logs", "runs", "datasets", "streaming", "tasks", "models", "s3", "ui")
+BENCHES = ("logs", "runs", "datasets", "streaming", "tasks", "models", "s3", "ui", "copy")
 
 
 def importable() -> tuple[dict[str, ModuleType], dict[str, str]]:

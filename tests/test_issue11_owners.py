@@ -40,6 +40,7 @@ def _script(tmp_path: Path, body: str = "x = 1\n") -> Path:
 #: public methods of TensorHub the two-project test does not call, and why
 EXEMPT = {
     "close": "releases connections and files; reads and writes no record",
+    "copy_to": "store-wide by design: copies every project (or those named) to another store (test_issue15_copy.py)",
     "collect_garbage": "store-wide by design: deletes blobs no record of any project uses (tests/test_gc.py)",
     "list_projects": "store-wide by design: every project's name and record counts (tests/test_issue12_cli.py)",
 }

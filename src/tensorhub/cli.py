@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from tensorhub.commands import copy as _copy
 from tensorhub.commands import import_tl as _import_tl
 from tensorhub.commands import plot as _plot
 from tensorhub.commands import queue as _queue
@@ -62,6 +63,7 @@ def main(verbose: int) -> None:
 for _command in (*_records.COMMANDS, *_queue.COMMANDS, *_ui.COMMANDS, *_plot.COMMANDS):
     main.add_command(_command)
 main.add_command(_import_tl.import_tensorlayer_command)
+main.add_command(_copy.copy_command)
 
 
 @main.command("gc")

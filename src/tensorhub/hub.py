@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tensorhub import catalog as _catalog
+from tensorhub import copying as _copying
 from tensorhub import datasets as _datasets
 from tensorhub import errors as _errors
 from tensorhub import hints as _hints
@@ -269,6 +270,42 @@ class TensorHub:
         """
         _check_seconds("older_than", older_than, zero=True)
         return self._records.collect_garbage(dt.timedelta(seconds=older_than), dry_run=dry_run)
+
+    def copy_to(self, other: TensorHub, projects: Any = None, kinds: Any = None, since: Any = None,
+                dry_run: bool = False, overwrite: bool = False) -> _copying.CopyReport:
+        """Copy projects of this store into ``other``'s store, every record kept as stored.
+
+        Each record keeps its ``_id``, ``project_name``, ``time``, tags, lineage and (tasks) history;
+        blobs go first and the record last, so an interrupted copy never leaves a record whose
+        bytes are missing, and a second run copies only what is missing (chunks the destination
+        has are not copied again). Store-wide: by default every project of this store, whatever
+        this hub's and ``other``'s ``project_name``. Also ``tensorhub copy SRC DST``. A running
+        task arrives running, with a lease no destination runner holds (see :mod:`tensorhub.copying`).
+
+        Args:
+            other: The destination hub (any backend, or an index and blobs in two stores).
+            projects: A project name or a list of them. Default ``None``: every project of this store.
+            kinds: ``"datasets"``, ``"models"``, ``"logs"``, ``"tasks"``, a comma-separated string or a
+                list of them. Default ``None``: every kind.
+            since: Only records whose ``time`` (save time; a task's creation) is at or after this
+                ``datetime`` (naive is UTC) or ISO 8601 text. Default ``None``: all.
+            dry_run: Default ``False``. ``True`` writes nothing and only counts what would be copied.
+            overwrite: Default ``False``: a record the destination has with the same ``_id`` and
+                other content is reported in ``conflicts`` and left alone. ``True`` replaces it.
+
+        Returns:
+            A :class:`~tensorhub.copying.CopyReport`: ``counts[(project, kind)]`` (records copied or
+            already there, conflicts, chunks, blobs, bytes), ``conflicts``, ``errors`` and ``lines()``.
+
+        Raises:
+            InvalidArgumentError: An unknown kind or an unreadable ``since``
+                (:class:`~tensorhub.errors.InvalidArgumentTypeError` for wrong types).
+        """
+        if not isinstance(other, TensorHub):
+            raise InvalidArgumentTypeError(f"copy_to needs the destination TensorHub, got {type(other).__name__}")
+        _run_log.flush_records(self._records)  # rows hub.log buffered belong in the copy
+        return _copying.copy_store(self._records, other._records, projects=projects, kinds=kinds, since=since,
+                                   dry_run=dry_run, overwrite=overwrite)
 
     # ------------------------------------------------------------------ any kind (catalog.py)
     def list_projects(self) -> list[dict[str, Any]]:

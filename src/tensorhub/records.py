@@ -151,7 +151,8 @@ class Records:
     legitimately cross projects are named so and say why in their docstrings:
     :meth:`create_index`, :meth:`exists_in_any_project`, :meth:`release_chunks`,
     :meth:`collect_garbage` (chunks are shared store-wide), :meth:`count_every_project` (the
-    projects of a store and their record counts; a worker telling a wrong project from an empty queue), and :meth:`store_index` (the hub's ``index``
+    projects of a store and their record counts; a worker telling a wrong project from an empty queue), :meth:`for_project`
+    (a copy moves every project of a store), and :meth:`store_index` (the hub's ``index``
     property, for users and tests).
     """
 
@@ -218,6 +219,14 @@ class Records:
         if query:
             validate_filter(dict(query))
         return self._index.count_by(collection, ["project_name", *by], dict(query or {}))
+
+    def for_project(self, project_name: str) -> Records:
+        """The same stores scoped to another project.
+
+        Store-wide on purpose: copying a store (:mod:`tensorhub.copying`) reads and writes each of
+        its projects, keeping every record's ``project_name``; each view is still scoped to one project.
+        """
+        return Records(self._index, self.blobs, project_name)
 
     def close(self) -> None:
         """Close both stores."""
