@@ -20,9 +20,11 @@ COLLECTIONS = {"training": "training_logs", "validation": "validation_logs", "te
 #: fields a log row writes itself beyond :data:`~tensorhub.records.COMMON_INTERNAL_FIELDS`: none
 INTERNAL_FIELDS: frozenset[str] = frozenset()
 #: the indexes of this kind's collections (declared by the hub when it opens a store): a project's rows and a
-#: run's, each in the default order (records.NEWEST_FIRST) whole, so a newest-first listing sorts nothing
+#: run's, each in the default order (records.NEWEST_FIRST) whole, so a newest-first listing sorts nothing,
+#: and a run's rows by step (curves, "the last 100 steps"), so a step-ordered read of a run is index-ordered
 INDEXES = {collection: [[("project_name", 1), ("time", -1), ("_id", -1)],
-                        [("project_name", 1), ("task_id", 1), ("time", -1), ("_id", -1)]]
+                        [("project_name", 1), ("task_id", 1), ("time", -1), ("_id", -1)],
+                        [("project_name", 1), ("task_id", 1), ("step", 1)]]
            for collection in COLLECTIONS.values()}
 
 
