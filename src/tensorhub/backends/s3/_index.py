@@ -126,7 +126,8 @@ from tensorhub.backends.s3._cas import StateWriter, deleted, updated
 from tensorhub.backends.s3._compaction import Compactor
 from tensorhub.backends.s3._connection import S3Connection
 from tensorhub.backends.s3._segments import Segment, State, idkey
-from tensorhub.backends.s3._view import Gone, View, Views, select, split_id_condition
+from tensorhub.backends.s3._view import Gone, View, Views, candidates, entries_of, select, split_id_condition
+from tensorhub.backends.s3._zones import ZONE_KEY_CHARS, ZONE_TAG, build_zone, encode_zone
 from tensorhub.documents import decode_document, encode_document
 from tensorhub.errors import BackendUnavailableError, ConflictError, DuplicateKeyError, InvalidArgumentError
 from tensorhub.query import apply_update
@@ -176,9 +177,15 @@ class S3IndexStore(IndexStore):
         keys = [idkey(d["_id"]) for d in documents]
         if len(set(keys)) != len(keys):
             raise DuplicateKeyError(f"insert_many into {collection}: the batch repeats an _id")
+        self._refuse_existing_ids(collection, [d["_id"] for d in documents])
         body = b"".join(raws)
+        # the zone map goes into the key (a reader's LIST then tells which segments to GET), built
+        # from the documents as stored (datetimes cut to milliseconds), within what the key allows
+        budget = min(ZONE_KEY_CHARS, 1000 - len(self._views.state_key(collection, "x" * 60)))
+        zone = encode_zone(build_zone(segment.docs, self._views.declared(collection), budget=budget)) \
+            if budget > 40 else ""
         for _ in range(3):
-            sid = str(ObjectId())
+            sid = f"{ObjectId()}{ZONE_TAG}{zone}" if zone else str(ObjectId())
             key = f"{prefix}seg/{sid}.bson"
             try:
                 created = self._conn.put_if(key, body, None)
@@ -198,6 +205,26 @@ class S3IndexStore(IndexStore):
             view.segments[sid] = segment
             view.states.setdefault(sid, State())
             view.seen[sid] = time.monotonic()
+            view.sizes[sid] = len(body)
+
+    def _refuse_existing_ids(self, collection: str, ids: list[Any]) -> None:
+        """Raise :class:`DuplicateKeyError` if a document with one of ``ids`` is stored.
+
+        Costs a LIST of the collection and GETs of the segments whose ``_id`` zone could hold one
+        of them (fresh ObjectIds sort after every stored one, so usually none). Two processes
+        inserting the same new ``_id`` at the same moment are not caught: S3 has no unique index.
+        """
+        # (no background compaction from here: a writer's process, e.g. a task's, may be short-lived)
+        view, sids = self._targets(collection, {"_id": {"$in": ids}}, compact=False)
+        with view.lock:
+            clash = select(entries_of(view, sids), {"_id": {"$in": ids}})
+        if clash:
+            raise DuplicateKeyError(f"insert_many into {collection} at {self.uri}: a document with _id "
+                                    f"{clash[0].doc['_id']!r} exists; nothing was inserted")
+
+    def create_index(self, collection: str, keys: SortSpec) -> None:
+        """Remember the indexed fields: new segments' zone maps summarise them first (see the module doc)."""
+        self._views.declare(collection, [name for name, _ in keys])
 
     def _rollback(self, key: str) -> None:
         """After a failed segment PUT whose outcome is unknown (the request may have landed and
@@ -211,18 +238,18 @@ class S3IndexStore(IndexStore):
     def find(
         self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None, limit: int | None = None
     ) -> list[Document]:
-        view, _ = self._targets(collection, filter)
+        view, sids = self._targets(collection, filter)
         with view.lock:
-            entries = view.entries
+            entries = entries_of(view, sids)
         hits = select(entries, filter, sort)
         if limit:
             hits = hits[:limit]
         return [decode_document(e.raw) for e in hits]
 
     def count(self, collection: str, filter: Mapping[str, Any]) -> int:
-        view, _ = self._targets(collection, filter)
+        view, sids = self._targets(collection, filter)
         with view.lock:
-            entries = view.entries
+            entries = entries_of(view, sids)
         return len(select(entries, filter))
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
@@ -236,10 +263,11 @@ class S3IndexStore(IndexStore):
         self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any], sort: SortSpec | None = None
     ) -> Document | None:
         self._validate_update(update)
-        view, _ = self._targets(collection, filter)
+        view, sids = self._targets(collection, filter)
         for _ in range(_cas.CAS_ATTEMPTS):  # each failure means another writer took a candidate
-            with view.lock:
-                hits = select(view.entries, filter, sort)
+            with view.lock:  # (segments whose zone maps rule the filter out are not read: a claim skips
+                # segments whose tasks are all finished, since their states' zones say so)
+                hits = select(entries_of(view, candidates(view, filter)), filter, sort)
             if not hits:
                 return None
             first = hits[0]
@@ -248,7 +276,7 @@ class S3IndexStore(IndexStore):
                 lambda state, found: updated(state, found, update), keys={first.key}, first_only=True)
             if raws is None:  # merged away: find it (and the other candidates) where they are now
                 log.debug("s3 index %s/%s: a candidate was merged away; looking it up again", self.uri, collection)
-                view = self._views.refresh(collection)
+                view = self._views.refresh(collection, filter)
                 continue
             if raws:
                 return decode_document(raws[0])
@@ -287,7 +315,7 @@ class S3IndexStore(IndexStore):
     def _validate_update(update: Mapping[str, Any]) -> None:
         apply_update({}, update)  # raises InvalidQueryError before anything is read or written
 
-    def _targets(self, collection: str, filter: Mapping[str, Any]) -> tuple[View, list[str]]:
+    def _targets(self, collection: str, filter: Mapping[str, Any], compact: bool = True) -> tuple[View, list[str]]:
         """The collection's view, up to date for the segments that can hold matches of ``filter``.
 
         A filter on ``_id`` whose documents this instance already knows, in a few segments (the
@@ -309,17 +337,20 @@ class S3IndexStore(IndexStore):
                         return False
 
                 if all(self._conn.map(reload, sorted(sids))):
-                    return view, sorted(sids)
-        view = self._views.refresh(collection)
-        self._compactor.maybe_compact(collection)
+                    with view.lock:
+                        if sids <= view.resolved.keys():
+                            return view, [sid for sid in view.order if sid in sids]
+        view = self._views.refresh(collection, filter)
+        if compact:
+            self._compactor.maybe_compact(collection)
         with view.lock:
-            return view, list(view.order)
+            return view, candidates(view, filter)
 
     def _by_segment(self, collection: str, filter: Mapping[str, Any]) -> dict[str, set[Any]]:
         """The keys of the documents matching ``filter``, grouped by the segment holding them."""
-        view, _ = self._targets(collection, filter)
+        view, sids = self._targets(collection, filter)
         with view.lock:
-            entries = view.entries
+            entries = entries_of(view, sids)
         groups: dict[str, set[Any]] = {}
         for e in select(entries, filter):
             groups.setdefault(e.sid, set()).add(e.key)
