@@ -45,8 +45,20 @@ machines with nothing but the bucket.
   :data:`~tensorhub.backends.s3._view.MAX_VIEW_AGE` (well under the grace) before a CAS, so the sweep can never race one.
 * Queries run in Python with :mod:`tensorhub.query` (same semantics as MongoDB). Each store
   instance caches segments (immutable) and states by ETag: a query costs one LIST request per
-  1,000 objects of the collection plus a GET of each segment or state that is new or changed
-  since this instance last looked; nothing is downloaded twice. A filter on ``_id`` (the
+  1,000 objects of the collection plus a GET of each state that is new or changed since this
+  instance last looked and of each segment not downloaded yet *that can hold a match*; nothing
+  is downloaded twice.
+* Zone maps (:mod:`~tensorhub.backends.s3._zones`) decide which segments can hold a match.
+  A segment's key carries a summary of its documents' top-level fields (``_id`` and the fields
+  of :meth:`S3IndexStore.create_index` first, then the others while the key has room): all
+  distinct values of a field when few, else its min and max in MongoDB's order, and whether
+  some document lacks it; a field holding an array or a document anywhere in the segment is
+  not summarised. A state that changes documents carries the exact summary of the segment as it
+  resolves it, so a segment whose tasks were all finished through its state says so, and a claim
+  (``status: pending``) reads neither it nor its documents. Equality, ``$in`` and ranges on a
+  summarised field (anything, with a distinct-value summary) rule segments out; ``$and``/``$or``
+  combine; anything else reads every segment. A LIST is enough to decide: a run's log rows out of
+  100,000 cost the GETs of that run's segments only (``benchmarks/bench_scale_s3.py``). A filter on ``_id`` (the
   repository's finish, heartbeat and delete paths) for documents this instance already knows
   re-reads just their segments' states (one GET each) instead of listing the collection, and
   matches ``{"_id": {"$in": [...]}}`` by set lookup instead of document by document.
@@ -92,8 +104,8 @@ first writer that meets it, or by a compactor once it is :data:`~tensorhub.backe
 a compactor commits only within :data:`~tensorhub.backends.s3._compaction.COMPACT_COMMIT_WINDOW` of its start, far inside the
 grace period that keeps an aborted merge's tombstone.
 
-Costs and limits: a find is O(collection size) in memory and CPU (no server-side index) and
-LISTs the whole collection prefix; single-row inserts make one small segment each until a
+Costs and limits: a find is O(size of the segments its zone maps cannot rule out) in memory
+and CPU (no server-side index) and LISTs the whole collection prefix; single-row inserts make one small segment each until a
 compaction merges them: 2,000 one-row segments cost a cold query 2,000 GETs before and 2
 after (the merged segment and its state), while merging costs one PUT per source (its mark),
 one ``DeleteObjects`` per 1,000 sources, and the sources' tombstone states are LISTed (not
@@ -101,8 +113,12 @@ downloaded) until they are swept an hour later; a merge aborts when a writer upd
 its sources meanwhile, so a collection whose documents are all updated continuously (task
 heartbeats) may compact rarely; a store written by a version with compaction must not be
 read by an older one (which cannot parse merged segments); deleting documents spread over
-many segments costs one PUT per segment; ``insert_many`` does not check ``_id`` uniqueness against stored documents (the repository always uses
-fresh ObjectIds); a find reads each document at some moment during the call (as MongoDB
+many segments costs one PUT per segment; ``insert_many`` refuses an ``_id`` that is stored
+(:class:`~tensorhub.errors.DuplicateKeyError`) at the cost of a LIST (and the GETs of segments
+whose ``_id`` zone could hold it: a fresh ObjectId sorts after the stored ones), but two
+processes inserting the same new ``_id`` at once both succeed (S3 has no unique index); zone
+maps only help when segments differ in the queried field (rows of one run flushed together, a
+sweep's tasks): a merged segment mixing every run is read for any run; a find reads each document at some moment during the call (as MongoDB
 does without a snapshot), not the whole collection at one instant; ``find_one_and_update``
 with a ``sort`` takes the first match of the view it read (the CAS guarantees it still
 matched when it was taken, not that nothing sorting before it appeared meanwhile). Dead-state
@@ -320,8 +336,10 @@ class S3IndexStore(IndexStore):
 
         A filter on ``_id`` whose documents this instance already knows, in a few segments (the
         repository's finish, heartbeat and delete paths) costs one GET of each of those segments'
-        states instead of a LIST of the whole collection; anything else refreshes the whole view,
-        and so does a segment found merged into another (or gone) meanwhile.
+        states instead of a LIST of the whole collection; anything else refreshes the whole view
+        (downloading only the segments whose zone maps admit a match), and so does a segment found
+        merged into another (or gone) meanwhile. Returns the view and, in order, the downloaded
+        segments that can hold matches.
         """
         keys, _ = split_id_condition(filter)
         view = self._views.get(collection)
