@@ -67,7 +67,7 @@ class _Requests:
     def __init__(self, hub: TensorHub) -> None:
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
-        hub.index._conn.client.meta.events.register("before-call.s3", self._count)  # type: ignore[attr-defined]
+        getattr(hub.index, "_conn").client.meta.events.register("before-call.s3", self._count)
 
     def _count(self, model: Any, **_: Any) -> None:
         with self._lock:
@@ -136,7 +136,7 @@ def _bench_logs(rows: list[dict[str, Any]], uri: str, n: int) -> None:
                  lambda: hub.delete_training_log(task_id=run7), lambda out: out == per_run)
     with TensorHub(uri, project_name=PROJECT) as hub:
         start = time.perf_counter()
-        merged = hub.index.compact("training_logs")  # type: ignore[attr-defined]
+        merged = hub.index.compact("training_logs")
         log.info("N=%-7d compact: %d segments merged in %.1f s", n, merged, time.perf_counter() - start)
     with TensorHub(uri, project_name=PROJECT) as hub:
         _measure(rows, n, "find_training_logs(task_id=run, ...) cold, after compact", hub,
@@ -157,9 +157,8 @@ def _bench_claims(rows: list[dict[str, Any]], uri: str, n: int, script: Path) ->
         _measure(rows, n, f"run_task(in_process) among {tasks} pending, warm", hub,
                  lambda: hub.run_task(in_process=True), bool)
         # 90% of the sweeps end (one write per sweep, as if their runners had finished them)
-        done = hub.index.update_many("tasks", {"project_name": PROJECT, "status": "pending",  # type: ignore[attr-defined]
-                                               "hyper_parameters.i": {"$lt": tasks * 9 // 10}},
-                                     {"$set": {"status": "finished"}})
+        ended = {"project_name": PROJECT, "status": "pending", "hyper_parameters.i": {"$lt": tasks * 9 // 10}}
+        done = hub.index.update_many("tasks", ended, {"$set": {"status": "finished"}})
         log.info("N=%-7d %d tasks marked finished", n, done)
     with TensorHub(uri, project_name=PROJECT) as hub:
         _measure(rows, n, f"run_task(in_process), 90% of {tasks} finished, cold", hub,

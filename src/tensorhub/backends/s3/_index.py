@@ -105,7 +105,8 @@ a compactor commits only within :data:`~tensorhub.backends.s3._compaction.COMPAC
 grace period that keeps an aborted merge's tombstone.
 
 Costs and limits: a find is O(size of the segments its zone maps cannot rule out) in memory
-and CPU (no server-side index) and LISTs the whole collection prefix; single-row inserts make one small segment each until a
+and CPU (no server-side index) and LISTs the whole collection prefix; single-row inserts make
+one small segment each until a
 compaction merges them: 2,000 one-row segments cost a cold query 2,000 GETs before and 2
 after (the merged segment and its state), while merging costs one PUT per source (its mark),
 one ``DeleteObjects`` per 1,000 sources, and the sources' tombstone states are LISTed (not
@@ -118,7 +119,8 @@ many segments costs one PUT per segment; ``insert_many`` refuses an ``_id`` that
 whose ``_id`` zone could hold it: a fresh ObjectId sorts after the stored ones), but two
 processes inserting the same new ``_id`` at once both succeed (S3 has no unique index); zone
 maps only help when segments differ in the queried field (rows of one run flushed together, a
-sweep's tasks): a merged segment mixing every run is read for any run; a find reads each document at some moment during the call (as MongoDB
+sweep's tasks): a merged segment mixing every run is read for any run; a find reads each
+document at some moment during the call (as MongoDB
 does without a snapshot), not the whole collection at one instant; ``find_one_and_update``
 with a ``sort`` takes the first match of the view it read (the CAS guarantees it still
 matched when it was taken, not that nothing sorting before it appeared meanwhile). Dead-state
