@@ -115,9 +115,11 @@ its sources meanwhile, so a collection whose documents are all updated continuou
 heartbeats) may compact rarely; a store written by a version with compaction must not be
 read by an older one (which cannot parse merged segments); deleting documents spread over
 many segments costs one PUT per segment; ``insert_many`` refuses an ``_id`` that is stored
-(:class:`~tensorhub.errors.DuplicateKeyError`) at the cost of a LIST (and the GETs of segments
-whose ``_id`` zone could hold it: a fresh ObjectId sorts after the stored ones), but two
-processes inserting the same new ``_id`` at once both succeed (S3 has no unique index); zone
+(:class:`~tensorhub.errors.DuplicateKeyError`) as far as this store knows the collection: as
+it last listed it (its first insert lists it, so does every query) plus its own inserts since,
+with GETs only of segments whose ``_id`` zone could hold it (a fresh ObjectId sorts after the
+stored ones); an ``_id`` another process inserted after that listing, or two processes
+inserting the same new ``_id`` at once, are not caught (S3 has no unique index); zone
 maps only help when segments differ in the queried field (rows of one run flushed together, a
 sweep's tasks): a merged segment mixing every run is read for any run; a find reads each
 document at some moment during the call (as MongoDB
@@ -132,7 +134,6 @@ Conditional writes need an S3 that implements them (AWS since 2024, MinIO, R2, m
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -143,9 +144,10 @@ from tensorhub.backends.s3 import _cas
 from tensorhub.backends.s3._cas import StateWriter, deleted, updated
 from tensorhub.backends.s3._compaction import Compactor
 from tensorhub.backends.s3._connection import S3Connection
-from tensorhub.backends.s3._segments import Segment, State, idkey
-from tensorhub.backends.s3._view import Gone, View, Views, candidates, entries_of, select, split_id_condition
-from tensorhub.backends.s3._zones import ZONE_KEY_CHARS, ZONE_TAG, build_zone, encode_zone
+from tensorhub.backends.s3._segments import Segment, idkey
+from tensorhub.backends.s3._view import (Gone, View, Views, add_inserted, candidates, effective_zone, entries_of,
+                                         select, split_id_condition)
+from tensorhub.backends.s3._zones import ZONE_KEY_CHARS, ZONE_TAG, build_zone, encode_zone, may_match
 from tensorhub.documents import decode_document, encode_document
 from tensorhub.errors import BackendUnavailableError, ConflictError, DuplicateKeyError, InvalidArgumentError
 from tensorhub.query import apply_update
@@ -220,22 +222,30 @@ class S3IndexStore(IndexStore):
                                 "taken every time; try again")
         view = self._views.get(collection)
         with view.lock:
-            view.segments[sid] = segment
-            view.states.setdefault(sid, State())
-            view.seen[sid] = time.monotonic()
-            view.sizes[sid] = len(body)
+            add_inserted(view, sid, segment, len(body))
 
     def _refuse_existing_ids(self, collection: str, ids: list[Any]) -> None:
         """Raise :class:`DuplicateKeyError` if a document with one of ``ids`` is stored.
 
-        Costs a LIST of the collection and GETs of the segments whose ``_id`` zone could hold one
-        of them (fresh ObjectIds sort after every stored one, so usually none). Two processes
-        inserting the same new ``_id`` at the same moment are not caught: S3 has no unique index.
+        Checked against the collection as this store last listed it (its first insert lists it,
+        and so does every query) plus what it inserted since, with GETs of the segments whose
+        ``_id`` zone could hold one of ``ids`` (a fresh ObjectId sorts after every stored one, so
+        usually none): a LIST per insert would double the cost of logging row by row. So an
+        ``_id`` another process inserted after this store's last listing, and two processes
+        inserting the same new ``_id`` at once, are not caught: S3 has no unique index.
         """
-        # (no background compaction from here: a writer's process, e.g. a task's, may be short-lived)
-        view, sids = self._targets(collection, {"_id": {"$in": ids}}, compact=False)
+        filter = {"_id": {"$in": ids}}
+        view = self._views.get(collection)
         with view.lock:
-            clash = select(entries_of(view, sids), {"_id": {"$in": ids}})
+            listed = view.listed
+            memo: dict[int, Any] = {}
+            wanted = [sid for sid in view.order
+                      if may_match(effective_zone(sid, view.states.get(sid)), filter, memo)]
+        if not listed or not self._views.load(collection, wanted):
+            # (no background compaction from here: a writer's process, e.g. a task's, may be short-lived)
+            view, _ = self._targets(collection, filter, compact=False)
+        with view.lock:
+            clash = select(entries_of(view, candidates(view, filter)), filter)
         if clash:
             raise DuplicateKeyError(f"insert_many into {collection} at {self.uri}: a document with _id "
                                     f"{clash[0].doc['_id']!r} exists; nothing was inserted")

@@ -100,6 +100,7 @@ class View:
     # per loaded live segment: ((state etag, rev), its resolved documents)
     resolved: dict[str, tuple[Any, list[Entry]]] = field(default_factory=dict)
     key_index: dict[Any, str] = field(default_factory=dict)  # _id key -> sid, of the loaded live documents
+    listed: bool = False  # whether a refresh (a LIST) has completed
 
 
 class Gone(Exception):
@@ -273,6 +274,7 @@ class Views:
                             if is_merged(sid) and sid not in states}
             view.seen = {sid: now for sid in view.order}
             view.sizes = {sid: int(segments[sid].get("Size", 0)) for sid in view.order}
+            view.listed = True
             rebuild(view)
         return True
 
@@ -339,6 +341,22 @@ def first(view: View, sid: str) -> str:
         return order
     segment = view.segments.get(sid)
     return segment.first if segment is not None and segment.first else sid[:24]
+
+
+def add_inserted(view: View, sid: str, segment: Segment, size: int) -> None:
+    """Make a segment this store just wrote live in its view at once (the next LIST confirms it),
+    so its documents count for the ``_id`` checks of later inserts (caller holds the lock)."""
+    view.segments[sid] = segment
+    view.states.setdefault(sid, State())
+    view.seen[sid] = time.monotonic()
+    view.sizes[sid] = size
+    if sid not in view.order:
+        view.order.append(sid)
+    state = view.states[sid]
+    entries = segment_entries(view, sid)
+    view.resolved[sid] = ((state.etag, state.rev, state.dead), entries)
+    for e in entries:
+        view.key_index[e.key] = sid
 
 
 def effective_zone(sid: str, state: State | None) -> Zone | None:
