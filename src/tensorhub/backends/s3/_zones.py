@@ -42,6 +42,8 @@ ZONE_DISTINCT = 8
 ZONE_KEY_CHARS = 600
 #: strings longer than this are not summarised (they would crowd the key)
 ZONE_MAX_STRING = 96
+#: at most this many fields of a segment are considered (declared ones first, then in order of appearance)
+ZONE_MAX_FIELDS = 64
 #: marks the zone part of a segment id: ``<oid>.z<base64>[.o<first>.merged]``
 ZONE_TAG = ".z"
 
@@ -149,16 +151,19 @@ def build_zone(docs: Sequence[Mapping[str, Any]], first: Sequence[str] = (), onl
         for doc in docs:
             seen.update((name, None) for name in doc)
         names = list(seen)
-    zones = {name: z for name in names if (z := field_zone(docs, name)) is not None}
+    zones = {name: z for name in names[:ZONE_MAX_FIELDS] if (z := field_zone(docs, name)) is not None}
     if budget is None:
         return Zone(zones)
-    priority = [n for n in ["_id", *first] if n in zones]
-    rest = sorted((n for n in zones if n not in priority), key=lambda n: (len(encode_document(zones[n].to_doc())), n))
+    # a BSON element is its type byte, its name and a NUL, then the value: sizes add up exactly
+    sizes = {n: 2 + len(n.encode("utf-8")) + len(encode_document(z.to_doc())) for n, z in zones.items()}
+    priority = [n for n in dict.fromkeys(["_id", *first]) if n in zones]
+    rest = sorted((n for n in zones if n not in priority), key=lambda n: (sizes[n], n))
     kept: dict[str, FieldZone] = {}
-    for name in [*dict.fromkeys(priority), *rest]:
-        trial = {**kept, name: zones[name]}
-        if len(encode_zone(Zone(trial))) <= budget:
-            kept = trial
+    total = 5  # the document's length and its final NUL
+    for name in [*priority, *rest]:
+        if 4 * (total + sizes[name]) <= 3 * budget:  # base64: 4 characters per 3 bytes
+            kept[name] = zones[name]
+            total += sizes[name]
     return Zone(kept)
 
 
