@@ -241,11 +241,15 @@ class S3IndexStore(IndexStore):
             memo: dict[int, Any] = {}
             wanted = [sid for sid in view.order
                       if may_match(effective_zone(sid, view.states.get(sid)), filter, memo)]
-        if not listed or not self._views.load(collection, wanted):
-            # (no background compaction from here: a writer's process, e.g. a task's, may be short-lived)
-            view, _ = self._targets(collection, filter, compact=False)
-        with view.lock:
-            clash = select(entries_of(view, candidates(view, filter)), filter)
+        fresh = not listed or not self._views.load(collection, wanted)
+        for _ in range(2):
+            if fresh:  # (no background compaction from here: a writer's process, e.g. a task's, may be short-lived)
+                view, _ = self._targets(collection, filter, compact=False)
+            with view.lock:
+                clash = select(entries_of(view, candidates(view, filter)), filter)
+            if not clash or fresh:
+                break
+            fresh = True  # found in what we knew: make sure it was not deleted meanwhile
         if clash:
             raise DuplicateKeyError(f"insert_many into {collection} at {self.uri}: a document with _id "
                                     f"{clash[0].doc['_id']!r} exists; nothing was inserted")
