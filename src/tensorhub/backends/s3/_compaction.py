@@ -83,7 +83,12 @@ class Compactor:
         beside it weigh at least as much (size tiers: each rewrite of a document doubles its segment).
         """
         out = []
-        size = view.sizes.get
+
+        def size(sid: str, default: int = 0) -> int:
+            # the documents' bytes once downloaded (a merged segment's object adds its header), else the listing's
+            segment = view.segments.get(sid)
+            return segment.nbytes if segment is not None else view.sizes.get(sid, default)
+
         for sid in view.order:
             state = view.states.get(sid) or State()
             if size(sid, 0) > COMPACT_SMALL_BYTES:
@@ -112,7 +117,8 @@ class Compactor:
             chosen: list[str] = []
             size = 0
             for sid in self.small(view, full):
-                nbytes = view.sizes.get(sid, 0)
+                segment = view.segments.get(sid)
+                nbytes = segment.nbytes if segment is not None else view.sizes.get(sid, 0)
                 if len(chosen) >= COMPACT_MAX_SOURCES or (chosen and size + nbytes > COMPACT_TARGET_BYTES):
                     break
                 chosen.append(sid)
