@@ -141,7 +141,7 @@ def _bench_logs(rows: list[dict[str, Any]], uri: str, n: int) -> None:
     with TensorHub(uri, project_name=PROJECT) as hub:
         _measure(rows, n, "find_training_logs(task_id=run, ...) cold, after compact", hub,
                  lambda: by_run(hub), lambda out: len(out) == 0)  # run 7's rows were deleted above
-        _measure(rows, n, "find_training_logs(task_id=run 8, ...) cold, after compact", hub,
+        _measure(rows, n, "find_training_logs(task_id=run 8, ...) warm, after compact", hub,
                  lambda: hub.find_training_logs(task_id=runs[8], sort=[("step", -1)], limit=100),
                  lambda out: len(out) == min(100, per_run))
 
