@@ -20,7 +20,8 @@ from typing import Any
 from bson import ObjectId
 
 from tensorhub.backends.base import SortSpec
-from tensorhub.backends.s3._segments import Entry, State, is_merged
+from tensorhub.backends.s3._segments import Entry, State, idkey, is_merged
+from tensorhub.backends.s3._zones import Zone, build_zone, sid_zone
 from tensorhub.backends.s3._view import Gone, View, Views, rebuild, segment_entries, select
 from tensorhub.documents import decode_document, encode_document
 from tensorhub.errors import BackendUnavailableError, ConflictError
@@ -47,6 +48,8 @@ class StateWriter:
 
     def cas(self, collection: str, sid: str, old: State, new: State, install: bool = True) -> bool:
         """Write ``new`` over ``old`` if nobody changed it meanwhile; install it in the cache (if ``install``)."""
+        if new.zone is None and (new.docs or new.deleted):
+            new.zone = self.zone_of(collection, sid, new)
         rev = ObjectId()
         key = self.views.state_key(collection, sid)
         etag = self.conn.put_if(key, new.encode(rev), old.etag)
@@ -59,6 +62,22 @@ class StateWriter:
         if install:
             self.views.install(collection, sid, new)
         return True
+
+    def zone_of(self, collection: str, sid: str, state: State) -> Zone | None:
+        """The exact zone map of a segment's documents as ``state`` resolves them, over the fields of
+        the segment's own zone (None when the segment is not downloaded or has no zone: then unknown)."""
+        base = sid_zone(sid)
+        view = self.views.get(collection)
+        with view.lock:
+            segment = view.segments.get(sid)
+        if base is None or segment is None:
+            return None
+        docs = []
+        for doc in segment.docs:
+            key = idkey(doc["_id"])
+            if key not in state.deleted:
+                docs.append(state.docs[key][1] if key in state.docs else doc)
+        return build_zone(docs, only=list(base.fields))
 
     def change_segment(self, collection: str, sid: str, filter: Mapping[str, Any], change: Change,
                        keys: set[Any] | None = None, first_only: bool = False,
@@ -125,7 +144,7 @@ class StateWriter:
                 return out
             log.debug("s3 index %s/%s: %d documents were merged away under an update; looking them up again",
                       self.uri, collection, len(moved))
-            view = self.views.refresh(collection)
+            view = self.views.refresh(collection, filter)
             with view.lock:
                 regrouped: dict[str, set[Any]] = {}
                 for key in moved:

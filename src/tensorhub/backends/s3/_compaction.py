@@ -22,6 +22,7 @@ from bson import ObjectId
 from tensorhub.backends.s3._cas import StateWriter
 from tensorhub.backends.s3._segments import MERGED_SUFFIX, Entry, Segment, State, is_merged
 from tensorhub.backends.s3._view import Gone, View, Views, first, rebuild, segment_entries
+from tensorhub.backends.s3._zones import ZONE_KEY_CHARS, ZONE_TAG, build_zone, encode_zone
 from tensorhub.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
@@ -82,45 +83,58 @@ class Compactor:
         beside it weigh at least as much (size tiers: each rewrite of a document doubles its segment).
         """
         out = []
+
+        def size(sid: str, default: int = 0) -> int:
+            # the documents' bytes once downloaded (a merged segment's object adds its header), else the listing's
+            segment = view.segments.get(sid)
+            return segment.nbytes if segment is not None else view.sizes.get(sid, default)
+
         for sid in view.order:
             state = view.states.get(sid) or State()
-            if view.segments[sid].nbytes > COMPACT_SMALL_BYTES:
+            if size(sid, 0) > COMPACT_SMALL_BYTES:
                 continue
             if state.merged_into and state.merged_into in view.pending:
                 continue  # another compaction is merging it right now
             out.append(sid)
         if full:
             return out
-        budget = sum(view.segments[sid].nbytes for sid in out if not is_merged(sid))
+        budget = sum(size(sid, 0) for sid in out if not is_merged(sid))
         allowed = set()
-        for sid in sorted((sid for sid in out if is_merged(sid)), key=lambda sid: view.segments[sid].nbytes):
-            if view.segments[sid].nbytes > budget:
+        for sid in sorted((sid for sid in out if is_merged(sid)), key=lambda sid: size(sid, 0)):
+            if size(sid, 0) > budget:
                 break
             allowed.add(sid)
-            budget += view.segments[sid].nbytes
+            budget += size(sid, 0)
         return [sid for sid in out if not is_merged(sid) or sid in allowed]
 
     def _compact_once(self, collection: str, full: bool = True) -> int:
         """One merge: write the merged segment, mark its sources (CAS), commit, remove the sources."""
         started = time.monotonic()
-        view = self.views.refresh(collection)
+        view = self.views.refresh(collection, None)  # the listing and states: sources are read once picked
         self._abandon(collection, view)
         self.sweep(collection)
         with view.lock:
-            picked: list[tuple[str, State, list[Entry]]] = []
+            chosen: list[str] = []
             size = 0
             for sid in self.small(view, full):
-                segment = view.segments[sid]
-                if len(picked) >= COMPACT_MAX_SOURCES or (picked and size + segment.nbytes > COMPACT_TARGET_BYTES):
+                segment = view.segments.get(sid)
+                nbytes = segment.nbytes if segment is not None else view.sizes.get(sid, 0)
+                if len(chosen) >= COMPACT_MAX_SOURCES or (chosen and size + nbytes > COMPACT_TARGET_BYTES):
                     break
-                state = view.states.get(sid) or State()
-                picked.append((sid, state, segment_entries(view, sid)))
-                size += segment.nbytes
-            oldest = min((first(view, sid) for sid, _, _ in picked), default="")
-        if len(picked) < 2:
-            return 0
-        sources = [sid for sid, _, _ in picked]
-        xid = merged_id(sources)
+                chosen.append(sid)
+                size += nbytes
+        if len(chosen) < 2 or not self.views.load(collection, chosen):
+            return 0  # (a source vanished since the listing: merged or deleted by another; next time)
+        with view.lock:
+            if any(sid not in view.segments for sid in chosen):
+                return 0
+            picked = [(sid, view.states.get(sid) or State(), segment_entries(view, sid)) for sid in chosen]
+            oldest = min(first(view, sid) for sid in chosen)
+        sources = chosen
+        docs = [e.doc for _, _, entries in picked for e in entries]
+        budget = min(ZONE_KEY_CHARS, 1000 - len(self.views.state_key(collection, "x" * 100)))
+        zone = encode_zone(build_zone(docs, self.views.declared(collection), budget=budget)) if budget > 40 else ""
+        xid = merged_id(sources, zone, oldest)
         body = Segment.encode_merged([e.raw for _, _, entries in picked for e in entries], sources, oldest)
         xkey = self.views.seg_key(collection, xid)
         # 1. write the merged segment
@@ -253,11 +267,13 @@ class Compactor:
             log.warning("background compaction of %s at %s failed", collection, self.uri, exc_info=True)
 
 
-def merged_id(sources: Sequence[str]) -> str:
-    """A fresh merged-segment id that sorts after all of its sources' (even across skewed clocks)."""
+def merged_id(sources: Sequence[str], zone: str = "", first: str = "") -> str:
+    """A fresh merged-segment id that sorts after all of its sources' (even across skewed clocks),
+    carrying its zone map and its order key (``first``, its oldest source's) when given."""
     oid = ObjectId()
     top = max(sid[:24] for sid in sources)
     if str(oid) <= top:
         seconds = int.from_bytes(bytes.fromhex(top[:8]), "big") + 1
         oid = ObjectId(seconds.to_bytes(4, "big") + ObjectId().binary[4:])
-    return f"{oid}{MERGED_SUFFIX}"
+    tags = (f"{ZONE_TAG}{zone}" if zone else "") + (f".o{first}" if len(first) == 24 else "")
+    return f"{oid}{tags}{MERGED_SUFFIX}"

@@ -45,8 +45,20 @@ machines with nothing but the bucket.
   :data:`~tensorhub.backends.s3._view.MAX_VIEW_AGE` (well under the grace) before a CAS, so the sweep can never race one.
 * Queries run in Python with :mod:`tensorhub.query` (same semantics as MongoDB). Each store
   instance caches segments (immutable) and states by ETag: a query costs one LIST request per
-  1,000 objects of the collection plus a GET of each segment or state that is new or changed
-  since this instance last looked; nothing is downloaded twice. A filter on ``_id`` (the
+  1,000 objects of the collection plus a GET of each state that is new or changed since this
+  instance last looked and of each segment not downloaded yet *that can hold a match*; nothing
+  is downloaded twice.
+* Zone maps (:mod:`~tensorhub.backends.s3._zones`) decide which segments can hold a match.
+  A segment's key carries a summary of its documents' top-level fields (``_id`` and the fields
+  of :meth:`S3IndexStore.create_index` first, then the others while the key has room): all
+  distinct values of a field when few, else its min and max in MongoDB's order, and whether
+  some document lacks it; a field holding an array or a document anywhere in the segment is
+  not summarised. A state that changes documents carries the exact summary of the segment as it
+  resolves it, so a segment whose tasks were all finished through its state says so, and a claim
+  (``status: pending``) reads neither it nor its documents. Equality, ``$in`` and ranges on a
+  summarised field (anything, with a distinct-value summary) rule segments out; ``$and``/``$or``
+  combine; anything else reads every segment. A LIST is enough to decide: a run's log rows out of
+  100,000 cost the GETs of that run's segments only (``benchmarks/bench_scale_s3.py``). A filter on ``_id`` (the
   repository's finish, heartbeat and delete paths) for documents this instance already knows
   re-reads just their segments' states (one GET each) instead of listing the collection, and
   matches ``{"_id": {"$in": [...]}}`` by set lookup instead of document by document.
@@ -92,8 +104,9 @@ first writer that meets it, or by a compactor once it is :data:`~tensorhub.backe
 a compactor commits only within :data:`~tensorhub.backends.s3._compaction.COMPACT_COMMIT_WINDOW` of its start, far inside the
 grace period that keeps an aborted merge's tombstone.
 
-Costs and limits: a find is O(collection size) in memory and CPU (no server-side index) and
-LISTs the whole collection prefix; single-row inserts make one small segment each until a
+Costs and limits: a find is O(size of the segments its zone maps cannot rule out) in memory
+and CPU (no server-side index) and LISTs the whole collection prefix; single-row inserts make
+one small segment each until a
 compaction merges them: 2,000 one-row segments cost a cold query 2,000 GETs before and 2
 after (the merged segment and its state), while merging costs one PUT per source (its mark),
 one ``DeleteObjects`` per 1,000 sources, and the sources' tombstone states are LISTed (not
@@ -101,8 +114,15 @@ downloaded) until they are swept an hour later; a merge aborts when a writer upd
 its sources meanwhile, so a collection whose documents are all updated continuously (task
 heartbeats) may compact rarely; a store written by a version with compaction must not be
 read by an older one (which cannot parse merged segments); deleting documents spread over
-many segments costs one PUT per segment; ``insert_many`` does not check ``_id`` uniqueness against stored documents (the repository always uses
-fresh ObjectIds); a find reads each document at some moment during the call (as MongoDB
+many segments costs one PUT per segment; ``insert_many`` refuses an ``_id`` that is stored
+(:class:`~tensorhub.errors.DuplicateKeyError`) as far as this store knows the collection: as
+it last listed it (its first insert lists it, so does every query) plus its own inserts since,
+with GETs only of segments whose ``_id`` zone could hold it (a fresh ObjectId sorts after the
+stored ones); an ``_id`` another process inserted after that listing, or two processes
+inserting the same new ``_id`` at once, are not caught (S3 has no unique index); zone
+maps only help when segments differ in the queried field (rows of one run flushed together, a
+sweep's tasks): a merged segment mixing every run is read for any run; a find reads each
+document at some moment during the call (as MongoDB
 does without a snapshot), not the whole collection at one instant; ``find_one_and_update``
 with a ``sort`` takes the first match of the view it read (the CAS guarantees it still
 matched when it was taken, not that nothing sorting before it appeared meanwhile). Dead-state
@@ -114,7 +134,6 @@ Conditional writes need an S3 that implements them (AWS since 2024, MinIO, R2, m
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -125,8 +144,10 @@ from tensorhub.backends.s3 import _cas
 from tensorhub.backends.s3._cas import StateWriter, deleted, updated
 from tensorhub.backends.s3._compaction import Compactor
 from tensorhub.backends.s3._connection import S3Connection
-from tensorhub.backends.s3._segments import Segment, State, idkey
-from tensorhub.backends.s3._view import Gone, View, Views, select, split_id_condition
+from tensorhub.backends.s3._segments import Segment, idkey
+from tensorhub.backends.s3._view import (Gone, View, Views, add_inserted, candidates, effective_zone, entries_of,
+                                         select, split_id_condition)
+from tensorhub.backends.s3._zones import ZONE_KEY_CHARS, ZONE_TAG, build_zone, encode_zone, may_match
 from tensorhub.documents import decode_document, encode_document
 from tensorhub.errors import BackendUnavailableError, ConflictError, DuplicateKeyError, InvalidArgumentError
 from tensorhub.query import apply_update
@@ -176,9 +197,15 @@ class S3IndexStore(IndexStore):
         keys = [idkey(d["_id"]) for d in documents]
         if len(set(keys)) != len(keys):
             raise DuplicateKeyError(f"insert_many into {collection}: the batch repeats an _id")
+        self._refuse_existing_ids(collection, [d["_id"] for d in documents])
         body = b"".join(raws)
+        # the zone map goes into the key (a reader's LIST then tells which segments to GET), built
+        # from the documents as stored (datetimes cut to milliseconds), within what the key allows
+        budget = min(ZONE_KEY_CHARS, 1000 - len(self._views.state_key(collection, "x" * 60)))
+        zone = encode_zone(build_zone(segment.docs, self._views.declared(collection), budget=budget)) \
+            if budget > 40 else ""
         for _ in range(3):
-            sid = str(ObjectId())
+            sid = f"{ObjectId()}{ZONE_TAG}{zone}" if zone else str(ObjectId())
             key = f"{prefix}seg/{sid}.bson"
             try:
                 created = self._conn.put_if(key, body, None)
@@ -195,9 +222,41 @@ class S3IndexStore(IndexStore):
                                 "taken every time; try again")
         view = self._views.get(collection)
         with view.lock:
-            view.segments[sid] = segment
-            view.states.setdefault(sid, State())
-            view.seen[sid] = time.monotonic()
+            add_inserted(view, sid, segment, len(body))
+
+    def _refuse_existing_ids(self, collection: str, ids: list[Any]) -> None:
+        """Raise :class:`DuplicateKeyError` if a document with one of ``ids`` is stored.
+
+        Checked against the collection as this store last listed it (its first insert lists it,
+        and so does every query) plus what it inserted since, with GETs of the segments whose
+        ``_id`` zone could hold one of ``ids`` (a fresh ObjectId sorts after every stored one, so
+        usually none): a LIST per insert would double the cost of logging row by row. So an
+        ``_id`` another process inserted after this store's last listing, and two processes
+        inserting the same new ``_id`` at once, are not caught: S3 has no unique index.
+        """
+        filter = {"_id": {"$in": ids}}
+        view = self._views.get(collection)
+        with view.lock:
+            listed = view.listed
+            memo: dict[int, Any] = {}
+            wanted = [sid for sid in view.order
+                      if may_match(effective_zone(sid, view.states.get(sid)), filter, memo)]
+        fresh = not listed or not self._views.load(collection, wanted)
+        for _ in range(2):
+            if fresh:  # (no background compaction from here: a writer's process, e.g. a task's, may be short-lived)
+                view, _ = self._targets(collection, filter, compact=False)
+            with view.lock:
+                clash = select(entries_of(view, candidates(view, filter)), filter)
+            if not clash or fresh:
+                break
+            fresh = True  # found in what we knew: make sure it was not deleted meanwhile
+        if clash:
+            raise DuplicateKeyError(f"insert_many into {collection} at {self.uri}: a document with _id "
+                                    f"{clash[0].doc['_id']!r} exists; nothing was inserted")
+
+    def create_index(self, collection: str, keys: SortSpec) -> None:
+        """Remember the indexed fields: new segments' zone maps summarise them first (see the module doc)."""
+        self._views.declare(collection, [name for name, _ in keys])
 
     def _rollback(self, key: str) -> None:
         """After a failed segment PUT whose outcome is unknown (the request may have landed and
@@ -211,18 +270,18 @@ class S3IndexStore(IndexStore):
     def find(
         self, collection: str, filter: Mapping[str, Any], sort: SortSpec | None = None, limit: int | None = None
     ) -> list[Document]:
-        view, _ = self._targets(collection, filter)
+        view, sids = self._targets(collection, filter)
         with view.lock:
-            entries = view.entries
+            entries = entries_of(view, sids)
         hits = select(entries, filter, sort)
         if limit:
             hits = hits[:limit]
         return [decode_document(e.raw) for e in hits]
 
     def count(self, collection: str, filter: Mapping[str, Any]) -> int:
-        view, _ = self._targets(collection, filter)
+        view, sids = self._targets(collection, filter)
         with view.lock:
-            entries = view.entries
+            entries = entries_of(view, sids)
         return len(select(entries, filter))
 
     def update_many(self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
@@ -236,10 +295,11 @@ class S3IndexStore(IndexStore):
         self, collection: str, filter: Mapping[str, Any], update: Mapping[str, Any], sort: SortSpec | None = None
     ) -> Document | None:
         self._validate_update(update)
-        view, _ = self._targets(collection, filter)
+        view, sids = self._targets(collection, filter)
         for _ in range(_cas.CAS_ATTEMPTS):  # each failure means another writer took a candidate
-            with view.lock:
-                hits = select(view.entries, filter, sort)
+            with view.lock:  # (segments whose zone maps rule the filter out are not read: a claim skips
+                # segments whose tasks are all finished, since their states' zones say so)
+                hits = select(entries_of(view, candidates(view, filter)), filter, sort)
             if not hits:
                 return None
             first = hits[0]
@@ -248,7 +308,7 @@ class S3IndexStore(IndexStore):
                 lambda state, found: updated(state, found, update), keys={first.key}, first_only=True)
             if raws is None:  # merged away: find it (and the other candidates) where they are now
                 log.debug("s3 index %s/%s: a candidate was merged away; looking it up again", self.uri, collection)
-                view = self._views.refresh(collection)
+                view = self._views.refresh(collection, filter)
                 continue
             if raws:
                 return decode_document(raws[0])
@@ -287,13 +347,15 @@ class S3IndexStore(IndexStore):
     def _validate_update(update: Mapping[str, Any]) -> None:
         apply_update({}, update)  # raises InvalidQueryError before anything is read or written
 
-    def _targets(self, collection: str, filter: Mapping[str, Any]) -> tuple[View, list[str]]:
+    def _targets(self, collection: str, filter: Mapping[str, Any], compact: bool = True) -> tuple[View, list[str]]:
         """The collection's view, up to date for the segments that can hold matches of ``filter``.
 
         A filter on ``_id`` whose documents this instance already knows, in a few segments (the
         repository's finish, heartbeat and delete paths) costs one GET of each of those segments'
-        states instead of a LIST of the whole collection; anything else refreshes the whole view,
-        and so does a segment found merged into another (or gone) meanwhile.
+        states instead of a LIST of the whole collection; anything else refreshes the whole view
+        (downloading only the segments whose zone maps admit a match), and so does a segment found
+        merged into another (or gone) meanwhile. Returns the view and, in order, the downloaded
+        segments that can hold matches.
         """
         keys, _ = split_id_condition(filter)
         view = self._views.get(collection)
@@ -309,17 +371,20 @@ class S3IndexStore(IndexStore):
                         return False
 
                 if all(self._conn.map(reload, sorted(sids))):
-                    return view, sorted(sids)
-        view = self._views.refresh(collection)
-        self._compactor.maybe_compact(collection)
+                    with view.lock:
+                        if sids <= view.resolved.keys():
+                            return view, [sid for sid in view.order if sid in sids]
+        view = self._views.refresh(collection, filter)
+        if compact:
+            self._compactor.maybe_compact(collection)
         with view.lock:
-            return view, list(view.order)
+            return view, candidates(view, filter)
 
     def _by_segment(self, collection: str, filter: Mapping[str, Any]) -> dict[str, set[Any]]:
         """The keys of the documents matching ``filter``, grouped by the segment holding them."""
-        view, _ = self._targets(collection, filter)
+        view, sids = self._targets(collection, filter)
         with view.lock:
-            entries = view.entries
+            entries = entries_of(view, sids)
         groups: dict[str, set[Any]] = {}
         for e in select(entries, filter):
             groups.setdefault(e.sid, set()).add(e.key)

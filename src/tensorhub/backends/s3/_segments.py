@@ -5,8 +5,15 @@ concatenated, as in a ``mongodump`` file. A *merged* segment (``seg/<oid>.merged
 by compaction) starts with a header document (``v``, ``sources``: the sids it replaces,
 ``first``: the order key of its oldest source) followed by the live documents of its sources.
 A segment's state (``index/<collection>/state/<sid>.bson``) is a header document (``v``,
-``rev``, ``dead``, ``deleted`` ids, and when set ``merged_into`` / ``aborted``) followed by
-the current version of every updated document. How they are written and read is in
+``rev``, ``dead``, ``deleted`` ids, and when set ``merged_into`` / ``aborted`` / ``zone``) followed by
+the current version of every updated document.
+
+Segment ids: ``<oid>`` (plain) and ``<oid>.merged`` (merged) before zone maps; since then
+``<oid>.z<zone>`` and ``<oid>.z<zone>.o<first>.merged``, where ``<zone>`` is the segment's zone
+map (:mod:`tensorhub.backends.s3._zones`, base64url) and ``<first>`` the merged segment's order
+key (so neither needs a GET). A state's ``zone`` is the exact zone of what it resolves the
+segment's documents to; a state with changes but no ``zone`` makes the segment unprunable.
+How they are written and read is in
 :mod:`tensorhub.backends.s3._index` (design), :mod:`~tensorhub.backends.s3._view`
 (reading) and :mod:`~tensorhub.backends.s3._cas` (writing).
 """
@@ -14,12 +21,14 @@ the current version of every updated document. How they are written and read is 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from bson import ObjectId
 
 from tensorhub.backends.base import Document
+from tensorhub.backends.s3._zones import Zone
 from tensorhub.documents import decode_document, encode_document
 from tensorhub.errors import CorruptDataError
 
@@ -108,6 +117,8 @@ class State:
     dead: bool = False
     merged_into: str | None = None
     aborted: bool = False
+    #: the exact zone of the segment's documents as this state resolves them (None: unknown, or unchanged)
+    zone: Zone | None = None
     checked: float = field(default_factory=time.monotonic)  # when this version was known current
 
     @classmethod
@@ -120,9 +131,15 @@ class State:
         for raw in raws[1:]:
             doc = decode_document(raw)
             docs[idkey(doc["_id"])] = (raw, doc)
+        zone = None
+        if isinstance(header.get("zone"), Mapping):
+            try:
+                zone = Zone.from_doc(header["zone"])
+            except (KeyError, TypeError, ValueError):
+                zone = None  # unreadable: treated as unknown (the segment is read)
         return cls(etag=etag, rev=header.get("rev"), docs=docs,
                    deleted={idkey(i): i for i in header.get("deleted", [])}, dead=bool(header.get("dead")),
-                   merged_into=header.get("merged_into"), aborted=bool(header.get("aborted")))
+                   merged_into=header.get("merged_into"), aborted=bool(header.get("aborted")), zone=zone)
 
     def encode(self, rev: ObjectId) -> bytes:
         fields: dict[str, Any] = {"v": 1, "rev": rev, "dead": self.dead, "deleted": list(self.deleted.values())}
@@ -130,5 +147,7 @@ class State:
             fields["merged_into"] = self.merged_into
         if self.aborted:
             fields["aborted"] = True
+        if self.zone is not None:
+            fields["zone"] = self.zone.to_doc()
         header = encode_document(fields)
         return header + b"".join(raw for raw, _ in self.docs.values())

@@ -23,6 +23,7 @@ from bson import ObjectId
 from tensorhub.backends.base import SortSpec
 from tensorhub.backends.s3._connection import S3Connection
 from tensorhub.backends.s3._segments import Entry, Segment, State, idkey, is_merged
+from tensorhub.backends.s3._zones import Zone, may_match, sid_order, sid_zone
 from tensorhub.errors import ConflictError, InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.query import matches, regex_budget, sort_documents
 
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 MAX_VIEW_AGE = 600.0
 #: LISTs of one refresh before giving up when segments keep vanishing under it (merged away)
 REFRESH_ATTEMPTS = 8
+
+#: ``refresh(filter=EVERYTHING)`` downloads every live segment
+EVERYTHING: Mapping[str, Any] = {}
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -75,7 +79,11 @@ def select(entries: list[Entry], filter: Mapping[str, Any], sort: SortSpec | Non
 
 @dataclass
 class View:
-    """What one store instance knows of one collection."""
+    """What one store instance knows of one collection.
+
+    ``order`` lists every live segment; only those a query could not rule out by their zone maps
+    are downloaded (``segments``), and only their documents are resolved (``resolved``).
+    """
 
     lock: threading.RLock = field(default_factory=threading.RLock)  # short in-memory sections only
     refresh_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -88,9 +96,11 @@ class View:
     compactor: threading.Thread | None = None  # the background compaction of this collection, if any
     cleaned: float = float("-inf")  # when a background job last started
     seen: dict[str, float] = field(default_factory=dict)  # sid -> when a listing (or our insert) showed it
-    entries: list[Entry] = field(default_factory=list)
-    key_index: dict[Any, str] = field(default_factory=dict)  # _id key -> sid of the live documents
-    signature: Any = None
+    sizes: dict[str, int] = field(default_factory=dict)  # sid -> bytes of its object (from the listing)
+    # per loaded live segment: ((state etag, rev), its resolved documents)
+    resolved: dict[str, tuple[Any, list[Entry]]] = field(default_factory=dict)
+    key_index: dict[Any, str] = field(default_factory=dict)  # _id key -> sid, of the loaded live documents
+    listed: bool = False  # whether a refresh (a LIST) has completed
 
 
 class Gone(Exception):
@@ -105,7 +115,19 @@ class Views:
         self.uri = connection.uri
         self._root = f"{connection.location.prefix}index/"
         self._views: dict[str, View] = {}
+        self._declared: dict[str, list[str]] = {}  # collection -> indexed fields (create_index), in order
         self._lock = threading.Lock()
+
+    def declare(self, collection: str, fields: list[str]) -> None:
+        """Remember indexed fields of a collection (zone maps summarise them first)."""
+        self.prefix(collection)
+        with self._lock:
+            known = self._declared.setdefault(collection, [])
+            known.extend(f for f in fields if isinstance(f, str) and f not in known)
+
+    def declared(self, collection: str) -> list[str]:
+        with self._lock:
+            return list(self._declared.get(collection, ()))
 
     # -------------------------------------------------------------- keys and cache
     def prefix(self, collection: str) -> str:
@@ -149,8 +171,11 @@ class Views:
         return State.parse(got[0], got[1], key)
 
     # -------------------------------------------------------------- refresh
-    def refresh(self, collection: str) -> View:
+    def refresh(self, collection: str, filter: Mapping[str, Any] | None = EVERYTHING) -> View:
         """Bring the cached view of a collection up to date: a LIST, GETs of what changed only.
+
+        Of the segments not downloaded yet, only those whose zone maps say they can hold a match of
+        ``filter`` are fetched (all of them for ``{}``, none for ``None``: listing and states only).
 
         ``view.lock`` is only held for short in-memory steps, never while waiting on the thread
         pool (whose threads may be CAS workers needing it); ``refresh_lock`` serialises refreshes.
@@ -161,14 +186,14 @@ class Views:
         view = self.get(collection)
         with view.refresh_lock:
             for attempt in range(REFRESH_ATTEMPTS):
-                if self._refresh_once(collection, prefix, view):
+                if self._refresh_once(collection, prefix, view, filter):
                     return view
                 log.debug("s3 index %s/%s: a segment vanished during a refresh (attempt %d)", self.uri,
                           collection, attempt)
         raise ConflictError(f"{collection} at {self.uri} kept changing while it was read "
                             f"({REFRESH_ATTEMPTS} attempts); try again")
 
-    def _refresh_once(self, collection: str, prefix: str, view: View) -> bool:
+    def _refresh_once(self, collection: str, prefix: str, view: View, filter: Mapping[str, Any] | None) -> bool:
         # The LIST returns seg/ keys before state/ keys and each in key order, page after page, so
         # a document is always seen in at least one of its segments: a merged segment's id sorts
         # after its sources', it exists before they are removed, and the state that commits it is
@@ -214,7 +239,11 @@ class Views:
             candidates = [sid for sid in segments
                           if sid not in superseded and not state_of(sid).dead and not state_of(sid).aborted
                           and (not is_merged(sid) or committed(sid))]
-            missing = [sid for sid in candidates if sid not in view.segments]
+            # a merged segment written before zone maps carries its order key in its header: always read
+            memo: dict[int, Any] = {}
+            missing = [sid for sid in candidates if sid not in view.segments and (
+                (filter is not None and may_match(effective_zone(sid, state_of(sid)), filter, memo))
+                or (is_merged(sid) and sid_order(sid) is None))]
 
         def load(sid: str) -> tuple[str, Segment | None]:
             key = self.seg_key(collection, sid)
@@ -226,8 +255,12 @@ class Views:
             return False  # merged away or dead since the LIST: read again
         with view.lock:
             view.segments.update(loaded)
-            for sid in candidates:  # a committed merge replaces its sources even if we read them unmarked
-                superseded.update(view.segments[sid].sources)
+            # a committed merge replaces its sources even if we read them unmarked (a merged segment
+            # not downloaded supersedes by its sources' marks only: its sources, read unmarked in a
+            # LIST that raced the merge, hold the documents as they were at that moment)
+            for sid in candidates:
+                if sid in view.segments:
+                    superseded.update(view.segments[sid].sources)
             live = [sid for sid in candidates if sid not in superseded]
             view.order = sorted(live, key=lambda sid: (first(view, sid), sid))
             keep = set(view.order)
@@ -240,8 +273,27 @@ class Views:
             view.pending = {sid: obj["LastModified"] for sid, obj in segments.items()
                             if is_merged(sid) and sid not in states}
             view.seen = {sid: now for sid in view.order}
+            view.sizes = {sid: int(segments[sid].get("Size", 0)) for sid in view.order}
+            view.listed = True
             rebuild(view)
         return True
+
+    def load(self, collection: str, sids: list[str]) -> bool:
+        """Download the listed live segments not downloaded yet; False if one vanished (merged away, dead)."""
+        view = self.get(collection)
+        with view.lock:
+            missing = [sid for sid in sids if sid not in view.segments]
+
+        def load(sid: str) -> tuple[str, Segment | None]:
+            key = self.seg_key(collection, sid)
+            got = self.conn.get(key)
+            return sid, None if got is None else Segment.parse(got[0], key, merged=is_merged(sid))
+
+        loaded = self.conn.map(load, missing)
+        with view.lock:
+            view.segments.update((sid, segment) for sid, segment in loaded if segment is not None)
+            rebuild(view)
+        return all(segment is not None for _, segment in loaded)
 
     # -------------------------------------------------------------- single states
     def install(self, collection: str, sid: str, state: State) -> None:
@@ -284,20 +336,78 @@ class Views:
 
 def first(view: View, sid: str) -> str:
     """A segment's place in the collection's order: a merged one takes its oldest source's."""
+    order = sid_order(sid)
+    if order is not None:
+        return order
     segment = view.segments.get(sid)
-    return segment.first if segment is not None and segment.first else sid
+    return segment.first if segment is not None and segment.first else sid[:24]
+
+
+def add_inserted(view: View, sid: str, segment: Segment, size: int) -> None:
+    """Make a segment this store just wrote live in its view at once (the next LIST confirms it),
+    so its documents count for the ``_id`` checks of later inserts (caller holds the lock)."""
+    view.segments[sid] = segment
+    view.states.setdefault(sid, State())
+    view.seen[sid] = time.monotonic()
+    view.sizes[sid] = size
+    if sid not in view.order:
+        view.order.append(sid)
+    state = view.states[sid]
+    entries = segment_entries(view, sid)
+    view.resolved[sid] = ((state.etag, state.rev, state.dead), entries)
+    for e in entries:
+        view.key_index[e.key] = sid
+
+
+def effective_zone(sid: str, state: State | None) -> Zone | None:
+    """The zone map of a segment's documents as ``state`` resolves them (None: unknown, read it)."""
+    zone = sid_zone(sid)
+    if zone is None or state is None or not (state.docs or state.deleted):
+        return zone
+    return state.zone  # written by whoever changed the segment; absent: an older writer, unknown
+
+
+def candidates(view: View, filter: Mapping[str, Any]) -> list[str]:
+    """The downloaded live segments, in order, that can hold a match of ``filter`` (caller holds the lock)."""
+    memo: dict[int, Any] = {}
+    return [sid for sid in view.order if sid in view.resolved
+            and may_match(effective_zone(sid, view.states.get(sid)), filter, memo)]
+
+
+def entries_of(view: View, sids: list[str]) -> list[Entry]:
+    """The resolved documents of the given segments, in their order (caller holds the lock)."""
+    out: list[Entry] = []
+    for sid in sids:
+        out.extend(view.resolved[sid][1])
+    return out
 
 
 def rebuild(view: View) -> None:
-    """Recompute the resolved documents if any segment or state changed (caller holds the lock)."""
-    signature = tuple((sid, view.states[sid].etag, view.states[sid].rev) for sid in view.order)
-    if signature == view.signature:
-        return
-    entries = []
+    """Re-resolve the documents of the segments whose state changed (caller holds the lock)."""
+    live = {sid for sid in view.order if sid in view.segments}
+    for sid in [sid for sid in view.resolved if sid not in live]:
+        _unindex(view, sid)
+        del view.resolved[sid]
     for sid in view.order:
-        entries.extend(segment_entries(view, sid))
-    view.entries, view.signature = entries, signature
-    view.key_index = {e.key: e.sid for e in entries}
+        if sid not in live:
+            continue
+        state = view.states.get(sid)
+        signature = None if state is None else (state.etag, state.rev, state.dead)
+        cached = view.resolved.get(sid)
+        if cached is not None and cached[0] == signature:
+            continue
+        if cached is not None:
+            _unindex(view, sid)
+        entries = segment_entries(view, sid)
+        view.resolved[sid] = (signature, entries)
+        for e in entries:
+            view.key_index[e.key] = sid
+
+
+def _unindex(view: View, sid: str) -> None:
+    for e in view.resolved[sid][1]:
+        if view.key_index.get(e.key) == sid:
+            del view.key_index[e.key]
 
 
 def segment_entries(view: View, sid: str) -> list[Entry]:
