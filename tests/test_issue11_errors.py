@@ -179,9 +179,6 @@ def test_item06_a_bad_mongodb_database_name_is_a_configuration_error_naming_the_
 
 
 def test_item06_inserting_an_existing_id_is_a_duplicate_key_error(hub: TensorHub) -> None:
-    if type(hub.index).__name__ == "S3IndexStore":
-        pytest.skip("s3:// does not check _id uniqueness against stored documents (documented in "
-                    "backends/s3/_index.py; the repository always writes fresh ObjectIds)")
     oid = ObjectId()
     hub.index.insert_many("probe", [{"_id": oid, "n": 1}])
     with pytest.raises(DuplicateKeyError, match="already exists") as caught:
