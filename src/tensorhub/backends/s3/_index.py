@@ -252,7 +252,7 @@ class S3IndexStore(IndexStore):
             fresh = True  # found in what we knew: make sure it was not deleted meanwhile
         if clash:
             raise DuplicateKeyError(f"insert_many into {collection} at {self.uri}: a document with _id "
-                                    f"{clash[0].doc['_id']!r} exists; nothing was inserted")
+                                    f"{clash[0].doc['_id']!r} already exists; nothing was inserted")
 
     def create_index(self, collection: str, keys: SortSpec) -> None:
         """Remember the indexed fields: new segments' zone maps summarise them first (see the module doc)."""
