@@ -180,7 +180,7 @@ def test_item14_mongodb_logs_of_a_run_are_found_through_a_declared_index(
     assert sorted(r["step"] for r in rows) == [0, 1, 2, 3, 4]
     (_, collection, filter, sent_sort), = [c for c in sent if c[1] == "training_logs"]
     by_run = [("project_name", 1), ("task_id", 1), ("time", -1), ("_id", -1)]
-    by_step = [("project_name", 1), ("task_id", 1), ("step", 1)]
+    by_step = [("project_name", 1), ("task_id", 1), ("step", 1), ("_id", 1)]
     declared = declared_indexes()["training_logs"]
     assert by_run in declared and by_step in declared
     # the bounds are exact on the run, and the order comes out of an index: newest first from

@@ -24,7 +24,7 @@ INTERNAL_FIELDS: frozenset[str] = frozenset()
 #: and a run's rows by step (curves, "the last 100 steps"), so a step-ordered read of a run is index-ordered
 INDEXES = {collection: [[("project_name", 1), ("time", -1), ("_id", -1)],
                         [("project_name", 1), ("task_id", 1), ("time", -1), ("_id", -1)],
-                        [("project_name", 1), ("task_id", 1), ("step", 1)]]
+                        [("project_name", 1), ("task_id", 1), ("step", 1), ("_id", 1)]]
            for collection in COLLECTIONS.values()}
 
 
