@@ -24,11 +24,12 @@ import itertools
 import logging
 import math
 import os
+import queue
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -268,9 +269,16 @@ class TaskQueue:
                   "$inc": {"attempts": 1, "attempts_left": -1}}
         base = _and(query, {"attempts_left": {"$gt": 0}, "cancel_requested": {"$ne": True}})
         # two simple filters rather than one $or: each is served by the (status, priority, time)
-        # index on MongoDB. Abandoned tasks (few: at most one per dead runner) go first.
-        claimed = self._transition("reclaim", _and(base, {"lease_expires_at": {"$lt": now}}), update,
-                                   one=True, sort=sort or QUEUE_ORDER)
+        # index on MongoDB. Abandoned tasks (few: at most one per dead runner) go first. Whether
+        # there is one is asked with a read first: almost always there is none, and a read takes
+        # no write lock (file://) nor compare-and-swap (s3://), so it costs a claim far less than
+        # a conditional write that matches nothing. The write stays the atomic step: a lease that
+        # runs out just after the read is reclaimed by the next claim.
+        abandoned = _and(base, {"status": RUNNING, "lease_expires_at": {"$lt": now}})
+        claimed = None
+        if self.tasks.find(abandoned, limit=1):
+            claimed = self._transition("reclaim", _and(base, {"lease_expires_at": {"$lt": now}}), update,
+                                       one=True, sort=sort or QUEUE_ORDER)
         reclaimed = claimed is not None
         if claimed is None:
             claimed = self._transition("claim", base, update, one=True, sort=sort or QUEUE_ORDER)
@@ -490,7 +498,49 @@ def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLik
     return documents
 
 
-class Heartbeat(threading.Thread):
+class _Threads:
+    """Daemon threads kept for reuse by heartbeats (and a runner's other per-task helpers).
+
+    A claim runs its heartbeat on an idle thread of this pool rather than a new one: starting a
+    thread waits until the new thread has been scheduled, which on a loaded machine cost more
+    than a no-op task's whole run. A thread is started only when none is idle, and stays for the
+    next task. Threads do not survive a ``fork()``: the child starts with an empty pool.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, job: Any, name: str) -> None:
+        """Run ``job()`` on an idle thread (a new one if none is idle); exceptions are logged."""
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._jobs.put(job)
+        if spawn:
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except BaseException:  # noqa: BLE001 - a job's failure must not cost the pool its thread
+                log.exception("a tensorhub background job failed")
+            with self._lock:
+                self._idle += 1
+
+    def _after_fork(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+_threads = _Threads()
+os.register_at_fork(after_in_child=_threads._after_fork)
+
+
+class Heartbeat:
     """Renews a claim's lease until stopped: every third of the lease, and sooner after a failure.
 
     Between renewals it reads the task by ``_id`` every :data:`CANCEL_POLL` seconds, so a
@@ -510,13 +560,17 @@ class Heartbeat(threading.Thread):
     runner renew earlier, never later.
     """
 
-    def __init__(self, queue: TaskQueue, claimed: dict, lease: float) -> None:
-        super().__init__(name=f"tensorhub-heartbeat-{claimed['_id']}", daemon=True)
+    def __init__(self, queue: TaskQueue, claimed: dict, lease: float,
+                 on_cancel: Callable[[], None] | None = None) -> None:
         self.queue, self.claimed, self.lease = queue, claimed, lease
         self.stopped = threading.Event()
         self.cancel_poll = CANCEL_POLL
         self.cancel_requested = threading.Event()
+        #: called (in the heartbeat's thread) once, when a cancel request is first seen
+        self.on_cancel = on_cancel
         self.lost = threading.Event()
+        self._ended = threading.Event()
+        self._started = False
         expires = claimed.get("lease_expires_at")
         remaining = lease
         if isinstance(expires, dt.datetime):  # the claim may have taken a while: count from its expiry
@@ -543,8 +597,25 @@ class Heartbeat(threading.Thread):
             self.lost.set()
             return True
         if found.get("cancel_requested"):
-            self.cancel_requested.set()
+            self._cancel()
         return False
+
+    def _cancel(self) -> None:
+        if not self.cancel_requested.is_set():
+            self.cancel_requested.set()
+            if self.on_cancel is not None:
+                self.on_cancel()
+
+    def start(self) -> None:
+        """Start renewing, on a pooled thread (see :class:`_Threads`)."""
+        self._started = True
+        _threads.submit(self._run, name="tensorhub-heartbeat")
+
+    def _run(self) -> None:
+        try:
+            self.run()
+        finally:
+            self._ended.set()
 
     def run(self) -> None:
         failures = 0
@@ -575,11 +646,13 @@ class Heartbeat(threading.Thread):
             self.deadline = sent + self.lease
             renew_at = time.monotonic() + self._next_wait(0)
             if renewed.get("cancel_requested"):
-                self.cancel_requested.set()
+                self._cancel()
 
     def stop(self) -> None:
+        """Stop renewing and wait until the last renewal has returned."""
         self.stopped.set()
-        self.join()
+        if self._started:
+            self._ended.wait()
 
 
 #: longest wait between retries of a failed lease renewal (seconds)

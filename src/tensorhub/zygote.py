@@ -57,9 +57,15 @@ KILL_ROUNDS = 100
 DRAIN_SECONDS = 10.0
 
 
+_libc: Any = None
+
+
 def _prctl(option: int, value: int) -> bool:
+    global _libc
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+        if _libc is None:  # loaded once (the helper does before it forks): every task calls prctl twice
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return _libc.prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
 
