@@ -19,6 +19,7 @@ can never overwrite the outcome of the runner that took over. Every write goes t
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import itertools
 import logging
@@ -42,6 +43,7 @@ from tensorhub.errors import (
     ScriptSyntaxError,
     TaskTimeoutError,
 )
+from tensorhub.documents import check_depth, normalize_document
 from tensorhub.progress import progress_bar
 from tensorhub.records import Records, utcnow
 
@@ -274,9 +276,8 @@ class TaskQueue:
         # no write lock (file://) nor compare-and-swap (s3://), so it costs a claim far less than
         # a conditional write that matches nothing. The write stays the atomic step: a lease that
         # runs out just after the read is reclaimed by the next claim.
-        abandoned = _and(base, {"status": RUNNING, "lease_expires_at": {"$lt": now}})
         claimed = None
-        if self.tasks.find(abandoned, limit=1):
+        if self._abandoned(query, now):
             claimed = self._transition("reclaim", _and(base, {"lease_expires_at": {"$lt": now}}), update,
                                        one=True, sort=sort or QUEUE_ORDER)
         reclaimed = claimed is not None
@@ -287,6 +288,21 @@ class TaskQueue:
             self.tasks.update_many({"_id": claimed["_id"], "claim_id": claimed["claim_id"], "status": RUNNING},
                                    {"$push": {"errors": note}})
         return claimed
+
+    def _abandoned(self, query: Mapping[str, Any], now: dt.datetime) -> bool:
+        """Whether a running task matching ``query`` may be reclaimable (its lease ran out): a read of the
+        running tasks (few: one per runner) by an equality the claim index serves on every backend,
+        the lease and attempts checked here. Only a hint: the reclaim's conditional write decides."""
+        for task in self.tasks.find(_and(query, {"status": RUNNING})):
+            expires = task.get("lease_expires_at")
+            if not isinstance(expires, dt.datetime) or task.get("cancel_requested") is True:
+                continue
+            if expires.tzinfo is None:
+                expires = expires.replace(tzinfo=dt.timezone.utc)
+            left = task.get("attempts_left")
+            if expires < now and (not isinstance(left, (int, float)) or left > 0):
+                return True
+        return False
 
     def renew(self, claimed: Mapping[str, Any], lease: float) -> dict | None:
         """Extend the lease of a task this runner holds; the task after the write (its
@@ -472,29 +488,44 @@ def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLik
         raise InvalidArgumentError(f"timeout must be a positive finite number of seconds (None: no timeout), "
                                    f"got {timeout!r}")
     path, text = read_script(script)
-    documents = []
     for point in points:
-        hyper_parameters = dict(point or {})
-        for key in hyper_parameters:
+        for key in point or {}:
             if not isinstance(key, str) or not key.isidentifier():
                 raise InvalidArgumentError(f"hyper-parameter names must be Python identifiers, got {key!r}")
-        documents.append(records.new_record(fields, INTERNAL_FIELDS, "task", {
-            "task_name": task_name,
-            "run_type": TASK_RUN,
-            "script": text,
-            "script_path": path,
-            "hyper_parameters": hyper_parameters,
-            "saved_result_keys": list(saved_result_keys),
-            "status": TRANSITIONS[(NEW, "create")],
-            "priority": priority,
-            "max_attempts": max_attempts,
-            "attempts_left": max_attempts,
-            "attempts": 0,
-            "retry_on_error": retry_on_error,
-            "retries_left": retry_on_error,
-            "timeout": timeout,
-            "errors": [],
-        }))
+    # one record made (checked, normalised) for the whole sweep, then one copy per point with its own
+    # _id and hyper-parameters (normalised alone): a sweep of 10^5 points costs a copy per point,
+    # not a full record check. The points share the sweep's creation time; the queue order among
+    # them is their _id's, i.e. the order of ``points``.
+    template = records.new_record(fields, INTERNAL_FIELDS, "task", {
+        "task_name": task_name,
+        "run_type": TASK_RUN,
+        "script": text,
+        "script_path": path,
+        "hyper_parameters": {},
+        "saved_result_keys": list(saved_result_keys),
+        "status": TRANSITIONS[(NEW, "create")],
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "attempts_left": max_attempts,
+        "attempts": 0,
+        "retry_on_error": retry_on_error,
+        "retries_left": retry_on_error,
+        "timeout": timeout,
+        "errors": [],
+    })
+    containers = [key for key, value in template.items() if isinstance(value, (dict, list)) and key != "hyper_parameters"]
+    documents = []
+    for point in points:
+        # a point of plain values normalises without a BSON round trip; the depth counts as inside the record
+        hyper_parameters = normalize_document(dict(point or {}))
+        if any(isinstance(value, (dict, list)) for value in hyper_parameters.values()):
+            check_depth({"hyper_parameters": hyper_parameters}, "a task's hyper-parameters")
+        document = dict(template)
+        for key in containers:  # no list or dict shared between two records
+            document[key] = copy.deepcopy(template[key])
+        document["_id"] = ObjectId()
+        document["hyper_parameters"] = hyper_parameters
+        documents.append(document)
     return documents
 
 
