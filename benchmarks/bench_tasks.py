@@ -18,11 +18,18 @@ Measured, each as ``tensorhub / baseline`` of medians over alternating runs, on 
   ``pending`` after each run (untimed), so every claim sees N pending tasks.
 * ``isolation``: one ``hub.run_task(name)`` (child process) against one
   ``hub.run_task(name, in_process=True)``: what isolating a task costs.
+* ``targets`` (issue 14, ``file://`` only): N no-op tasks (default 300) run by 1 runner in
+  child-process mode, by 1 runner in process, and by 4 runners (processes) in child-process mode,
+  against Optuna's own ``study.optimize`` (sqlite storage, ``n_jobs=1``, a no-op objective, N
+  trials) in the same run; each line runs ``--repeats`` times, the lines interleaved, medians kept.
+  Targets: child-process mode with 1 runner >= 2x Optuna's trials/s; 4 runners >= 1.5x 1 runner
+  (on a 2-core machine). Optuna is an optional dependency: without it that line is skipped, said so.
 
     python benchmarks/bench_tasks.py                  # N=200, 1 and 4 runners, both backends
     python benchmarks/bench_tasks.py --quick          # N=60, 3 repeats
     python benchmarks/bench_tasks.py --backends file --runners 1,2,4
     python benchmarks/bench_tasks.py --profile        # also print cProfile of claim_task and run_task
+    python benchmarks/bench_tasks.py --targets        # only the issue-14 target lines (file://, Optuna)
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import multiprocessing
 import os
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -121,11 +129,17 @@ def _raw_mongo_finish(coll: Any, task_id: Any) -> None:
 
 
 # ---------------------------------------------------------------- runner processes
+def _noop_objective(trial: Any) -> float:
+    """Optuna's side of a no-op task: a trial that computes nothing."""
+    return 0.0
+
+
 def _runner_main(conn: Any, kind: str) -> None:
     """A runner process: ``open`` a store, then on ``go`` run tasks until none is left; reply with the count.
 
-    ``kind`` is ``tensorhub`` (``hub.run_task`` in a loop), ``sqlite`` or ``pymongo`` (raw claim,
-    ``exec`` of the script, raw finish).
+    ``kind`` is ``tensorhub`` (``hub.run_task`` in a loop), ``tensorhub-in-process``
+    (``hub.run_task(in_process=True)``), ``sqlite`` or ``pymongo`` (raw claim, ``exec`` of the
+    script, raw finish), or ``optuna`` (``study.optimize`` of a no-op objective: N trials).
     """
     os.environ.setdefault("TENSORHUB_PROGRESS", "0")
     handle: Any = None
@@ -140,6 +154,13 @@ def _runner_main(conn: Any, kind: str) -> None:
 
                 handle = TensorHub(where, project_name=PROJECT)
                 shared_zygote()  # a long-running runner has its fork-server helper already
+            elif kind == "tensorhub-in-process":
+                handle = TensorHub(where, project_name=PROJECT)
+            elif kind == "optuna":
+                import optuna
+
+                optuna.logging.set_verbosity(optuna.logging.WARNING)
+                handle = optuna.create_study(storage=f"sqlite:///{where}", study_name="bench")
             elif kind == "sqlite":
                 handle = _raw_sqlite(Path(where))
             else:
@@ -155,6 +176,12 @@ def _runner_main(conn: Any, kind: str) -> None:
             if kind == "tensorhub":
                 while handle.run_task(TASK):
                     ran += 1
+            elif kind == "tensorhub-in-process":
+                while handle.run_task(TASK, in_process=True):
+                    ran += 1
+            elif kind == "optuna":
+                handle.optimize(_noop_objective, n_trials=message[1], n_jobs=1)
+                ran = message[1]
             elif kind == "sqlite":
                 while (row := _raw_sqlite_claim(handle, owner)) is not None:
                     exec(compile(row[2], "<task>", "exec"), {"__name__": "__main__"})  # noqa: S102
@@ -169,6 +196,8 @@ def _runner_main(conn: Any, kind: str) -> None:
         elif op == "close":
             if kind == "pymongo":
                 handle.database.client.close()
+            elif kind == "optuna":
+                pass  # the study holds no more than an SQLAlchemy engine: dropped below
             else:
                 handle.close()
             handle = None
@@ -198,8 +227,8 @@ class Runners:
     def open(self, *where: Any) -> None:
         self._all("open", *where)
 
-    def go(self) -> int:
-        return sum(self._all("go"))
+    def go(self, *args: Any) -> int:
+        return sum(self._all("go", *args))
 
     def close_store(self) -> None:
         self._all("close")
@@ -468,6 +497,101 @@ def bench_mongodb(n: int, repeats: int, runner_counts: tuple[int, ...], tmp: Pat
         servers.close()
     return results
 
+# ---------------------------------------------------------------- issue 14 targets: against Optuna
+#: (line, what the line runs) of the target comparison, in the order each repeat runs them
+TARGET_LINES = (("child-1", "1 runner, child process per task"), ("in-process-1", "1 runner, in process"),
+                ("child-4", "4 runners (processes), child process per task"),
+                ("optuna-1", "Optuna study.optimize, sqlite, n_jobs=1"))
+#: (what, numerator line, denominator line, least speed-up) of each target
+TARGETS = (("child process, 1 runner vs Optuna", "child-1", "optuna-1", 2.0),
+           ("child process, 4 runners vs 1 runner", "child-4", "child-1", 1.5))
+
+
+def _optuna_available() -> bool:
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def bench_targets(n: int, repeats: int, tmp: Path, extras: dict[str, Any]) -> list[Result]:
+    """The issue-14 throughput targets on ``file://``: tasks/s of each line of :data:`TARGET_LINES`.
+
+    Every line's processes are spawned once and kept; each repeat gives every line a fresh store
+    holding N pending tasks (or a fresh Optuna study), then times "go" to the last "done". The
+    lines run interleaved, so a change of the machine's load spreads over all of them: the
+    ratios of one run are what to compare, not the absolute figures.
+    """
+    script = _script(tmp)
+    lines = dict(TARGET_LINES)
+    kinds = {"child-1": ("tensorhub", 1), "in-process-1": ("tensorhub-in-process", 1),
+             "child-4": ("tensorhub", 4), "optuna-1": ("optuna", 1)}
+    if not _optuna_available():
+        print("  optuna is not installed (pip install optuna, or the test extra): its line is skipped", flush=True)
+        del kinds["optuna-1"]
+    runners = {line: Runners(*kind) for line, kind in kinds.items()}
+    samples: dict[str, list[float]] = {line: [] for line in runners}
+    try:
+        for _ in range(repeats):
+            for line, group in runners.items():
+                if line == "optuna-1":
+                    where = tmp / f"optuna-{next(_unique)}.sqlite"
+                    group.open(str(where))
+                    started = time.perf_counter()
+                    ran = group.go(n)
+                    samples[line].append(time.perf_counter() - started)
+                    group.close_store()
+                    where.unlink(missing_ok=True)
+                else:
+                    root = tmp / f"hub-{next(_unique)}"
+                    hub = TensorHub(f"file://{root}", project_name=PROJECT)
+                    hub.create_sweep(TASK, script, points=[{} for _ in range(n)])
+                    group.open(f"file://{root}")
+                    started = time.perf_counter()
+                    ran = group.go()
+                    samples[line].append(time.perf_counter() - started)
+                    group.close_store()
+                    _check_finished(hub, n)
+                    hub.close()
+                    shutil.rmtree(root, ignore_errors=True)
+                assert ran == n, f"{line}: {ran} of {n} tasks ran"
+    finally:
+        for group in runners.values():
+            group.stop()
+    median = {line: statistics.median(s) for line, s in samples.items()}
+    per_second = {line: n / seconds for line, seconds in median.items()}
+    extras["targets"] = {"tasks": n, "repeats": repeats, "tasks_per_s": per_second,
+                         "samples_s": samples, "checks": []}
+    results = []
+    for what, line, reference, least in TARGETS:
+        if line not in median or reference not in median:
+            continue
+        speedup = per_second[line] / per_second[reference]
+        extras["targets"]["checks"].append({"target": what, "speedup": speedup, "least": least,
+                                            "pass": speedup >= least})
+        results.append(Result(BENCH, "file", f"{n} no-op tasks: {lines[line]}", lines[reference],
+                              median[line], median[reference], samples[line], samples[reference]))
+    return results
+
+
+def targets_report(extras: dict[str, Any]) -> list[str]:
+    """The target table: tasks/s of each line, then each target's speed-up and PASS/FAIL."""
+    found = extras.get("targets")
+    if not found:
+        return []
+    lines = dict(TARGET_LINES)
+    out = [f"issue-14 task throughput targets (file://, {found['tasks']} no-op tasks, median of "
+           f"{found['repeats']} runs; the machine's other load makes absolute figures noisy: compare the ratios)",
+           "", "| line | tasks/s |", "| --- | ---: |"]
+    out += [f"| {lines[line]} | {rate:.1f} |" for line, rate in found["tasks_per_s"].items()]
+    if "optuna-1" not in found["tasks_per_s"]:
+        out.append("| Optuna study.optimize | skipped: optuna is not installed |")
+    out += ["", "| target | speed-up | needed | verdict |", "| --- | ---: | ---: | --- |"]
+    out += [f"| {c['target']} | {c['speedup']:.2f}x | >= {c['least']:.1f}x | {'PASS' if c['pass'] else 'FAIL'} |"
+            for c in found["checks"]]
+    return out
+
 
 def run(n: int = 200, repeats: int = 5, runner_counts: tuple[int, ...] = (1, 4),
         backends: tuple[str, ...] = ("file", "mongodb"), tmpdir: str | None = None,
@@ -492,7 +616,7 @@ def tasks_per_second(results: list[Result]) -> list[str]:
     """``backend, line: tensorhub tasks/s against raw tasks/s`` for the throughput lines."""
     lines = []
     for r in results:
-        if r.bench == BENCH and "no-op tasks" in r.what:
+        if r.bench == BENCH and "no-op tasks," in r.what:
             n = int(r.what.split()[0])
             lines.append(f"{r.backend:8} {r.what:28} {n / r.tensorhub_s:7.1f} tasks/s "
                          f"({fmt_seconds(r.tensorhub_s / n)} a task) against {n / r.baseline_s:7.1f} raw")
@@ -503,15 +627,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", type=int, default=None, help="no-op tasks per run (default 200, 60 with --quick)")
     parser.add_argument("--runners", type=parse_ints, default=(1, 4),
                         help="comma-separated numbers of runner processes (default 1,4)")
+    parser.add_argument("--targets", action="store_true",
+                        help="only the issue-14 target lines: file://, 1 and 4 runners against Optuna")
+    parser.add_argument("--target-tasks", type=int, default=None,
+                        help="no-op tasks per run of the target lines (default 300, 100 with --quick)")
 
 
 def from_args(args: argparse.Namespace, extras: dict[str, Any]) -> list[Result]:
-    n = args.tasks or (60 if args.quick else 200)
-    return run(n, repeats_of(args), args.runners, tuple(args.backends.split(",")), args.tmpdir, args.profile)
+    results: list[Result] = []
+    if not args.targets:
+        n = args.tasks or (60 if args.quick else 200)
+        results += run(n, repeats_of(args), args.runners, tuple(args.backends.split(",")), args.tmpdir, args.profile)
+    if args.targets or "file" in args.backends.split(","):
+        n = args.target_tasks or (100 if args.quick else 300)
+        print(f"[tasks] issue-14 targets: N={n}, repeats={repeats_of(args)}", flush=True)
+        tmp = Path(tempfile.mkdtemp(prefix="tensorhub-bench-targets-", dir=args.tmpdir))
+        try:
+            results += bench_targets(n, repeats_of(args), tmp, extras)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return results
 
 
 def report(results: list[Result], extras: dict[str, Any]) -> list[str]:
-    return tasks_per_second(results)
+    lines = tasks_per_second(results)
+    targets = targets_report(extras)
+    return lines + ([""] if lines and targets else []) + targets
 
 
 def main(argv: list[str] | None = None) -> int:

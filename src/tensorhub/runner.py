@@ -23,10 +23,14 @@ only way for stores that one process cannot share with another (``mongomock://``
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import itertools
 import logging
+import math
 import os
 import select
+import shutil
 import signal
 import tempfile
 import threading
@@ -70,38 +74,53 @@ __all__ = ["CHILD_MAIN", "ERROR_CHARS", "RESULT_BYTES", "TAIL_BYTES", "TRACEBACK
            "collect_results", "execute_script", "run_claimed"]
 
 
-class _TailReader(threading.Thread):
-    """Drains a task's stdout or stderr pipe, keeping only its last :data:`TAIL_BYTES` (no spool file)."""
+class _Tails:
+    """A task's stdout and stderr pipes, keeping only the last :data:`TAIL_BYTES` of each (no spool file).
 
-    def __init__(self, fd: int, name: str) -> None:
-        super().__init__(name=f"tensorhub-task-{name}", daemon=True)
-        self.fd = fd
-        self.buffer = bytearray()
-        self.stopped = threading.Event()
+    Drained by whoever waits on the task (:meth:`_TaskProcess.wait`), not by threads of their own:
+    starting two threads per task cost more than a no-op task's whole run.
+    """
 
-    def run(self) -> None:
+    def __init__(self, fds: dict[str, int]) -> None:
+        self.names = {fd: name for name, fd in fds.items()}  # the pipes not at EOF yet
+        self.buffers = {name: bytearray() for name in fds}
+
+    def fds(self) -> list[int]:
+        return list(self.names)
+
+    def read(self, fd: int) -> None:
+        """Read what is in the pipe ``fd`` (ready: this does not block); close it at EOF."""
         try:
-            while not self.stopped.is_set():
-                ready, _, _ = select.select([self.fd], [], [], 0.2)
-                if not ready:
-                    continue
-                chunk = os.read(self.fd, 1 << 16)
-                if not chunk:
-                    return
-                self.buffer += chunk
-                if len(self.buffer) > 2 * TAIL_BYTES:  # trim now and then: amortised O(1) per byte
-                    del self.buffer[:-TAIL_BYTES]
+            chunk = os.read(fd, 1 << 16)
         except OSError:
+            chunk = b""
+        if not chunk:
+            self.close(fd)
             return
-        finally:
-            os.close(self.fd)
+        buffer = self.buffers[self.names[fd]]
+        buffer += chunk
+        if len(buffer) > 2 * TAIL_BYTES:  # trim now and then: amortised O(1) per byte
+            del buffer[:-TAIL_BYTES]
 
-    def tail(self, wait: float = 5.0) -> str:
-        """The tail, once the pipe's writers are gone (or after ``wait`` seconds)."""
-        self.join(wait)
-        self.stopped.set()
-        self.join(1.0)
-        return bytes(self.buffer[-TAIL_BYTES:]).decode("utf-8", "replace")
+    def close(self, fd: int | None = None) -> None:
+        """Close pipe ``fd`` (default: every one still open)."""
+        for each in [fd] if fd is not None else list(self.names):
+            if self.names.pop(each, None) is not None:
+                os.close(each)
+
+    def drain(self, wait: float) -> None:
+        """Read until every writer is gone (EOF) or ``wait`` seconds passed, then close the pipes."""
+        deadline = time.monotonic() + wait
+        while self.names and (left := deadline - time.monotonic()) > 0:
+            poller = select.poll()
+            for fd in self.names:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(max(1, int(left * 1000))):
+                self.read(fd)
+        self.close()
+
+    def text(self, name: str) -> str:
+        return bytes(self.buffers[name][-TAIL_BYTES:]).decode("utf-8", "replace")
 
 
 def _exit_reason(exitcode: int | None) -> str:
@@ -119,24 +138,22 @@ class _TaskProcess:
         self.zygote = shared_zygote()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        self.readers = [_TailReader(out_r, "stdout"), _TailReader(err_r, "stderr")]
+        self.output = _Tails({"stdout_tail": out_r, "stderr_tail": err_r})
         try:
             try:
-                self.pid = self.zygote.start(CHILD_MAIN, args, out_w, err_w)
+                self.pid, self.pidfd = self.zygote.start(CHILD_MAIN, args, out_w, err_w)
             except ZygoteLost:  # it died between tasks: start a new one
                 self.zygote = shared_zygote()
-                self.pid = self.zygote.start(CHILD_MAIN, args, out_w, err_w)
+                self.pid, self.pidfd = self.zygote.start(CHILD_MAIN, args, out_w, err_w)
         except BaseException:
-            os.close(out_r)
-            os.close(err_r)
+            self.output.close()
             raise
         finally:
             os.close(out_w)
             os.close(err_w)
-        for reader in self.readers:
-            reader.start()
         self.exitcode: int | None = None
         self.helper_lost = False
+        self._delay = 0.001  # between two asks of the helper where there is no pidfd to wait on
 
     def poll(self) -> int | None:
         if self.exitcode is None:
@@ -145,6 +162,45 @@ class _TaskProcess:
             except ZygoteLost:
                 self._lost()
         return self.exitcode
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for the task's end, reading its output meanwhile; its exit
+        code, or None while it runs.
+
+        With a pidfd of the shepherd (Linux >= 5.3) this sleeps in one ``poll`` on it and the
+        pipes, and asks the helper once, when it has ended; elsewhere it asks the helper now and
+        then (1 ms, growing to 0.1 s), sleeping on the pipes in between.
+        """
+        deadline = time.monotonic() + timeout
+        while self.exitcode is None:
+            if self.pidfd is None and self.poll() is not None:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if self.pidfd is None:
+                left = min(left, self._delay)
+                self._delay = min(self._delay * 1.5, 0.1)
+            poller = select.poll()
+            for fd in [*self.output.fds(), *([self.pidfd] if self.pidfd is not None else [])]:
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll(max(1, math.ceil(left * 1000))):
+                if fd != self.pidfd:
+                    self.output.read(fd)
+                elif self.poll() is None:  # it ended, yet the helper says it runs: ask it from now on
+                    log.warning("task process %d: its pidfd says it ended, its helper that it runs", self.pid)
+                    self._close_pidfd()
+        return self.exitcode
+
+    def _close_pidfd(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def close(self) -> None:
+        """Close the pipes and the pidfd (the task has ended, or was killed)."""
+        self.output.close()
+        self._close_pidfd()
 
     def _lost(self) -> None:
         """The helper died under the task: its shepherd got SIGTERM and kills the task's tree (sessions
@@ -167,12 +223,13 @@ class _TaskProcess:
             self._lost()
             return
         deadline = time.monotonic() + 10
-        while self.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        while self.wait(0.01) is None and time.monotonic() < deadline:
+            pass
 
     def tails(self) -> dict[str, str]:
-        out, err = (reader.tail() for reader in self.readers)
-        return {"stdout_tail": out, "stderr_tail": err}
+        """The tails of stdout and stderr, once their writers are gone (or after 5 seconds)."""
+        self.output.drain(5.0)
+        return {name: self.output.text(name) for name in ("stdout_tail", "stderr_tail")}
 
     def failure_reason(self) -> str:
         if self.helper_lost:
@@ -181,37 +238,73 @@ class _TaskProcess:
         return _exit_reason(self.exitcode)
 
 
+#: seconds between two looks of a runner at its running task's cancel request, lost lease and timeout
+WAIT_SLICE = 0.1
+
+
+class _ResultFiles:
+    """Where this runner's task processes write their outcome: one directory per runner process,
+    made on first use and removed at exit, one file per task (read and removed by the runner).
+
+    Rather than a temporary directory per task: making and removing one cost a no-op task ~5 ms
+    on a loaded machine.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._dir: str | None = None
+        self._pid = 0
+        self._names = itertools.count()
+
+    def new_path(self) -> Path:
+        with self._lock:
+            if self._dir is None or self._pid != os.getpid() or not os.path.isdir(self._dir):
+                self._dir, self._pid = tempfile.mkdtemp(prefix="tensorhub-results-"), os.getpid()
+                atexit.register(shutil.rmtree, self._dir, True)
+            return Path(self._dir, f"{next(self._names)}.bson")
+
+
+_result_files = _ResultFiles()
+
+
 def _run_isolated(claimed: dict, connection: Connection, heartbeat: Heartbeat) -> tuple[str, dict[str, Any]]:
     """Run the script in a child process; return ``(status, fields to record)``."""
     timeout = claimed.get("timeout")
-    with tempfile.TemporaryDirectory(prefix="tensorhub-task-") as workdir:
-        process = _TaskProcess(encode_document(claimed), connection, workdir, dict(os.environ))
-        started = time.monotonic()
-        delay = 0.001
+    result_path = _result_files.new_path()
+    try:
+        process = _TaskProcess(encode_document(claimed), connection, str(result_path), dict(os.environ))
         try:
-            while process.poll() is None:
-                time.sleep(delay)
-                delay = min(delay * 1.5, 0.1)
-                if heartbeat.cancel_requested.is_set():
-                    process.kill()
-                    return CANCELLED, {"error": "cancelled while running", **process.tails()}
-                if heartbeat.lost.is_set():  # another runner may have it now: stop our copy
-                    process.kill()
-                    return LOST, {}
-                if timeout is not None and time.monotonic() - started > timeout:
-                    process.kill()
-                    return FAILED, {"error": f"TimeoutError: the task ran longer than its timeout of {timeout}s",
-                                    "exit_code": process.exitcode, **process.tails()}
+            started = time.monotonic()
+            try:
+                while process.wait(WAIT_SLICE) is None:
+                    if heartbeat.cancel_requested.is_set():
+                        process.kill()
+                        return CANCELLED, {"error": "cancelled while running", **process.tails()}
+                    if heartbeat.lost.is_set():  # another runner may have it now: stop our copy
+                        process.kill()
+                        return LOST, {}
+                    if timeout is not None and time.monotonic() - started > timeout:
+                        process.kill()
+                        return FAILED, {"error": f"TimeoutError: the task ran longer than its timeout of {timeout}s",
+                                        "exit_code": process.exitcode, **process.tails()}
+            finally:
+                process.kill()  # on every way out, including a runner shutting down
+            fields: dict[str, Any] = {"exit_code": process.exitcode, **process.tails()}
         finally:
-            process.kill()  # on every way out, including a runner shutting down
-        fields: dict[str, Any] = {"exit_code": process.exitcode, **process.tails()}
-        result_path = Path(workdir, "result.bson")
-        if process.helper_lost or not result_path.exists():
+            process.close()
+        try:
+            data = None if process.helper_lost else result_path.read_bytes()
+        except FileNotFoundError:
+            data = None
+        if data is None:
             return FAILED, {"error": process.failure_reason(), "traceback": "", **fields}
-        outcome = decode_document(result_path.read_bytes())
+        outcome = decode_document(data)
         if outcome["ok"]:
             return FINISHED, {"result": outcome["result"], **fields}
         return FAILED, {"error": outcome["error"], "traceback": outcome.get("traceback", ""), **fields}
+    finally:
+        result_path.unlink(missing_ok=True)
+        Path(f"{result_path}.tmp").unlink(missing_ok=True)
 
 
 class TaskCancelled(BaseException):
@@ -234,21 +327,21 @@ def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
 def _run_in_process(claimed: dict, connection: Connection, heartbeat: Heartbeat) -> tuple[str, dict[str, Any]]:
     """Run the script here (TensorLayer's way), in this thread. A cancel raises :class:`TaskCancelled`
     in the script at its next Python instruction (a blocking call in C, a long ``time.sleep``, ends
-    first)."""
+    first): the heartbeat's thread raises it as soon as it sees the request."""
     thread_id = threading.get_ident()
     lock = threading.Lock()
     done = threading.Event()
+    raised: list[bool] = []
 
-    def watch_cancel() -> None:
-        while not done.wait(0.05):
-            if heartbeat.cancel_requested.is_set():
-                with lock:  # never after ``done``: the exception could land in the runner's own code
-                    if not done.is_set():
-                        _raise_in_thread(thread_id, TaskCancelled)
-                return
+    def on_cancel() -> None:
+        with lock:  # never after ``done``: the exception could land in the runner's own code
+            if not done.is_set() and not raised:
+                raised.append(True)
+                _raise_in_thread(thread_id, TaskCancelled)
 
-    watcher = threading.Thread(target=watch_cancel, name="tensorhub-cancel-watch", daemon=True)
-    watcher.start()
+    heartbeat.on_cancel = on_cancel
+    if heartbeat.cancel_requested.is_set():  # seen before the hook was set
+        on_cancel()
     # exit_code as a child process would have exited: 0, sys.exit(n)'s n, else 1
     try:
         try:

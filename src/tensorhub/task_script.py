@@ -106,16 +106,26 @@ def exit_code_of(exc: BaseException) -> int:
     return 1
 
 
-def child_main(claimed_bson: bytes, connection: Connection, workdir: str, environ: dict[str, str]) -> int:
-    """Entry point of a task's process: run the script, write ``result.bson``; return the exit code.
+def _set_environ(environ: dict[str, str]) -> None:
+    """Make ``os.environ`` equal ``environ``, changing only what differs (usually nothing: the helper
+    started with the runner's environment), rather than clearing and refilling it."""
+    for key in [key for key in os.environ if key not in environ]:
+        del os.environ[key]
+    for key, value in environ.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
+
+
+def child_main(claimed_bson: bytes, connection: Connection, result_path: str, environ: dict[str, str]) -> int:
+    """Entry point of a task's process: run the script, write its outcome (BSON) to ``result_path``
+    (whole or not at all: written beside it, then renamed); return the exit code.
 
     ``environ`` is the runner's environment now (the helper that forked us has the one of its start).
     Its stdout and stderr are pipes the runner reads (it keeps only their tails). The exit code
     (the helper exits with it) is 0 when the script succeeded, else :func:`exit_code_of` its
     exception (1 for an exception or a result that could not be stored).
     """
-    os.environ.clear()
-    os.environ.update(environ)
+    _set_environ(environ)
     claimed = decode_document(claimed_bson)
     os.environ.update(connection.environ())
     os.environ[ENV_TASK_ID] = str(claimed["_id"])
@@ -140,6 +150,6 @@ def child_main(claimed_bson: bytes, connection: Connection, workdir: str, enviro
     except SerializationError as exc:
         code = 1
         data = bson.encode({"ok": False, **bounded_failure(str(exc))})
-    Path(workdir, "result.bson.tmp").write_bytes(data)
-    os.replace(Path(workdir, "result.bson.tmp"), Path(workdir, "result.bson"))
+    Path(f"{result_path}.tmp").write_bytes(data)
+    os.replace(f"{result_path}.tmp", result_path)
     return code

@@ -19,16 +19,18 @@ can never overwrite the outcome of the runner that took over. Every write goes t
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import itertools
 import logging
 import math
 import os
+import queue
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from tensorhub.errors import (
     ScriptSyntaxError,
     TaskTimeoutError,
 )
+from tensorhub.documents import check_depth, normalize_document
 from tensorhub.progress import progress_bar
 from tensorhub.records import Records, utcnow
 
@@ -270,9 +273,15 @@ class TaskQueue:
                   "$inc": {"attempts": 1, "attempts_left": -1}}
         base = _and(query, {"attempts_left": {"$gt": 0}, "cancel_requested": {"$ne": True}})
         # two simple filters rather than one $or: each is served by the (status, priority, time)
-        # index on MongoDB. Abandoned tasks (few: at most one per dead runner) go first.
-        claimed = self._transition("reclaim", _and(base, {"lease_expires_at": {"$lt": now}}), update,
-                                   one=True, sort=sort or QUEUE_ORDER)
+        # index on MongoDB. Abandoned tasks (few: at most one per dead runner) go first. Whether
+        # there is one is asked with a read first: almost always there is none, and a read takes
+        # no write lock (file://) nor compare-and-swap (s3://), so it costs a claim far less than
+        # a conditional write that matches nothing. The write stays the atomic step: a lease that
+        # runs out just after the read is reclaimed by the next claim.
+        claimed = None
+        if self._abandoned(query, now):
+            claimed = self._transition("reclaim", _and(base, {"lease_expires_at": {"$lt": now}}), update,
+                                       one=True, sort=sort or QUEUE_ORDER)
         reclaimed = claimed is not None
         if claimed is None:
             claimed = self._transition("claim", base, update, one=True, sort=sort or QUEUE_ORDER)
@@ -281,6 +290,21 @@ class TaskQueue:
             self.tasks.update_many({"_id": claimed["_id"], "claim_id": claimed["claim_id"], "status": RUNNING},
                                    {"$push": {"errors": note}})
         return claimed
+
+    def _abandoned(self, query: Mapping[str, Any], now: dt.datetime) -> bool:
+        """Whether a running task matching ``query`` may be reclaimable (its lease ran out): a read of the
+        running tasks (few: one per runner) by an equality the claim index serves on every backend,
+        the lease and attempts checked here. Only a hint: the reclaim's conditional write decides."""
+        for task in self.tasks.find(_and(query, {"status": RUNNING})):
+            expires = task.get("lease_expires_at")
+            if not isinstance(expires, dt.datetime) or task.get("cancel_requested") is True:
+                continue
+            if expires.tzinfo is None:
+                expires = expires.replace(tzinfo=dt.timezone.utc)
+            left = task.get("attempts_left")
+            if expires < now and (not isinstance(left, (int, float)) or left > 0):
+                return True
+        return False
 
     def renew(self, claimed: Mapping[str, Any], lease: float) -> dict | None:
         """Extend the lease of a task this runner holds; the task after the write (its
@@ -466,33 +490,90 @@ def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLik
         raise InvalidArgumentError(f"timeout must be a positive finite number of seconds (None: no timeout), "
                                    f"got {timeout!r}")
     path, text = read_script(script)
-    documents = []
     for point in points:
-        hyper_parameters = dict(point or {})
-        for key in hyper_parameters:
+        for key in point or {}:
             if not isinstance(key, str) or not key.isidentifier():
                 raise InvalidArgumentError(f"hyper-parameter names must be Python identifiers, got {key!r}")
-        documents.append(records.new_record(fields, INTERNAL_FIELDS, "task", {
-            "task_name": task_name,
-            "run_type": TASK_RUN,
-            "script": text,
-            "script_path": path,
-            "hyper_parameters": hyper_parameters,
-            "saved_result_keys": list(saved_result_keys),
-            "status": TRANSITIONS[(NEW, "create")],
-            "priority": priority,
-            "max_attempts": max_attempts,
-            "attempts_left": max_attempts,
-            "attempts": 0,
-            "retry_on_error": retry_on_error,
-            "retries_left": retry_on_error,
-            "timeout": timeout,
-            "errors": [],
-        }))
+    # one record made (checked, normalised) for the whole sweep, then one copy per point with its own
+    # _id and hyper-parameters (normalised alone): a sweep of 10^5 points costs a copy per point,
+    # not a full record check. The points share the sweep's creation time; the queue order among
+    # them is their _id's, i.e. the order of ``points``.
+    template = records.new_record(fields, INTERNAL_FIELDS, "task", {
+        "task_name": task_name,
+        "run_type": TASK_RUN,
+        "script": text,
+        "script_path": path,
+        "hyper_parameters": {},
+        "saved_result_keys": list(saved_result_keys),
+        "status": TRANSITIONS[(NEW, "create")],
+        "priority": priority,
+        "max_attempts": max_attempts,
+        "attempts_left": max_attempts,
+        "attempts": 0,
+        "retry_on_error": retry_on_error,
+        "retries_left": retry_on_error,
+        "timeout": timeout,
+        "errors": [],
+    })
+    containers = [key for key, value in template.items() if isinstance(value, (dict, list)) and key != "hyper_parameters"]
+    documents = []
+    for point in points:
+        # a point of plain values normalises without a BSON round trip; the depth counts as inside the record
+        hyper_parameters = normalize_document(dict(point or {}))
+        if any(isinstance(value, (dict, list)) for value in hyper_parameters.values()):
+            check_depth({"hyper_parameters": hyper_parameters}, "a task's hyper-parameters")
+        document = dict(template)
+        for key in containers:  # no list or dict shared between two records
+            document[key] = copy.deepcopy(template[key])
+        document["_id"] = ObjectId()
+        document["hyper_parameters"] = hyper_parameters
+        documents.append(document)
     return documents
 
 
-class Heartbeat(threading.Thread):
+class _Threads:
+    """Daemon threads kept for reuse by heartbeats (and a runner's other per-task helpers).
+
+    A claim runs its heartbeat on an idle thread of this pool rather than a new one: starting a
+    thread waits until the new thread has been scheduled, which on a loaded machine cost more
+    than a no-op task's whole run. A thread is started only when none is idle, and stays for the
+    next task. Threads do not survive a ``fork()``: the child starts with an empty pool.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, job: Any, name: str) -> None:
+        """Run ``job()`` on an idle thread (a new one if none is idle); exceptions are logged."""
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._jobs.put(job)
+        if spawn:
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except BaseException:  # noqa: BLE001 - a job's failure must not cost the pool its thread
+                log.exception("a tensorhub background job failed")
+            with self._lock:
+                self._idle += 1
+
+    def _after_fork(self) -> None:
+        self.__init__()  # type: ignore[misc]
+
+
+_threads = _Threads()
+os.register_at_fork(after_in_child=_threads._after_fork)
+
+
+class Heartbeat:
     """Renews a claim's lease until stopped: every third of the lease, and sooner after a failure.
 
     Between renewals it reads the task by ``_id`` every :data:`CANCEL_POLL` seconds, so a
@@ -512,13 +593,17 @@ class Heartbeat(threading.Thread):
     runner renew earlier, never later.
     """
 
-    def __init__(self, queue: TaskQueue, claimed: dict, lease: float) -> None:
-        super().__init__(name=f"tensorhub-heartbeat-{claimed['_id']}", daemon=True)
+    def __init__(self, queue: TaskQueue, claimed: dict, lease: float,
+                 on_cancel: Callable[[], None] | None = None) -> None:
         self.queue, self.claimed, self.lease = queue, claimed, lease
         self.stopped = threading.Event()
         self.cancel_poll = CANCEL_POLL
         self.cancel_requested = threading.Event()
+        #: called (in the heartbeat's thread) once, when a cancel request is first seen
+        self.on_cancel = on_cancel
         self.lost = threading.Event()
+        self._ended = threading.Event()
+        self._started = False
         expires = claimed.get("lease_expires_at")
         remaining = lease
         if isinstance(expires, dt.datetime):  # the claim may have taken a while: count from its expiry
@@ -545,8 +630,25 @@ class Heartbeat(threading.Thread):
             self.lost.set()
             return True
         if found.get("cancel_requested"):
-            self.cancel_requested.set()
+            self._cancel()
         return False
+
+    def _cancel(self) -> None:
+        if not self.cancel_requested.is_set():
+            self.cancel_requested.set()
+            if self.on_cancel is not None:
+                self.on_cancel()
+
+    def start(self) -> None:
+        """Start renewing, on a pooled thread (see :class:`_Threads`)."""
+        self._started = True
+        _threads.submit(self._run, name="tensorhub-heartbeat")
+
+    def _run(self) -> None:
+        try:
+            self.run()
+        finally:
+            self._ended.set()
 
     def run(self) -> None:
         failures = 0
@@ -577,11 +679,13 @@ class Heartbeat(threading.Thread):
             self.deadline = sent + self.lease
             renew_at = time.monotonic() + self._next_wait(0)
             if renewed.get("cancel_requested"):
-                self.cancel_requested.set()
+                self._cancel()
 
     def stop(self) -> None:
+        """Stop renewing and wait until the last renewal has returned."""
         self.stopped.set()
-        self.join()
+        if self._started:
+            self._ended.wait()
 
 
 #: longest wait between retries of a failed lease renewal (seconds)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import gc
 import os
 import resource
 import signal
@@ -56,9 +57,15 @@ KILL_ROUNDS = 100
 DRAIN_SECONDS = 10.0
 
 
+_libc: Any = None
+
+
 def _prctl(option: int, value: int) -> bool:
+    global _libc
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+        if _libc is None:  # loaded once (the helper does before it forks): every task calls prctl twice
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return _libc.prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
 
@@ -176,7 +183,9 @@ class Zygote:
         self._broken = False
         self.active: set[int] = set()  # started, not yet seen ended
 
-    def _ask(self, *request: Any, fds: list[int] | None = None) -> Any:
+    def _ask(self, *request: Any, fds: list[int] | None = None, receive_fd: bool = False) -> Any:
+        """Send ``request`` (and ``fds``), return the reply; with ``receive_fd``, ``(reply, fd or None)``:
+        a reply ``(value, True)`` is followed by one file descriptor."""
         with self._lock:
             if self._broken:
                 raise ZygoteLost("the task helper process is gone")
@@ -184,7 +193,18 @@ class Zygote:
                 self._conn.send(request)
                 if fds is not None:
                     socket.send_fds(self._sock, [b"F"], fds)
-                return self._conn.recv()
+                reply = self._conn.recv()
+                if not receive_fd:
+                    return reply
+                value, has_fd = reply
+                if not has_fd:
+                    return value, None
+                _, received, _, _ = socket.recv_fds(self._sock, 1, 1)
+                if len(received) != 1:
+                    for fd in received:
+                        os.close(fd)
+                    raise OSError("the task helper sent no process handle")
+                return value, received[0]
             except (EOFError, OSError) as exc:
                 self._broken = True
                 raise ZygoteLost("the task helper process died") from exc
@@ -192,13 +212,20 @@ class Zygote:
     def alive(self) -> bool:
         return not self._broken and self.process.poll() is None
 
-    def start(self, target: str, args: tuple, stdout: int, stderr: int) -> int:
+    def start(self, target: str, args: tuple, stdout: int, stderr: int) -> tuple[int, int | None]:
         """Fork a task that runs ``target`` (``"module:function"``) with ``args``, its stdout and
-        stderr on the given fds; return the pid of its shepherd (the task's handle). The task
-        exits with the int ``target`` returns (0 if it returns anything else, 1 if it raises)."""
-        pid = self._ask("start", target, args, fds=[stdout, stderr])
+        stderr on the given fds; return the pid of its shepherd (the task's handle) and a pidfd of
+        the shepherd (readable once it has exited; None where Linux has no ``pidfd_open``), which
+        the caller closes. The task exits with the int ``target`` returns (0 if it returns
+        anything else, 1 if it raises).
+
+        The pidfd is opened by the helper before it can reap the shepherd, so it cannot name a
+        reused pid: waiting on it replaces polling :meth:`exit_code` (one round trip per task
+        instead of one per poll, and no sleep between the task's end and the runner seeing it).
+        """
+        pid, pidfd = self._ask("start", target, args, fds=[stdout, stderr], receive_fd=True)
         self.active.add(pid)
-        return pid
+        return pid, pidfd
 
     def exit_code(self, pid: int) -> int | None:
         """The exit code of a started task (negative: killed by that signal), None while it runs."""
@@ -307,18 +334,35 @@ def _shepherd(target: str, args: tuple, fds: list[int]) -> int:
         if pid == task:
             code = _status(status)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    kill_descendants(os.getpid(), reap=_reap_any)  # the helper kills the process group once we are gone
+    # No child left (ECHILD) means no living descendant: we are their subreaper, so an orphan would
+    # be our child. Only then is the /proc walk of kill_descendants skipped (it costs ~ms a task).
+    if _reap_any():
+        kill_descendants(os.getpid(), reap=_reap_any)  # the helper kills the process group once we are gone
     return 1 if code is None else code
 
 
-def _reap_any() -> None:
+def _reap_any() -> bool:
+    """Reap every exited child; whether a child (living) is left."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return False
         if pid == 0:
-            return
+            return True
+
+
+def _children_of_self() -> list[int] | None:
+    """This process's children, from ``/proc/self/task/*/children`` (one small read per thread,
+    instead of reading every process's ``stat``); None where the kernel has no such file."""
+    children: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children", "rb") as f:
+                children += [int(pid) for pid in f.read().split()]
+    except (OSError, ValueError):
+        return None
+    return children
 
 
 def _die_like(code: int) -> None:
@@ -336,11 +380,23 @@ def _die_like(code: int) -> None:
     os._exit(128 - code)  # a signal that does not terminate (never sent to a task process by us)
 
 
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of our child ``pid`` (Linux >= 5.3), None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
 def serve(fd: int) -> None:
     """The helper's loop: fork a shepherd on ``start``, kill trees on ``kill``, reap and answer
     ``status``; on EOF (or SIGTERM: the runner died) kill every task tree and exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import tensorhub.task_script  # noqa: F401 - preload what every task needs before forking
+
+    # what was preloaded is never collected: a task's garbage collections then leave its pages
+    # shared with the helper instead of touching (copying) every one of them
+    gc.freeze()
 
     conn = Connection(fd)
     sock = socket.socket(fileno=os.dup(fd))
@@ -378,7 +434,10 @@ def serve(fd: int) -> None:
         rounds = 0
         while True:
             reap()
-            strays = [pid for pid in _children_map().get(os.getpid(), []) if pid not in running]
+            children = _children_of_self()
+            if children is None:
+                children = _children_map().get(os.getpid(), [])
+            strays = [pid for pid in children if pid not in running]
             if not strays:
                 return
             for pid in strays:
@@ -439,7 +498,11 @@ def serve(fd: int) -> None:
             for received in fds:
                 os.close(received)
             running.add(pid)
-            conn.send(pid)
+            pidfd = _pidfd(pid)  # before any reap: the pid names our child (running or a zombie)
+            conn.send((pid, pidfd is not None))
+            if pidfd is not None:
+                socket.send_fds(sock, [b"P"], [pidfd])
+                os.close(pidfd)
         elif request[0] == "status":
             reap()
             pid = request[1]
