@@ -567,9 +567,8 @@ def sort_sql(sort: Sequence[tuple[str, int]], kinds: Mapping[str, int]) -> str |
         if not pushable_key(key) or kinds.get(key, 0) & ~SORTABLE:
             return None
         order = " DESC" if direction < 0 else ""
-        if key == "_id" and kinds.get(key) == K_OBJECTID:  # the id column spells them: no JSON read
-            terms.append(f"id{order}")
-            continue
+        # _id too is ordered by its JSON pair, not the id column: the declared indexes (a queue's
+        # ends with _id) hold the pair, and an ORDER BY they serve needs no sort of the ties before it
         terms += [f"{bracket_sql(key)}{order}", f"{value_sql(key)}{order}"]
     if all(key != "_id" for key, _ in sort):  # _id is unique: no ties after it
         terms.append("rowid")
