@@ -152,7 +152,7 @@ class Series:
         self.min: Any = None
         self.max: Any = None
         self.final: Any = None
-        self.final_key: tuple[float, float] = (-math.inf, -math.inf)
+        self.final_key: tuple[float, str] = (-math.inf, "")  # (time, _id) of the newest row, as the store sorts
         #: (time, position in its row) of the first row: the order metrics were first seen in
         self.first_key: tuple[float, float] = (math.inf, math.inf)
         self.width = 0                        # 0: every point kept; else rows per bucket
@@ -161,8 +161,8 @@ class Series:
         self.bucketed = False                 # some merged share was bucketed
 
     # -------------------------------------------------------------- writing
-    def add(self, rows: Sequence[tuple[Any, Any, Any, Any]], reduce: bool = True, position: int = 0) -> None:
-        """Fold rows ``(value, step, epoch, time)`` (in their order of writing) into the digest
+    def add(self, rows: Sequence[tuple[Any, Any, Any, Any, Any]], reduce: bool = True, position: int = 0) -> None:
+        """Fold rows ``(value, step, epoch, time, _id)`` (in their order of writing) into the digest
         (``reduce=False``: keep every point for now, e.g. a batch about to be appended to a stored digest)."""
         k = len(rows)
         if not k:
@@ -171,8 +171,7 @@ class Series:
         block[_ORD] = np.arange(self.next_ord, self.next_ord + k)
         first_ms = _ms(rows[0][3])
         self.first_key = min(self.first_key, (first_ms if not math.isnan(first_ms) else -math.inf, float(position)))
-        for i, (value, step, epoch, at) in enumerate(rows):
-            ordinal = self.next_ord + i
+        for i, (value, step, epoch, at, row_id) in enumerate(rows):
             self.count += 1
             for axis, x in (("step", step), ("epoch", epoch)):
                 if x is None:
@@ -200,7 +199,7 @@ class Series:
                 self.min = value
             if self.max is None or value > self.max:
                 self.max = value
-            key = (ms if not math.isnan(ms) else -math.inf, float(ordinal))
+            key = (ms if not math.isnan(ms) else -math.inf, str(row_id))
             if key >= self.final_key:
                 self.final, self.final_key = value, key
         self.next_ord += k
@@ -217,8 +216,7 @@ class Series:
         """Fold a batch's series (rows written after every row of this one, every point kept) into this one."""
         points = batch.points.copy()
         points[_ORD] += self.next_ord
-        ordinal_shift = float(self.next_ord)
-        final_key = (batch.final_key[0], batch.final_key[1] + ordinal_shift)
+        final_key = batch.final_key
         self.count += batch.count
         self.first_key = min(self.first_key, batch.first_key)
         for axis in X_AXES:
@@ -252,7 +250,7 @@ class Series:
             self.min = other.min
         if other.max is not None and (self.max is None or other.max > self.max):
             self.max = other.max
-        if other.final is not None and other.final_key[0] >= self.final_key[0]:
+        if other.final is not None and other.final_key >= self.final_key:
             self.final, self.final_key = other.final, other.final_key
         self.bucketed = self.bucketed or bool(self.width) or bool(other.width) or other.bucketed
         self.points = np.concatenate([self.points, other.points], axis=1)
@@ -303,7 +301,7 @@ class Series:
                 raise ValueError(f"{name} is not a number")
             setattr(s, name, value)
         key = doc["final_key"]
-        s.final_key = (float(key[0]), float(key[1]))
+        s.final_key = (float(key[0]), str(key[1]))
         key = doc["first_key"]
         s.first_key = (float(key[0]), float(key[1]))
         s.width, s.next_ord = _int(doc["width"]), _int(doc["next_ord"])
@@ -374,7 +372,7 @@ class Digest:
 
     def add_rows(self, documents: Iterable[Mapping[str, Any]]) -> None:
         """Fold stored log rows (of this run and kind, in their order of writing)."""
-        grouped: dict[tuple[Any, str], list[tuple[Any, Any, Any, Any]]] = {}
+        grouped: dict[tuple[Any, str], list[tuple[Any, Any, Any, Any, Any]]] = {}
         positions: dict[tuple[Any, str], int] = {}
         for doc in documents:
             attempt = doc.get("attempt")
@@ -388,7 +386,7 @@ class Digest:
                 if found is None:
                     found = grouped[key] = []
                     positions[key] = position
-                found.append((value, step, epoch, at))
+                found.append((value, step, epoch, at, doc.get("_id")))
         for key, rows in grouped.items():
             if key not in self.series:
                 self.series[key] = Series(*key)
@@ -514,7 +512,8 @@ def _fold_part(records: Records, kind: str, task_id: ObjectId, part_id: ObjectId
                 mine = Series(s.attempt, s.metric)
                 mine.append(s)
                 created.append(mine)
-            fields = {"run": str(task_id), "task_id": task_id, "kind": kind, "part": "shard", "writer": writer,
+            fields = {"_id": part_id, "run": str(task_id), "task_id": task_id, "kind": kind, "part": "shard",
+                      "writer": writer,
                       "metric": metric, "version": 1, **_part_docs(metric, created, rows)}
             try:
                 records.insert_many(COLLECTION, [records.new_record({}, (), "log digest", own=fields)])
