@@ -78,6 +78,8 @@ RAW_POINTS = 2048
 BUCKETS = 512
 #: optimistic retries of one part's read-modify-write
 RETRIES = 8
+#: runs per query of their parts (file:// decides an ``$in`` of up to 500 values in SQL)
+QUERY_RUNS = 400
 #: row fields that are never metrics
 NOT_METRICS = COMMON_INTERNAL_FIELDS | RUN_FIELDS | {"step"}
 #: the x axes a digest keeps (``time`` is the row's stamped time)
@@ -569,12 +571,14 @@ def read(records: Records, kind: str, tasks: Sequence[Mapping[str, Any]], metric
         return out
     since = _since(records)
     by_run: dict[str, list[Mapping[str, Any]]] = {str(t["_id"]): [] for t in tasks}
-    query: dict[str, Any] = {"run": {"$in": list(by_run)}, "kind": kind}
-    if metric is not None:  # that metric's parts, the row counts and the stale marks (which have no metric)
-        query["metric"] = {"$in": [metric, None]}
-    for doc in records.find(COLLECTION, query):
-        if doc.get("run") in by_run:
-            by_run[doc["run"]].append(doc)
+    runs = list(by_run)
+    for start in range(0, len(runs), QUERY_RUNS):
+        query: dict[str, Any] = {"run": {"$in": runs[start:start + QUERY_RUNS]}, "kind": kind}
+        if metric is not None:  # that metric's parts, the row counts and the stale marks (which have no metric)
+            query["metric"] = {"$in": [metric, None]}
+        for doc in records.find(COLLECTION, query):
+            if doc.get("run") in by_run:
+                by_run[doc["run"]].append(doc)
     missing = []
     for task in tasks:
         digest = _assemble(by_run[str(task["_id"])], task, since)

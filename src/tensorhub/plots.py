@@ -1,10 +1,14 @@
 """Training curves and run comparisons as data and as plotly figures: what ``hub.plot_logs``,
 ``hub.plot_runs``, ``tensorhub plot`` and the dashboard (``tensorhub ui``) draw.
 
-* :func:`log_series` reads one metric's log rows, one query per run (only rows that have the metric
-  and the x field, sorted by x in the store), and returns one series per (run, attempt), each
-  downsampled by :func:`downsample` to at most ``max_points`` points: a run with a million rows
-  draws a correct-looking curve from a few thousand points (a few tens of KB of JSON).
+* :func:`log_series` returns one series of a metric per (run, attempt), each downsampled by
+  :func:`downsample` to at most ``max_points`` points. For runs it reads the runs' log digests
+  (:mod:`tensorhub.log_digest`: kept when rows are written; every point up to 2,048 rows, then the
+  first, last, lowest and highest point of each of at most 512 buckets), so a run with a million rows
+  draws a correct-looking curve from a few KB read; a series of at most ``max_points`` rows is exact
+  (every row, as before). Where a digest cannot answer exactly (a series longer than the digest keeps
+  whole but within ``max_points``, an x value that is not a number) it reads the run's rows of the
+  metric, sorted by x in the store, as it does for rows saved outside a run (``runs=None`` without a query).
 * :func:`downsample` keeps, per bucket of consecutive points, the lowest and the highest value
   (min/max per bucket), and the first and last point: spikes and plateaus survive, unlike striding.
 * :func:`figure_logs` / :func:`figure_runs` build the figures; plotly (the ``ui`` extra) is imported
@@ -226,9 +230,10 @@ def log_series(hub: TensorHub, metric: str, runs: Any = None, x: str = "step", k
 
 
 def _records(hub: TensorHub) -> Any:
-    """The hub's repository access, for the runs' log digests (a repository collection the public API
-    does not expose: its documents are the repository's, not records a user saved)."""
-    return hub._records
+    """The project's scoped repository access (:class:`~tensorhub.records.Records`, as the hub's task queue
+    holds it), for the runs' log digests: a repository collection no hub method exposes, since its
+    documents are the repository's, not records a user saved."""
+    return hub.task_queue.records
 
 
 def _digest_series(digest: log_digest.Digest, task: Mapping[str, Any], metric: str, x: str, max_points: int,
@@ -258,7 +263,7 @@ def _digest_series(digest: log_digest.Digest, task: Mapping[str, Any], metric: s
 
 def run_metrics(hub: TensorHub, run_id: Any) -> dict[str, list[str]]:
     """The metrics a run logged, per kind: ``{"training": ["acc", "loss"], "validation": [...], ...}``
-    (numeric fields of its log rows, sorted; kinds it logged nothing to are left out).
+    (numeric fields of its log rows, sorted; kinds it logged nothing to are left out), from its log digests.
 
     Args:
         hub: The store and project to read.
