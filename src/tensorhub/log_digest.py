@@ -129,10 +129,11 @@ def _lock(part_id: ObjectId) -> threading.Lock:
 
 
 def _ms(value: Any) -> float:
+    """A datetime as ms since the epoch (exact: stored times have ms precision), else NaN."""
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=dt.timezone.utc)
-        return float((value - _EPOCH) // dt.timedelta(milliseconds=1))
+        return float(round(value.timestamp() * 1000))
     return math.nan
 
 
@@ -163,47 +164,49 @@ class Series:
         self.bucketed = False                 # some merged share was bucketed
 
     # -------------------------------------------------------------- writing
-    def add(self, rows: Sequence[tuple[Any, Any, Any, Any, Any]], reduce: bool = True, position: int = 0) -> None:
-        """Fold rows ``(value, step, epoch, time, _id)`` (in their order of writing) into the digest
-        (``reduce=False``: keep every point for now, e.g. a batch about to be appended to a stored digest)."""
-        k = len(rows)
+    def add(self, batch: _Batch, rows: np.ndarray, values: list[Any], reduce: bool = True, position: int = 0) -> None:
+        """Fold the rows ``rows`` (indices into ``batch``, in their order of writing) whose values of this
+        metric are ``values`` (``reduce=False``: keep every point for now, e.g. a batch about to be
+        appended to a stored digest)."""
+        k = len(values)
         if not k:
             return
+        self.count += k
+        for axis in ("step", "epoch"):
+            present = batch.present[axis][rows]
+            self.n[axis] += int(present.sum())
+            if batch.odd[axis][rows].any():
+                self.odd.add(axis)
+            if self.ints[axis] and not batch.ints[axis][rows][present].all():
+                self.ints[axis] = False
+        times = batch.time[rows]
+        self.n["time"] += int(batch.present["time"][rows].sum())
+        if batch.odd["time"][rows].any():
+            self.odd.add("time")
+        first = times[0]
+        self.first_key = min(self.first_key, (first if not math.isnan(first) else -math.inf, float(position)))
+        numbers = np.asarray(values, dtype=float)
+        nan = np.isnan(numbers)
+        kept = [v for v, bad in zip(values, nan.tolist()) if not bad] if nan.any() else values
+        if kept:
+            self.m_count += len(kept)
+            low, high = min(kept), max(kept)
+            if self.min is None or low < self.min:
+                self.min = low
+            if self.max is None or high > self.max:
+                self.max = high
+            # the newest row by (time, _id), as the store sorts: a batch's ids grow in its order
+            order_times = np.where(nan | np.isnan(times), -np.inf, times)
+            last = k - 1 - int(np.argmax(order_times[::-1]))
+            key = (float(order_times[last]), str(batch.ids[rows[last]]))
+            if key >= self.final_key:
+                self.final, self.final_key = values[last], key
         block = np.empty((_COLUMNS, k))
         block[_ORD] = np.arange(self.next_ord, self.next_ord + k)
-        first_ms = _ms(rows[0][3])
-        self.first_key = min(self.first_key, (first_ms if not math.isnan(first_ms) else -math.inf, float(position)))
-        for i, (value, step, epoch, at, row_id) in enumerate(rows):
-            self.count += 1
-            for axis, x in (("step", step), ("epoch", epoch)):
-                if x is None:
-                    block[_X_COLUMN[axis], i] = math.nan
-                    continue
-                self.n[axis] += 1
-                if not _number(x):
-                    self.odd.add(axis)
-                    block[_X_COLUMN[axis], i] = math.nan
-                    continue
-                if not isinstance(x, int):
-                    self.ints[axis] = False
-                block[_X_COLUMN[axis], i] = float(x)
-            ms = _ms(at)
-            if at is not None:
-                self.n["time"] += 1
-                if math.isnan(ms):
-                    self.odd.add("time")
-            block[_TIME, i] = ms
-            block[_VALUE, i] = float(value)
-            if isinstance(value, float) and math.isnan(value):
-                continue
-            self.m_count += 1
-            if self.min is None or value < self.min:
-                self.min = value
-            if self.max is None or value > self.max:
-                self.max = value
-            key = (ms if not math.isnan(ms) else -math.inf, str(row_id))
-            if key >= self.final_key:
-                self.final, self.final_key = value, key
+        block[_STEP] = batch.x["step"][rows]
+        block[_EPOCH_COL] = batch.x["epoch"][rows]
+        block[_TIME] = times
+        block[_VALUE] = numbers
         self.next_ord += k
         self.points = np.concatenate([self.points, block], axis=1)
         if reduce:
@@ -343,6 +346,44 @@ def _reduce(points: np.ndarray, width: int) -> tuple[np.ndarray, int]:
     return points[:, chosen], width
 
 
+class _Batch:
+    """The x axes of a batch of rows, as arrays: values (NaN where absent or not a number), which are
+    present, which are not numbers, which are ints; the rows' times (ms) and ids."""
+
+    def __init__(self, documents: Sequence[Mapping[str, Any]]) -> None:
+        n = len(documents)
+        self.x: dict[str, np.ndarray] = {}
+        self.present: dict[str, np.ndarray] = {}
+        self.odd: dict[str, np.ndarray] = {}
+        self.ints: dict[str, np.ndarray] = {}
+        for axis in ("step", "epoch"):
+            values: list[Any] = [d.get(axis) for d in documents]
+            kinds = [type(v) for v in values]
+            if all(k is int for k in kinds):  # the common case, fast
+                self.x[axis] = np.asarray(values, dtype=float) if n else np.empty(0)
+                self.present[axis] = np.ones(n, dtype=bool)
+                self.odd[axis] = np.zeros(n, dtype=bool)
+                self.ints[axis] = np.ones(n, dtype=bool)
+                continue
+            self.present[axis] = np.array([v is not None for v in values], dtype=bool)
+            number = np.array([_number(v) for v in values], dtype=bool)
+            self.odd[axis] = self.present[axis] & ~number
+            self.ints[axis] = np.array([k is int or (k is not bool and isinstance(v, int))
+                                        for k, v in zip(kinds, values)], dtype=bool)
+            self.x[axis] = np.array([float(v) if ok else math.nan for v, ok in zip(values, number.tolist())],
+                                    dtype=float)
+        times: list[Any] = [d.get("time") for d in documents]
+        self.time: np.ndarray
+        if n and all(type(t) is dt.datetime and t.tzinfo is not None for t in times):  # the common case, fast
+            self.present["time"] = np.ones(n, dtype=bool)
+            self.time = np.round(np.array([t.timestamp() for t in times], dtype=np.float64) * 1000)
+        else:
+            self.present["time"] = np.array([t is not None for t in times], dtype=bool)
+            self.time = np.array([_ms(t) for t in times], dtype=float)
+        self.odd["time"] = self.present["time"] & np.isnan(self.time)
+        self.ids = [d.get("_id") for d in documents]
+
+
 # ---------------------------------------------------------------------------- a run's digest of one kind
 class Digest:
     """Every (attempt, metric) series of one run and log kind, and its row count per attempt."""
@@ -372,27 +413,45 @@ class Digest:
         ordered = sorted(merged.items(), key=lambda item: item[1].first_key)
         return {m: {"final": s.final, "min": s.min, "max": s.max, "count": s.m_count} for m, s in ordered}
 
-    def add_rows(self, documents: Iterable[Mapping[str, Any]]) -> None:
+    def add_rows(self, documents: Sequence[Mapping[str, Any]]) -> None:
         """Fold stored log rows (of this run and kind, in their order of writing)."""
-        grouped: dict[tuple[Any, str], list[tuple[Any, Any, Any, Any, Any]]] = {}
-        positions: dict[tuple[Any, str], int] = {}
-        for doc in documents:
-            attempt = doc.get("attempt")
-            self.rows[attempt] = self.rows.get(attempt, 0) + 1
-            step, epoch, at = doc.get("step"), doc.get("epoch"), doc.get("time")
-            for position, (name, value) in enumerate(doc.items()):
-                if name in NOT_METRICS or not _number(value):
+        batch = _Batch(documents)
+        # rows with the same attempt and fields (a batch's usual shape) are read column by column
+        shapes: dict[tuple[Any, tuple[str, ...]], list[int]] = {}
+        for i, doc in enumerate(documents):
+            shapes.setdefault((doc.get("attempt"), tuple(doc)), []).append(i)
+        grouped: dict[tuple[Any, str], tuple[list[int], list[Any]]] = {}
+        firsts: dict[tuple[Any, str], tuple[int, int]] = {}  # (first row, position in it)
+        for (attempt, fields), rows in shapes.items():
+            self.rows[attempt] = self.rows.get(attempt, 0) + len(rows)
+            for position, name in enumerate(fields):
+                if name in NOT_METRICS:
                     continue
+                column = [documents[i][name] for i in rows]
+                kinds = set(map(type, column))
+                if kinds <= {int, float}:
+                    chosen, values = rows, column
+                else:
+                    pairs = [(i, v) for i, v in zip(rows, column) if _number(v)]
+                    if not pairs:
+                        continue
+                    chosen, values = [i for i, _ in pairs], [v for _, v in pairs]
                 key = (attempt, name)
-                found = grouped.get(key)
-                if found is None:
-                    found = grouped[key] = []
-                    positions[key] = position
-                found.append((value, step, epoch, at, doc.get("_id")))
-        for key, rows in grouped.items():
+                if key not in grouped:
+                    grouped[key] = ([], [])
+                    firsts[key] = (chosen[0], position)
+                else:
+                    firsts[key] = min(firsts[key], (chosen[0], position))
+                grouped[key][0].extend(chosen)
+                grouped[key][1].extend(values)
+        for key, (rows, values) in grouped.items():
+            if len(shapes) > 1:  # rows of several shapes: back in the order of writing
+                order = sorted(range(len(rows)), key=rows.__getitem__)
+                rows, values = [rows[j] for j in order], [values[j] for j in order]
             if key not in self.series:
                 self.series[key] = Series(*key)
-            self.series[key].add(rows, reduce=self.reduce, position=positions[key])
+            self.series[key].add(batch, np.asarray(rows, dtype=np.int64), values, reduce=self.reduce,
+                                 position=firsts[key][1])
 
     def merge(self, other: Digest) -> None:
         for attempt, n in other.rows.items():
