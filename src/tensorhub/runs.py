@@ -320,9 +320,8 @@ def find_run_records(records: Records, run: Any) -> dict[str, Any]:
     task_id = as_object_id(run)
     tasks = records.find(TASKS, {"_id": task_id}) or [{"_id": task_id}]
     found: dict[str, Any] = {}
-    for kind, collection in _logs.COLLECTIONS.items():  # the digest counts the rows it has seen
-        digest, stored = log_digest.read(records, kind, tasks, metric="")[task_id]
-        found[collection] = digest.total_rows if stored else records.count(collection, {"task_id": task_id})
+    for kind, collection in _logs.COLLECTIONS.items():  # the digest counts the rows (or was computed from them)
+        found[collection] = log_digest.read(records, kind, tasks, metric="")[task_id][0].total_rows
     found["models"] = [r["_id"] for r in records.find(_models.COLLECTION, {"task_id": task_id})]
     found["datasets"] = [r["_id"] for r in records.find(_datasets.COLLECTION, {"task_id": task_id})]
     return found
