@@ -206,3 +206,10 @@ def test_users_cannot_write_digests_and_a_hostile_one_is_ignored(hub: TensorHub)
     (series,) = plots.log_series(hub, "loss", runs=[run.id])
     assert series["y"] == [float(i) for i in range(10)]
 
+
+
+def test_the_digest_reads_the_rows_of_each_log_kind_s_collection() -> None:
+    from tensorhub import logs
+
+    assert {kind: log_digest.rows_collection(kind) for kind in logs.COLLECTIONS} == logs.COLLECTIONS
+    assert log_digest.COLLECTION in logs.INDEXES  # declared by the log kind, with its rows' collections

@@ -98,6 +98,11 @@ _part_locks: dict[ObjectId, threading.Lock] = {}
 _since_cache: dict[tuple[str, str], dt.datetime] = {}
 
 
+def rows_collection(kind: str) -> str:
+    """The collection of ``kind``'s log rows (``logs.COLLECTIONS``' rule; logs.py imports this module)."""
+    return f"{kind}_logs"
+
+
 def _writer_token() -> str:
     """A random token of this process (a forked child gets its own: it writes its own shards)."""
     global _writer
@@ -652,11 +657,9 @@ def read(records: Records, kind: str, tasks: Sequence[Mapping[str, Any]], metric
 
 def from_rows(records: Records, kind: str, tasks: Sequence[Mapping[str, Any]]) -> dict[ObjectId, Digest]:
     """The digests of these runs computed from their rows (one query); those of ended runs are stored."""
-    from tensorhub.logs import COLLECTIONS
-
     digests = {t["_id"]: Digest() for t in tasks}
     grouped: dict[ObjectId, list[Mapping[str, Any]]] = {t: [] for t in digests}
-    for row in records.find(COLLECTIONS[kind], {"task_id": {"$in": list(digests)}}, sort=[("time", 1)]):
+    for row in records.find(rows_collection(kind), {"task_id": {"$in": list(digests)}}, sort=[("time", 1)]):
         if row.get("task_id") in grouped:
             grouped[row["task_id"]].append(row)
     for task in tasks:
