@@ -19,7 +19,8 @@ Measured (2 shared cores, N=1,000,000, one repeat): filling 318 s; reading the r
 one chart 60 KB of JSON (2,000 points); ``run_metrics`` 74 s. N=100,000 on a quieter machine: read
 2.7 s, ``log_series`` 3.3 s, 57 KB. The size target is met; the time is
 the file:// backend's: it decodes every row of the run and matches ``task_id`` (an ObjectId) in
-Python (issue 14 pushes such queries into SQL).
+Python (issue 14 pushes such queries into SQL). Since the per-run log digests (``log_digest.py``),
+``log_series`` and ``run_metrics`` read a run's digest, not its rows: tens of milliseconds at any N.
 
     python benchmarks/bench_ui_data.py              # N=1,000,000
     python benchmarks/bench_ui_data.py --rows 100000

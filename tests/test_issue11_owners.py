@@ -27,7 +27,7 @@ from tensorhub.records import Records
 from conftest import SPLIT_BLOBS, TASK_BACKENDS, fresh_uri
 
 SRC = Path(tasks.__file__).parent
-COLLECTIONS = ["datasets", "models", "tasks", "training_logs", "validation_logs", "testing_logs"]
+COLLECTIONS = ["datasets", "models", "tasks", "training_logs", "validation_logs", "testing_logs", "log_digests"]
 
 
 def _script(tmp_path: Path, body: str = "x = 1\n") -> Path:

@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from bson import ObjectId
+
+from tensorhub import log_digest
 from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.records import Records
 from tensorhub.stamping import run_query
@@ -21,11 +24,12 @@ COLLECTIONS = {"training": "training_logs", "validation": "validation_logs", "te
 INTERNAL_FIELDS: frozenset[str] = frozenset()
 #: the indexes of this kind's collections (declared by the hub when it opens a store): a project's rows and a
 #: run's, each in the default order (records.NEWEST_FIRST) whole, so a newest-first listing sorts nothing,
-#: and a run's rows by step (curves, "the last 100 steps"), so a step-ordered read of a run is index-ordered
-INDEXES = {collection: [[("project_name", 1), ("time", -1), ("_id", -1)],
-                        [("project_name", 1), ("task_id", 1), ("time", -1), ("_id", -1)],
-                        [("project_name", 1), ("task_id", 1), ("step", 1), ("_id", 1)]]
-           for collection in COLLECTIONS.values()}
+#: and a run's rows by step (curves, "the last 100 steps"), so a step-ordered read of a run is index-ordered;
+#: and the indexes of the runs' log digests (:mod:`tensorhub.log_digest`), which this kind keeps
+INDEXES = {**{collection: [[("project_name", 1), ("time", -1), ("_id", -1)],
+                           [("project_name", 1), ("task_id", 1), ("time", -1), ("_id", -1)],
+                           [("project_name", 1), ("task_id", 1), ("step", 1), ("_id", 1)]]
+              for collection in COLLECTIONS.values()}, **log_digest.INDEXES}
 
 
 def _collection(kind: str) -> str:
@@ -52,7 +56,12 @@ def save_logs(records: Records, kind: str, rows: Iterable[Mapping[str, Any]],
         documents.append(records.new_record(row, INTERNAL_FIELDS, "log", own[i] if own is not None else None,
                                             stamp=stamp))
     if documents:
+        in_a_run = any(isinstance(d.get("task_id"), ObjectId) for d in documents)
+        if in_a_run:
+            log_digest.before_write(records, list(COLLECTIONS.values()))
         records.insert_many(collection, documents)
+        if in_a_run:  # the rows are durable; then their runs' digests (charts, metric summaries)
+            log_digest.record_batch(records, kind, documents)
     return [d["_id"] for d in documents]
 
 
@@ -63,5 +72,16 @@ def find_logs(records: Records, kind: str, query: Mapping[str, Any], sort: Any =
 
 
 def delete_logs(records: Records, kind: str, query: Mapping[str, Any]) -> int:
-    """Delete matching log rows of ``kind`` (all of the project's when ``query`` is empty); return how many."""
-    return records.delete(_collection(kind), run_query(dict(query)))
+    """Delete matching log rows of ``kind`` (all of the project's when ``query`` is empty); return how many.
+
+    The digests of the runs those rows belong to are marked stale first (:func:`log_digest.mark_stale`):
+    they are rebuilt from the remaining rows when read."""
+    collection = _collection(kind)
+    query = run_query(dict(query))
+    task_id = query.get("task_id")
+    if isinstance(task_id, ObjectId):
+        runs = [task_id]
+    else:  # which runs the rows belong to: read them (deletes are rare; a delete reads them anyway)
+        runs = [r["task_id"] for r in records.find(collection, query) if isinstance(r.get("task_id"), ObjectId)]
+    log_digest.mark_stale(records, kind, runs)
+    return records.delete(collection, query)

@@ -1,10 +1,14 @@
 """Training curves and run comparisons as data and as plotly figures: what ``hub.plot_logs``,
 ``hub.plot_runs``, ``tensorhub plot`` and the dashboard (``tensorhub ui``) draw.
 
-* :func:`log_series` reads one metric's log rows, one query per run (only rows that have the metric
-  and the x field, sorted by x in the store), and returns one series per (run, attempt), each
-  downsampled by :func:`downsample` to at most ``max_points`` points: a run with a million rows
-  draws a correct-looking curve from a few thousand points (a few tens of KB of JSON).
+* :func:`log_series` returns one series of a metric per (run, attempt), each downsampled by
+  :func:`downsample` to at most ``max_points`` points. For runs it reads the runs' log digests
+  (:mod:`tensorhub.log_digest`: kept when rows are written; every point up to 2,048 rows, then the
+  first, last, lowest and highest point of each of at most 512 buckets), so a run with a million rows
+  draws a correct-looking curve from a few KB read; a series of at most ``max_points`` rows is exact
+  (every row, as before). Where a digest cannot answer exactly (a series longer than the digest keeps
+  whole but within ``max_points``, an x value that is not a number) it reads the run's rows of the
+  metric, sorted by x in the store, as it does for rows saved outside a run (``runs=None`` without a query).
 * :func:`downsample` keeps, per bucket of consecutive points, the lowest and the highest value
   (min/max per bucket), and the first and last point: spikes and plateaus survive, unlike striding.
 * :func:`figure_logs` / :func:`figure_runs` build the figures; plotly (the ``ui`` extra) is imported
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from bson import ObjectId
 
+from tensorhub import log_digest
 from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, TensorHubError
 from tensorhub.logs import COLLECTIONS
 from tensorhub.records import COMMON_INTERNAL_FIELDS
@@ -212,17 +217,53 @@ def log_series(hub: TensorHub, metric: str, runs: Any = None, x: str = "step", k
         found = {t["_id"]: t for t in hub.task_queue.find({"_id": {"$in": ids}})} if ids else {}
         tasks = [found.get(i, {"_id": i, "task_name": str(i)}) for i in ids]
     names = {t["_id"]: str(t.get("task_name")) for t in tasks}
+    # the runs' log digests (log_digest.py: kept at write time), read in one query
+    digests = log_digest.read(_records(hub), kind, tasks, metric=metric)
     series = []
-    for task in tasks:  # one query per run: its rows of the metric, sorted by x in the store
-        rows = find(sort=[(x, 1)], task_id=task["_id"], **wanted)
-        found_series = _series_of(rows, metric, x, max_points, names)
+    for task in tasks:
+        found_series = _digest_series(digests[task["_id"]][0], task, metric, x, max_points, names)
+        if found_series is None:  # only the rows answer exactly: one query, the metric's rows sorted by x
+            rows = find(sort=[(x, 1)], task_id=task["_id"], **wanted)
+            found_series = _series_of(rows, metric, x, max_points, names)
         series += sorted(found_series, key=lambda s: s["attempt"] if isinstance(s["attempt"], int) else 0)
     return series
 
 
+def _records(hub: TensorHub) -> Any:
+    """The project's scoped repository access (:class:`~tensorhub.records.Records`, as the hub's task queue
+    holds it), for the runs' log digests: a repository collection no hub method exposes, since its
+    documents are the repository's, not records a user saved."""
+    return hub.task_queue.records
+
+
+def _digest_series(digest: log_digest.Digest, task: Mapping[str, Any], metric: str, x: str, max_points: int,
+                   names: Mapping[Any, str]) -> list[dict[str, Any]] | None:
+    """The run's series of ``metric`` from its digest, as :func:`_series_of` makes them from rows; None
+    when the digest cannot answer exactly (see :meth:`log_digest.Series.curve`)."""
+    out = []
+    task_id = task["_id"]
+    for (attempt, name), s in digest.series.items():
+        if name != metric or not s.n[x]:
+            continue
+        curve = s.curve(x, max_points)
+        if curve is None:
+            return None
+        xs, ys = curve
+        px, py = downsample(np.array(xs, dtype=object), ys, max_points)
+        run_name = names.get(task_id, str(task_id))
+        label = f"{run_name} {str(task_id)[-6:]}"
+        out.append({
+            "run_id": str(task_id), "run_name": run_name, "attempt": attempt,
+            "name": label if attempt is None else f"{label} attempt {attempt}",
+            "x": [_plain_x(v) for v in px.tolist()],
+            "y": [None if math.isnan(v) else v for v in py.tolist()],
+            "n_points": s.n[x]})
+    return out
+
+
 def run_metrics(hub: TensorHub, run_id: Any) -> dict[str, list[str]]:
     """The metrics a run logged, per kind: ``{"training": ["acc", "loss"], "validation": [...], ...}``
-    (numeric fields of its log rows, sorted; kinds it logged nothing to are left out).
+    (numeric fields of its log rows, sorted; kinds it logged nothing to are left out), from its log digests.
 
     Args:
         hub: The store and project to read.
@@ -232,14 +273,12 @@ def run_metrics(hub: TensorHub, run_id: Any) -> dict[str, list[str]]:
     if len(ids) != 1:
         raise InvalidArgumentTypeError(f"run_metrics takes one run (an id, record or Run), got {run_id!r}")
     task_id = ids[0]
+    tasks = hub.task_queue.find({"_id": task_id}) or [{"_id": task_id}]  # not a run of this project: its rows
     found: dict[str, list[str]] = {}
-    for kind in COLLECTIONS:
-        names: set[str] = set()
-        for row in _finder(hub, kind)(task_id=task_id):
-            names.update(k for k, v in row.items() if k not in _NOT_METRICS and isinstance(v, (int, float))
-                         and not isinstance(v, bool))
+    for kind in COLLECTIONS:  # from the run's log digests (log_digest.py), or its rows where it has none
+        names = log_digest.read(_records(hub), kind, tasks)[task_id][0].metrics()
         if names:
-            found[kind] = sorted(names)
+            found[kind] = names
     return found
 
 

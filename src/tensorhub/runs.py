@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from bson import ObjectId
 
 from tensorhub import datasets as _datasets
+from tensorhub import log_digest
 from tensorhub import logs as _logs
 from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError
 from tensorhub.models import _repository as _models
@@ -43,6 +43,7 @@ from tensorhub.tasks import (
     Heartbeat,
     TaskQueue,
 )
+from tensorhub.tasks import COLLECTION as TASKS
 
 log = logging.getLogger(__name__)
 
@@ -198,34 +199,18 @@ def _seconds(start: Any, end: Any) -> float | None:
         return None
 
 
-def _log_metrics(records: Records, ids: Sequence[ObjectId]) -> dict[Any, dict[str, dict[str, Any]]]:
-    """Per run id, per metric (``metric_key`` names): the final value (at its last step), min, max, rows."""
-    found: dict[Any, dict[str, dict[str, Any]]] = {i: {} for i in ids}
-    if not ids:
+def _log_metrics(records: Records, tasks: Sequence[Mapping[str, Any]]) -> dict[Any, dict[str, dict[str, Any]]]:
+    """Per run id, per metric (``metric_key`` names): the final value (the newest row's), min, max, rows
+    (non-NaN values), from the runs' log digests (:mod:`tensorhub.log_digest`; computed from the rows
+    of runs that have none, in one query per log kind)."""
+    found: dict[Any, dict[str, dict[str, Any]]] = {t["_id"]: {} for t in tasks}
+    if not tasks:
         return found
-    for kind, collection in _logs.COLLECTIONS.items():
-        # oldest first: the last row seen of a metric is its final value
-        for row in records.find(collection, {"task_id": {"$in": list(ids)}}, sort=[("time", 1)]):
-            metrics = found.get(row.get("task_id"))
-            if metrics is None:
-                continue
-            for name, value in row.items():
-                if (name in _logs_skip or isinstance(value, bool) or not isinstance(value, (int, float))
-                        or (isinstance(value, float) and math.isnan(value))):
-                    continue
-                key = metric_key(kind, name)
-                seen = metrics.get(key)
-                if seen is None:
-                    metrics[key] = {"final": value, "min": value, "max": value, "count": 1}
-                else:
-                    seen["final"] = value
-                    seen["min"] = min(seen["min"], value)
-                    seen["max"] = max(seen["max"], value)
-                    seen["count"] += 1
+    for kind in _logs.COLLECTIONS:
+        for task_id, (digest, _) in log_digest.read(records, kind, tasks).items():
+            for name, figures in digest.summary().items():
+                found[task_id][metric_key(kind, name)] = figures
     return found
-
-
-_logs_skip = frozenset({"_id", "project_name", "time", "task_id", "attempt", "step"})
 
 
 def run_filter(query: dict[str, Any]) -> dict[str, Any]:
@@ -251,7 +236,7 @@ def find_runs(records: Records, queue: TaskQueue, sort: Any = None, limit: int |
     query = run_filter(query)
     queue.expire({"run_type": INTERACTIVE_RUN})  # a dead process's interactive run ends as its lease says
     tasks = queue.find(query, sort=sort, limit=limit)
-    found = _log_metrics(records, [t["_id"] for t in tasks]) if metrics else {}
+    found = _log_metrics(records, tasks) if metrics else {}
     rows = []
     for task in tasks:
         owner = task.get("owner") or {}
@@ -333,8 +318,10 @@ def find_run_records(records: Records, run: Any) -> dict[str, Any]:
     "datasets": [ids]}`` (log counts, model and dataset ids, newest first). ``run`` is a task or run
     record, or its id."""
     task_id = as_object_id(run)
-    found: dict[str, Any] = {collection: records.count(collection, {"task_id": task_id})
-                             for collection in _logs.COLLECTIONS.values()}
+    tasks = records.find(TASKS, {"_id": task_id}) or [{"_id": task_id}]
+    found: dict[str, Any] = {}
+    for kind, collection in _logs.COLLECTIONS.items():  # the digest counts the rows (or was computed from them)
+        found[collection] = log_digest.read(records, kind, tasks, metric="")[task_id][0].total_rows
     found["models"] = [r["_id"] for r in records.find(_models.COLLECTION, {"task_id": task_id})]
     found["datasets"] = [r["_id"] for r in records.find(_datasets.COLLECTION, {"task_id": task_id})]
     return found
