@@ -442,12 +442,12 @@ class Records:
 
     def delete(self, collection: str, query: Mapping[str, Any] | None = None) -> int:
         """Delete matching records of this project, then their blobs; return the number deleted."""
+        if collection not in REF_COLLECTIONS:  # logs and tasks never have blobs or chunks: a field saying so is a lie
+            return self._index.delete_many(collection, self.scope(query))  # one statement, nothing read first
         records = self._index.find(collection, self.scope(query))
         if not records:
             return 0
         deleted = self._index.delete_many(collection, self.scope({"_id": {"$in": [r["_id"] for r in records]}}))
-        if collection not in REF_COLLECTIONS:  # logs and tasks never have blobs or chunks: a field saying so is a lie
-            return deleted
         for record in records:
             # the stored field only says "this record has blobs"; where they are is computed from its own id
             if record.get(BLOB_PREFIX_FIELD) and isinstance(record["_id"], ObjectId):
