@@ -1177,7 +1177,7 @@ class TensorHub:
             sort: PyMongo sort over task fields. Default ``None``: newest first.
             limit: At most this many runs. Default ``None``: all.
             as_frame: Default ``False``. ``True`` returns a pandas DataFrame.
-            metrics: Default ``True``: summarize each run's logged metrics (reads its log rows).
+            metrics: Default ``True``: summarize each run's logged metrics (from the runs' log digests, kept as rows are written: no row is read).
                 ``False``: ``metrics`` is ``{}`` and no log row is read (a listing of runs with
                 many rows, or one refreshed every second).
             **kwargs: The query over task fields: ``run_name=`` (= ``task_name=``), ``status=``,
