@@ -35,7 +35,7 @@ def test_item_four_threads_run_each_of_500_tasks_exactly_once_on_mongomock(
         request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     """mongomock:// stores live in one process: 4 runner threads, each with its own hub on the store."""
     uri = fresh_uri("mongomock", request, tmp_path_factory)
-    n_tasks = task_count()
+    n_tasks = task_count("mongomock")
     runs_file = tmp_path / "runs.txt"
     script = counting_script(tmp_path, runs_file)
     results: list[tuple[int, int]] = []
