@@ -224,6 +224,9 @@ class ChunkWriter:
         self.refs: list[str] = []
         self.desc = desc
 
+    #: the chunk format :meth:`write` writes (a class attribute: tests set 1 to write records as before issue 15)
+    chunk_format = CHUNK_FORMAT
+
     def _store(self, item: np.ndarray | tuple[np.ndarray, bool, int]) -> str:
         """Store one block, given alone or as ``(block, padded, chunk_format)``; return its digest."""
         block, padded, chunk_format = item if isinstance(item, tuple) else (item, False, CHUNK_FORMAT)
@@ -235,11 +238,12 @@ class ChunkWriter:
         return name
 
     def write_blocks(self, blocks: Iterable[np.ndarray | tuple[np.ndarray, bool]], total: int | None = None,
-                     chunk_format: int = CHUNK_FORMAT) -> list[str]:
-        """Store blocks in parallel (order kept); return their digests.
-
-        A block may come as ``(block, padded)``: ``padded`` says it is a last chunk filled up with zeros.
+                     chunk_format: int | None = None) -> list[str]:
+        """Store blocks in parallel (order kept) in ``chunk_format`` (default :attr:`chunk_format`); return
+        their digests. A block may come as ``(block, padded)``: ``padded`` says it is a last chunk filled
+        up with zeros.
         """
+        chunk_format = self.chunk_format if chunk_format is None else chunk_format
         with ThreadPoolExecutor(IO_THREADS) as pool, progress_bar(total=total, desc=self.desc, unit="chunk") as bar:
             digests = []
             pending: list[Any] = []
@@ -259,10 +263,10 @@ class ChunkWriter:
         """Store ``array`` (C order, chunked along axis 0) and return its manifest."""
         array = np.asarray(array)
         if array.ndim == 0:
-            return Manifest.of(array, 1, self.write_blocks([array.reshape(1)], 1))
+            return Manifest.of(array, 1, self.write_blocks([array.reshape(1)], 1), self.chunk_format)
         step = rows_per_chunk(array.shape, array.dtype.itemsize, self.chunk_bytes)
-        digests = self.write_blocks(blocks_of(array, step), len(range(0, array.shape[0], step)))
-        return Manifest.of(array, step, digests)
+        digests = self.write_blocks(blocks_of(array, step, self.chunk_format), len(range(0, array.shape[0], step)))
+        return Manifest.of(array, step, digests, self.chunk_format)
 
 
 class ChunkCache:

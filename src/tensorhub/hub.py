@@ -471,6 +471,55 @@ class TensorHub:
         """
         return _datasets.append_dataset(self._records, dataset_name, rows, **kwargs)
 
+    def open_zarr(self, dataset_name: str | None = None, sort: Any = None, **kwargs: Any) -> Any:
+        """The newest (or first by ``sort``) matching dataset as a read-only ``zarr.Group`` (zarr v3).
+
+        Its arrays are the dataset's arrays (``[X, y]`` -> ``"0"``, ``"1"``; dicts and nested lists
+        become groups; a bare array is ``"data"``), served straight from the stored chunks: nothing
+        is copied, chunks are read (and verified) when zarr asks for them. ``group.store`` opens with
+        ``zarr.open_group(store, mode="r")``, ``xarray.open_zarr(store)`` (axis 0 is the dimension
+        ``rows`` when the arrays share it) and ``dask.array.from_zarr(store, component="0")``.
+        Writes through it are refused. Datasets saved before chunk format 2 are served too, each
+        chunk re-encoded as it is read (``tensorhub upgrade`` rewrites them once). Needs zarr 3
+        (``pip install 'tensorhub[zarr]'``).
+
+        Args:
+            dataset_name: The dataset's name. Default ``None``: any name.
+            sort: PyMongo sort. Default ``None``: newest first.
+            **kwargs: The query (tags, MongoDB filter).
+
+        Returns:
+            A read-only ``zarr.Group``.
+
+        Raises:
+            NotFoundError: No dataset matches.
+            BackendNotInstalledError: zarr 3 is not installed.
+
+        Example::
+
+            group = hub.open_zarr("mnist")
+            ds = xarray.open_zarr(group.store)
+        """
+        return _datasets.open_zarr(self._records, dataset_name, sort=sort, **kwargs)
+
+    def upgrade_datasets(self, dataset_name: Any = None, dry_run: bool = False, **kwargs: Any) -> dict[str, int]:
+        """Rewrite matching datasets saved in an older chunk format in the current one (zarr-readable).
+
+        Old datasets load as they are; this makes their chunks zarr-decodable (every chunk a Blosc
+        frame, the last one padded) so :meth:`open_zarr` serves them without re-encoding. Each
+        record is swapped atomically after its new chunks are written; old chunks no record uses
+        are then deleted. Also ``tensorhub upgrade``.
+
+        Args:
+            dataset_name: A name or a filter such as ``{"$in": [...]}``. Default ``None``: every dataset.
+            dry_run: Default ``False``. ``True`` counts what would be rewritten and writes nothing.
+            **kwargs: The query (tags, MongoDB filter).
+
+        Returns:
+            ``{"datasets": rewritten (or to rewrite), "arrays": ..., "current": already current}``.
+        """
+        return _datasets.upgrade_datasets(self._records, dataset_name, dry_run=dry_run, **kwargs)
+
     def stream_dataset(self, dataset_name: str, batch_size: int, shuffle: bool = True, seed: int | None = None,
                        epochs: int = 1, **kwargs: Any) -> Any:
         """Batches of a dataset (the saved structure, each array cut to ``batch_size`` rows), in bounded memory.

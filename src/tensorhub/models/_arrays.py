@@ -38,12 +38,12 @@ def write_arrays(writer: ChunkWriter, arrays: Sequence[tuple[str, np.ndarray]]) 
             if array.ndim == 0:
                 yield array.reshape(1)
             else:
-                yield from blocks_of(array, step)  # the chunk format's blocks (a last one of several padded)
+                yield from blocks_of(array, step, writer.chunk_format)  # the chunk format's blocks (a last one of several padded)
 
     digests = iter(writer.write_blocks(blocks(), total=sum(p[3] for p in plans)))
     entries = []
     for name, array, step, count in plans:
-        manifest = Manifest.of(array, step, [next(digests) for _ in range(count)])  # keeps structured fields
+        manifest = Manifest.of(array, step, [next(digests) for _ in range(count)], writer.chunk_format)  # keeps structured fields
         entries.append({"name": name, "nbytes": int(array.nbytes), **manifest.to_doc()})
     return entries
 
