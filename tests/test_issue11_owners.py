@@ -57,6 +57,9 @@ def _b_calls(b: TensorHub, script: Path) -> dict[str, Callable[[], Any]]:
         "find_datasets": lambda: b.find_datasets(),
         "find_dataset_records": lambda: b.find_dataset_records() + b.find_dataset_records(project_name="a"),
         "stream_dataset": lambda: list(b.stream_dataset("d", 2, shuffle=False)),
+        # oldest first: unscoped, A's "d" (all -1) would be the one opened
+        "open_zarr": lambda: [np.asarray(b.open_zarr("d", sort=[("_id", 1)])["0"][...])],
+        "upgrade_datasets": lambda: b.upgrade_datasets(),
         "save_model": lambda: b.save_model([np.full(2, 1.0)], "m"),
         "find_model": lambda: b.find_model(model_name="m"),
         "find_top_model": lambda: b.find_top_model(),
