@@ -680,6 +680,47 @@ class TensorHub:
         """
         return _models.delete_models(self._records, kwargs)
 
+    def export_model(self, query: Any, path: Any, sort: Any = None, example_inputs: Any = None,
+                     trusted: Any = None, allow_pickle: bool = False, **kwargs: Any) -> Any:
+        """Write the newest (or first by ``sort``) matching model to a file other tools read; return its path.
+
+        ``*.safetensors``: the parameters of any ``params`` or ``torch`` model, read from their
+        chunks (no model is rebuilt, nothing of the record is imported): torch models under their
+        state-dict keys, parameter sets under their structure's path (``"0"``, ``"dense.w"``).
+        ``*.onnx``: a torch model, rebuilt as :meth:`find_model` does and written by
+        ``torch.onnx.export`` (needs ``onnx`` and ``onnxscript``: ``pip install 'tensorhub[onnx]'``).
+        The file is written whole or not at all.
+
+        Args:
+            query: A model name, a filter dict (``{"model_name": "mlp", "step": 10}``), or ``None``: any model.
+            path: The file to write: ``*.safetensors`` or ``*.onnx`` (the suffix picks the format).
+            sort: PyMongo sort. Default ``None``: newest first.
+            example_inputs: ONNX only: the inputs to trace with (a tensor or a tuple of them). Default
+                ``None``: zeros shaped as the inputs the model was saved with (``example_inputs=`` of
+                :meth:`save_model`); a model saved without them needs this.
+            trusted: ONNX only, as in :meth:`find_all_models`: which modules a class path may import.
+            allow_pickle: As in :meth:`find_all_models`. Default ``False``.
+            **kwargs: More of the query (tags, MongoDB filter, ``dataset=``/``task=``).
+
+        Returns:
+            The path written (a ``pathlib.Path``).
+
+        Raises:
+            NotFoundError: No model matches.
+            InvalidArgumentError: The suffix is neither ``.safetensors`` nor ``.onnx``.
+            SerializationError: The model is not a parameter set (scikit-learn), an array's dtype has no
+                safetensors type, or torch.onnx cannot export the model.
+
+        Example::
+
+            hub.export_model("mlp", "mlp.safetensors")
+            hub.export_model({"model_name": "cnn"}, "cnn.onnx", sort=[("accuracy", -1)])
+        """
+        from tensorhub.models._export import export_model
+
+        return export_model(self._records, query, path, sort=sort, example_inputs=example_inputs, trusted=trusted,
+                            allow_pickle=allow_pickle, **kwargs)
+
     @_explains(*_MODEL)
     def compare_models(self, model_name: str | None = None, keys: Any = None, sort: Any = None,
                        as_frame: bool = False, limit: int | None = None, **kwargs: Any) -> Any:
