@@ -65,6 +65,8 @@ def _b_calls(b: TensorHub, script: Path) -> dict[str, Callable[[], Any]]:
         "find_top_model": lambda: b.find_top_model(),
         "find_all_models": lambda: b.find_all_models() + b.find_all_models(project_name="a"),
         "compare_models": lambda: b.compare_models(),
+        # oldest first: unscoped, A's "m" (all -1) would be the one written
+        "export_model": lambda: _exported(b.export_model("m", script.parent / "m.safetensors", sort=[("_id", 1)])),
         "save_training_log": lambda: b.save_training_log(loss=1),
         "save_validation_log": lambda: b.save_validation_log(loss=1),
         "save_testing_log": lambda: b.save_testing_log(loss=1),
@@ -104,6 +106,13 @@ def _b_calls(b: TensorHub, script: Path) -> dict[str, Callable[[], Any]]:
         "describe_record": lambda: [b.describe_record(c, r["_id"]) for c in ("datasets", "models", "tasks")
                                     for r in b.index.find(c, {})],
     }
+
+
+def _exported(path: Path) -> list[Any]:
+    """The arrays of an exported safetensors file (what :func:`_leaks` reads)."""
+    from safetensors.numpy import load_file
+
+    return list(load_file(str(path)).values())
 
 
 def _figure_values(figure: Any) -> list[Any]:

@@ -86,8 +86,8 @@ def _chunk_shape(manifest: Manifest) -> list[int]:
 def _synthesise(record: dict) -> tuple[dict[str, bytes], dict[str, tuple[Manifest, int]]]:
     """The metadata documents (key -> JSON bytes) and chunk keys (key -> (manifest, index)) of a record."""
     memory = MemoryStore()
-    attributes: dict[str, Any] = {"tensorhub": {"dataset_name": record.get("dataset_name"), "dataset_id": str(record["_id"]),
-                                "revision": record.get("revision", 1)}}
+    attributes: dict[str, Any] = {"tensorhub": {"dataset_name": record.get("dataset_name"),
+                                                "dataset_id": str(record["_id"]), "revision": record.get("revision", 1)}}
     chunks: dict[str, tuple[Manifest, int]] = {}
     shared_rows = record.get("rows") is not None
     with warnings.catch_warnings():  # zarr warns that some dtypes and consolidated metadata are not in the v3 spec

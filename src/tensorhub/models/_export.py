@@ -152,13 +152,13 @@ def _write_safetensors(records: Records, record: dict, reader: ModelReader, path
 
         from tensorhub.models._torch import numpy_to_tensor
 
-        data = save_torch({name: numpy_to_tensor(np.ascontiguousarray(value), torch_only.get(name, "")) if name in
-                           torch_only else _torch_tensor(value) for name, value in tensors.items()},
+        data = save_torch({name: numpy_to_tensor(np.require(value, requirements="C"), torch_only[name])
+                           if name in torch_only else _torch_tensor(value) for name, value in tensors.items()},
                           metadata=_metadata(record))
     else:
         from safetensors.numpy import save as save_numpy
 
-        data = save_numpy({name: np.ascontiguousarray(value) for name, value in tensors.items()},
+        data = save_numpy({name: np.require(value, requirements="C") for name, value in tensors.items()},
                           metadata=_metadata(record))
     _write_atomically(path, data)
 
@@ -166,7 +166,7 @@ def _write_safetensors(records: Records, record: dict, reader: ModelReader, path
 def _torch_tensor(value: np.ndarray) -> Any:
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(value))
+    return torch.from_numpy(np.require(value, requirements="C"))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
