@@ -200,3 +200,18 @@ def test_item04_a_damaged_chunk_is_an_error_through_zarr(tmp_path: Path) -> None
         assert np.array_equal(group["0"][:10], np.arange(10.0))  # other chunks still read
         with pytest.raises(CorruptDataError):
             group["0"][...]
+
+
+def test_item04_uncompressed_frames_are_the_frames_blosc_writes() -> None:
+    """The writer frames incompressible chunks itself (a cached header + the bytes): byte for byte
+    what Blosc writes with clevel=0, for sizes on both sides of Blosc's small-buffer flag."""
+    from numcodecs import Blosc
+
+    from tensorhub.chunks import _stored_frame
+
+    blosc = Blosc(cname="lz4", clevel=0, shuffle=Blosc.NOSHUFFLE)
+    for n in (0, 5, 127, 128, 4000, 1 << 20, (1 << 20) + 3):
+        for seed in (1, 2):  # the second of a size uses the cached header
+            raw = memoryview(np.random.default_rng(seed).bytes(n))
+            assert bytes(_stored_frame(raw)) == bytes(blosc.encode(raw)), n
+            assert bytes(Blosc().decode(bytes(_stored_frame(raw)))) == bytes(raw)

@@ -212,21 +212,31 @@ def encode(block: np.ndarray, chunk_format: int = CHUNK_FORMAT, padded: bool = F
 
 
 _FRAME_HEADERS: dict[int, bytes] = {}
+_FRAME_BUFFERS = threading.local()
 
 
-def _stored_frame(raw: memoryview) -> bytes:
+def _stored_frame(raw: memoryview) -> memoryview:
     """The Blosc frame of ``raw`` without compression (``clevel=0``): a 16-byte header, then the bytes.
 
-    Its header depends only on the size (checked by the tests against Blosc's own), so it is made by
-    Blosc once per size and reused: header + bytes is one plain copy, about twice as fast as Blosc's.
+    Its header depends only on the size (the tests check it against Blosc's own), so Blosc makes it
+    once per size. The frame is assembled in a buffer the calling thread reuses for every chunk of
+    that size (numpy's copy releases the GIL, a bytes concatenation does not, which stalled the
+    other I/O threads); the buffer is valid until the thread's next frame, and ``BlobStore.put``
+    copies or writes what it is given before returning (as it did with raw chunks, views of the
+    caller's array).
     """
-    header = _FRAME_HEADERS.get(len(raw))
+    n = len(raw)
+    header = _FRAME_HEADERS.get(n)
     if header is None:
-        frame = _STORED.encode(raw)
+        header = bytes(_STORED.encode(raw)[:_HEADER])
         if len(_FRAME_HEADERS) < 1024:  # chunks of an array share a size: a few sizes in practice
-            _FRAME_HEADERS[len(raw)] = bytes(frame[:_HEADER])
-        return bytes(frame)
-    return header + raw
+            _FRAME_HEADERS[n] = header
+    buffer = getattr(_FRAME_BUFFERS, "frame", None)
+    if buffer is None or len(buffer) != n + _HEADER:
+        buffer = _FRAME_BUFFERS.frame = np.empty(n + _HEADER, dtype=np.uint8)
+    buffer[:_HEADER] = np.frombuffer(header, dtype=np.uint8)
+    buffer[_HEADER:] = np.frombuffer(raw, dtype=np.uint8)  # numpy copies without holding the GIL
+    return memoryview(buffer)  # type: ignore[arg-type]
 
 
 class ChunkWriter:
