@@ -214,4 +214,5 @@ def test_item04_uncompressed_frames_are_the_frames_blosc_writes() -> None:
         for seed in (1, 2):  # the second of a size uses the cached header
             raw = memoryview(np.random.default_rng(seed).bytes(n))
             assert bytes(_stored_frame(raw)) == bytes(blosc.encode(raw)), n
-            assert bytes(Blosc().decode(bytes(_stored_frame(raw)))) == bytes(raw)
+            if n:  # (numcodecs cannot decode an empty frame; tensorhub reads those without decoding)
+                assert bytes(Blosc().decode(bytes(_stored_frame(raw)))) == bytes(raw)
