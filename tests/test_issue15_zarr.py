@@ -216,3 +216,25 @@ def test_item04_uncompressed_frames_are_the_frames_blosc_writes() -> None:
             assert bytes(_stored_frame(raw)) == bytes(blosc.encode(raw)), n
             if n:  # (numcodecs cannot decode an empty frame; tensorhub reads those without decoding)
                 assert bytes(Blosc().decode(bytes(_stored_frame(raw)))) == bytes(raw)
+
+
+def test_item04_zarr_decodes_the_stored_frames_themselves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``DatasetStore(decoded=False)`` serves the chunk blobs as stored under a ``blosc`` codec: zarr's own
+    codec decodes every chunk (compressed, uncompressed, the padded last one), old-format ones re-encoded."""
+    first, more = _dataset(700, 10), _dataset(33, 11)
+    with TensorHub(f"file://{tmp_path / 'store'}", project_name="p") as hub:
+        hub.save_dataset(first, "new", chunk_bytes=CHUNK_BYTES)
+        hub.append_dataset("new", more)
+        with monkeypatch.context() as old_writer:
+            old_writer.setattr(ChunkWriter, "chunk_format", 1)
+            hub.save_dataset(first, "old", chunk_bytes=CHUNK_BYTES)
+        for name, expected in (("new", _joined(first, more)), ("old", first)):
+            store = DatasetStore(hub.blobs, hub.find_dataset_records(name)[0], decoded=False)
+            group = zarr.open_group(store, mode="r")
+            for key, value in expected.items():
+                assert [c["name"] for c in group[key].metadata.to_dict()["codecs"]] == ["bytes", "blosc"]
+                assert np.array_equal(group[key][...], value)
+            if name == "new":  # the stored bytes themselves
+                entry = hub.find_dataset_records(name)[0]["schema"][0]
+                frame = zarr.core.sync.sync(store.get("x/c/0/0", zarr.core.buffer.default_buffer_prototype()))
+                assert frame.to_bytes() == hub.blobs.get(chunk_key(entry["chunks"][0]))

@@ -6,8 +6,9 @@ consolidated into the root document so that xarray and zarr read the whole hiera
 request), and each chunk key (``<array>/c/<i>/0/...``) is the chunk blob ``chunks/<digest>``
 the manifest lists, read from the blob store on demand and verified against its digest. This
 works because every chunk of format 2 (:mod:`tensorhub.chunks`) is a Blosc frame holding
-``chunk_rows`` rows (the last one padded), which zarr's ``bytes`` + ``blosc`` codecs decode;
-an array stored in one chunk is declared with that one chunk's shape (it is not padded).
+``chunk_rows`` rows (the last one padded): served decoded by default (see :class:`DatasetStore`),
+or as stored, for zarr's ``bytes`` + ``blosc`` codecs; an array stored in one chunk is declared
+with that one chunk's shape (it is not padded).
 Arrays of format 1 (saved before issue 15) are served by decoding and re-encoding each chunk
 as it is read (slower; ``tensorhub upgrade`` rewrites them).
 
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from tensorhub.backends.base import BlobStore
-from tensorhub.chunks import Manifest, chunk_frame
+from tensorhub.chunks import Manifest, chunk_bytes, chunk_frame
 from tensorhub.errors import BackendNotInstalledError, UnsupportedOperationError
 from tensorhub.structure import loads_spec
 
@@ -83,7 +84,7 @@ def _chunk_shape(manifest: Manifest) -> list[int]:
     return [max(1, rows), *(max(1, d) for d in manifest.shape[1:])]
 
 
-def _synthesise(record: dict) -> tuple[dict[str, bytes], dict[str, tuple[Manifest, int]]]:
+def _synthesise(record: dict, decoded: bool) -> tuple[dict[str, bytes], dict[str, tuple[Manifest, int]]]:
     """The metadata documents (key -> JSON bytes) and chunk keys (key -> (manifest, index)) of a record."""
     memory = MemoryStore()
     attributes: dict[str, Any] = {"tensorhub": {"dataset_name": record.get("dataset_name"),
@@ -107,7 +108,7 @@ def _synthesise(record: dict) -> tuple[dict[str, bytes], dict[str, tuple[Manifes
                 array = root.create_array(
                     path, shape=tuple(manifest.shape), chunks=tuple(_chunk_shape(manifest)), dtype=dtype,
                     serializer=BytesCodec(endian="big" if dtype.byteorder == ">" else "little"),
-                    compressors=BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),
+                    compressors=None if decoded else BloscCodec(cname="lz4", clevel=1, shuffle="shuffle"),
                     fill_value=None, dimension_names=dims or None)
                 ok = np.dtype(array.dtype).newbyteorder("<") == dtype.newbyteorder("<")
             except Exception as exc:  # noqa: BLE001 - zarr's many ways of refusing a dtype
@@ -133,19 +134,27 @@ class DatasetStore(Store):
     Metadata comes from the record (synthesised once); chunks are read from the blob store when
     zarr asks for them and verified against their content address, never copied elsewhere.
     Every write, delete or writable reopen is refused with :class:`ReadOnlyZarrError`.
+
+    ``decoded`` (default): the store hands zarr each chunk's raw bytes (a frame without compression
+    as a view past its header, a compressed one decoded in the store's thread) and the metadata
+    declares no compressor: one decode and no copy less than zarr's Blosc codec would make, which
+    keeps a full read near ``find_dataset``'s speed (``benchmarks/bench_zarr.py``). ``decoded=False``
+    serves the stored Blosc frames themselves under a ``blosc`` codec, for copying the hierarchy
+    into another zarr store as it is stored (compressed).
     """
 
     supports_writes = False
     supports_deletes = False
     supports_listing = True
 
-    def __init__(self, blobs: BlobStore, record: dict) -> None:
+    def __init__(self, blobs: BlobStore, record: dict, decoded: bool = True) -> None:
         super().__init__(read_only=True)
         self._blobs = blobs
+        self._decoded = decoded
         self._record_id = record["_id"]
         self._revision = record.get("revision", 1)
         self._name = record.get("dataset_name")
-        self._metadata, self._chunks = _synthesise(record)
+        self._metadata, self._chunks = _synthesise(record, decoded)
 
     def __repr__(self) -> str:
         return f"DatasetStore(dataset_name={self._name!r}, _id={self._record_id}, revision={self._revision})"
@@ -169,7 +178,7 @@ class DatasetStore(Store):
         where = self._chunks.get(key)
         if where is None:
             return None
-        return chunk_frame(self._blobs, *where)
+        return chunk_bytes(self._blobs, *where) if self._decoded else chunk_frame(self._blobs, *where)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
         data = self._metadata.get(key)
