@@ -58,11 +58,16 @@ def _b_calls(b: TensorHub, script: Path) -> dict[str, Callable[[], Any]]:
         "find_datasets": lambda: b.find_datasets(),
         "find_dataset_records": lambda: b.find_dataset_records() + b.find_dataset_records(project_name="a"),
         "stream_dataset": lambda: list(b.stream_dataset("d", 2, shuffle=False)),
+        # oldest first: unscoped, A's "d" (all -1) would be the one opened
+        "open_zarr": lambda: [np.asarray(b.open_zarr("d", sort=[("_id", 1)])["0"][...])],
+        "upgrade_datasets": lambda: b.upgrade_datasets(),
         "save_model": lambda: b.save_model([np.full(2, 1.0)], "m"),
         "find_model": lambda: b.find_model(model_name="m"),
         "find_top_model": lambda: b.find_top_model(),
         "find_all_models": lambda: b.find_all_models() + b.find_all_models(project_name="a"),
         "compare_models": lambda: b.compare_models(),
+        # oldest first: unscoped, A's "m" (all -1) would be the one written
+        "export_model": lambda: _exported(b.export_model("m", script.parent / "m.safetensors", sort=[("_id", 1)])),
         "save_training_log": lambda: b.save_training_log(loss=1),
         "save_validation_log": lambda: b.save_validation_log(loss=1),
         "save_testing_log": lambda: b.save_testing_log(loss=1),
@@ -102,6 +107,13 @@ def _b_calls(b: TensorHub, script: Path) -> dict[str, Callable[[], Any]]:
         "describe_record": lambda: [b.describe_record(c, r["_id"]) for c in ("datasets", "models", "tasks")
                                     for r in b.index.find(c, {})],
     }
+
+
+def _exported(path: Path) -> list[Any]:
+    """The arrays of an exported safetensors file (what :func:`_leaks` reads)."""
+    from safetensors.numpy import load_file
+
+    return list(load_file(str(path)).values())
 
 
 def _figure_values(figure: Any) -> list[Any]:

@@ -10,11 +10,24 @@ leaves that read only the chunks a slice needs.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 
-from tensorhub.chunks import DEFAULT_CHUNK_BYTES, ChunkCache, ChunkedArray, ChunkWriter, Manifest, read_all, read_rows
+from tensorhub.chunks import (
+    DEFAULT_CHUNK_BYTES,
+    ChunkCache,
+    ChunkedArray,
+    ChunkWriter,
+    Manifest,
+    CHUNK_FORMAT,
+    blocks_of,
+    pad_rows,
+    read_all,
+    read_chunk,
+    read_rows,
+)
 from tensorhub.errors import (
     ConflictError,
     InvalidArgumentError,
@@ -27,6 +40,7 @@ from tensorhub.records import REFS_FIELD, Records, blob_prefix
 from tensorhub.stamping import run_query
 from tensorhub.structure import array_paths, dumps_spec, flatten, loads_spec, unflatten
 
+logger = logging.getLogger(__name__)
 COLLECTION = "datasets"
 APPEND_RETRIES = 20
 #: fields a dataset record writes itself beyond :data:`~tensorhub.records.COMMON_INTERNAL_FIELDS`: a user
@@ -128,6 +142,94 @@ def find_all_datasets(records: Records, dataset_name: str | None, sort: Any = No
     return [load_dataset(records, r, lazy=lazy, allow_pickle=allow_pickle) for r in found]
 
 
+def open_zarr(records: Records, dataset_name: str | None, sort: Any = None, **query: Any) -> Any:
+    """The newest (or first by ``sort``) matching dataset as a read-only ``zarr.Group`` (:mod:`tensorhub.zarr_view`)."""
+    found = find_records(records, dataset_name, query, sort=sort, limit=1)
+    if not found:
+        raise NotFoundError(f"no dataset {dataset_name!r} matches {query or 'the query'}")
+    from tensorhub import zarr_view  # zarr is optional: imported only here
+
+    return zarr_view.open_zarr(records.blobs, found[0])
+
+
+def needs_upgrade(record: dict) -> bool:
+    """Whether a dataset record has arrays in an older chunk format than :data:`~tensorhub.chunks.CHUNK_FORMAT`."""
+    return any(entry.get("chunk_format", 1) < CHUNK_FORMAT for entry in record.get("schema", ()))
+
+
+def _upgraded_entry(writer: ChunkWriter, records: Records, entry: dict) -> dict:
+    """``entry`` with its chunks rewritten in the current chunk format, one chunk at a time."""
+    manifest = Manifest.from_doc(entry)
+    if manifest.chunk_format >= CHUNK_FORMAT:
+        return entry
+    count = len(manifest.chunks)
+
+    def blocks() -> Any:
+        for i in range(count):
+            block = read_chunk(records.blobs, manifest, i)  # verified against its digest
+            if not manifest.shape:
+                yield block.reshape(1)
+            elif count > 1 and len(block) < manifest.chunk_rows:
+                yield pad_rows(block, manifest.chunk_rows), True
+            else:
+                yield block
+
+    new = Manifest(manifest.dtype, manifest.shape, manifest.chunk_rows, writer.write_blocks(blocks(), count),
+                   manifest.descr, CHUNK_FORMAT)
+    return {**entry, **new.to_doc(), "checksum": new.checksum()}
+
+
+def upgrade_datasets(records: Records, dataset_name: Any = None, dry_run: bool = False,
+                     **query: Any) -> dict[str, int]:
+    """Rewrite matching datasets stored in an older chunk format in the current one (zarr-readable).
+
+    Per record: the new chunks are written first, then the record is swapped with a
+    compare-and-set on its ``revision`` (as an append; a record changed meanwhile is read again),
+    then the old chunks no record lists any more are deleted. A crash at any point leaves the
+    record whole (old or new) and at worst unreferenced chunks for ``tensorhub gc``. Returns
+    ``{"datasets": upgraded (or, with dry_run, to upgrade), "arrays": ..., "current": already current}``.
+    """
+    counts = {"datasets": 0, "arrays": 0, "current": 0}
+    for record in find_dataset_records(records, dataset_name, dict(query)):
+        if not needs_upgrade(record):
+            counts["current"] += 1
+            continue
+        counts["datasets"] += 1
+        counts["arrays"] += sum(entry.get("chunk_format", 1) < CHUNK_FORMAT for entry in record["schema"])
+        if not dry_run:
+            _upgrade_record(records, record)
+    return counts
+
+
+def _upgrade_record(records: Records, record: dict) -> None:
+    name = record.get("dataset_name")
+    for _ in range(APPEND_RETRIES):
+        writer = ChunkWriter(records.blobs, desc=f"upgrading {name}")
+        old_refs = set(record.get(REFS_FIELD, ()))
+        try:
+            schema = [_upgraded_entry(writer, records, entry) for entry in record["schema"]]
+        except BaseException:
+            records.release_chunks(set(writer.refs) - old_refs)
+            raise
+        refs = list(dict.fromkeys(d for entry in schema for d in entry["chunks"]))
+        swapped = records.find_one_and_update(
+            COLLECTION, {"_id": record["_id"], "revision": record.get("revision", 1)},
+            {"$set": {"schema": schema, REFS_FIELD: refs}, "$inc": {"revision": 1}})
+        if swapped is not None:
+            records.release_chunks(old_refs - set(refs))  # freed only where no record lists them
+            logger.info("upgraded dataset %r (%s) to chunk format %d", name, record["_id"], CHUNK_FORMAT)
+            return
+        records.release_chunks(set(writer.refs) - old_refs)  # changed meanwhile (an append): read it again
+        found = records.find(COLLECTION, {"_id": record["_id"]}, limit=1)
+        if not found:
+            return  # deleted meanwhile: nothing to upgrade
+        record = found[0]
+        if not needs_upgrade(record):
+            return
+    raise ConflictError(f"could not upgrade dataset {name!r}: {APPEND_RETRIES} concurrent updates in a row changed "
+                        "it first; it is unchanged, run the upgrade again")
+
+
 def delete_datasets(records: Records, query: dict[str, Any]) -> int:
     """Delete matching datasets and their blobs (chunks no other record uses); return how many."""
     return records.delete(COLLECTION, run_query(query))
@@ -163,7 +265,10 @@ def _append_one(writer: ChunkWriter, records: Records, entry: dict, rows: np.nda
     full = n // step
     tail = read_rows(records.blobs, manifest, full * step, n) if n % step else rows[:0]
     grown = np.concatenate([tail, rows]) if len(tail) else rows
-    new = writer.write_blocks(grown[i:i + step] for i in range(0, len(grown), step))
+    # the array keeps its chunk format; in format 2 the new last chunk is padded (the manifest keeps the true
+    # length), so the padded tail it replaces gets a new content address, as an unpadded one did
+    new = writer.write_blocks(blocks_of(grown, step, manifest.chunk_format, chunks_before=full),
+                              chunk_format=manifest.chunk_format)
     manifest.chunks = manifest.chunks[:full] + new
     manifest.shape = [n + len(rows), *manifest.shape[1:]]
     return {**entry, **manifest.to_doc(), "nbytes": entry["nbytes"] + int(rows.nbytes),

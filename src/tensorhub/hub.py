@@ -508,6 +508,55 @@ class TensorHub:
         """
         return _datasets.append_dataset(self._records, dataset_name, rows, **kwargs)
 
+    def open_zarr(self, dataset_name: str | None = None, sort: Any = None, **kwargs: Any) -> Any:
+        """The newest (or first by ``sort``) matching dataset as a read-only ``zarr.Group`` (zarr v3).
+
+        Its arrays are the dataset's arrays (``[X, y]`` -> ``"0"``, ``"1"``; dicts and nested lists
+        become groups; a bare array is ``"data"``), served straight from the stored chunks: nothing
+        is copied, chunks are read (and verified) when zarr asks for them. ``group.store`` opens with
+        ``zarr.open_group(store, mode="r")``, ``xarray.open_zarr(store)`` (axis 0 is the dimension
+        ``rows`` when the arrays share it) and ``dask.array.from_zarr(store, component="0")``.
+        Writes through it are refused. Datasets saved before chunk format 2 are served too, each
+        chunk re-encoded as it is read (``tensorhub upgrade`` rewrites them once). Needs zarr 3
+        (``pip install 'tensorhub[zarr]'``).
+
+        Args:
+            dataset_name: The dataset's name. Default ``None``: any name.
+            sort: PyMongo sort. Default ``None``: newest first.
+            **kwargs: The query (tags, MongoDB filter).
+
+        Returns:
+            A read-only ``zarr.Group``.
+
+        Raises:
+            NotFoundError: No dataset matches.
+            BackendNotInstalledError: zarr 3 is not installed.
+
+        Example::
+
+            group = hub.open_zarr("mnist")
+            ds = xarray.open_zarr(group.store)
+        """
+        return _datasets.open_zarr(self._records, dataset_name, sort=sort, **kwargs)
+
+    def upgrade_datasets(self, dataset_name: Any = None, dry_run: bool = False, **kwargs: Any) -> dict[str, int]:
+        """Rewrite matching datasets saved in an older chunk format in the current one (zarr-readable).
+
+        Old datasets load as they are; this makes their chunks zarr-decodable (every chunk a Blosc
+        frame, the last one padded) so :meth:`open_zarr` serves them without re-encoding. Each
+        record is swapped atomically after its new chunks are written; old chunks no record uses
+        are then deleted. Also ``tensorhub upgrade``.
+
+        Args:
+            dataset_name: A name or a filter such as ``{"$in": [...]}``. Default ``None``: every dataset.
+            dry_run: Default ``False``. ``True`` counts what would be rewritten and writes nothing.
+            **kwargs: The query (tags, MongoDB filter).
+
+        Returns:
+            ``{"datasets": rewritten (or to rewrite), "arrays": ..., "current": already current}``.
+        """
+        return _datasets.upgrade_datasets(self._records, dataset_name, dry_run=dry_run, **kwargs)
+
     def stream_dataset(self, dataset_name: str, batch_size: int, shuffle: bool = True, seed: int | None = None,
                        epochs: int = 1, **kwargs: Any) -> Any:
         """Batches of a dataset (the saved structure, each array cut to ``batch_size`` rows), in bounded memory.
@@ -667,6 +716,47 @@ class TensorHub:
             The number of model records deleted.
         """
         return _models.delete_models(self._records, kwargs)
+
+    def export_model(self, query: Any, path: Any, sort: Any = None, example_inputs: Any = None,
+                     trusted: Any = None, allow_pickle: bool = False, **kwargs: Any) -> Any:
+        """Write the newest (or first by ``sort``) matching model to a file other tools read; return its path.
+
+        ``*.safetensors``: the parameters of any ``params`` or ``torch`` model, read from their
+        chunks (no model is rebuilt, nothing of the record is imported): torch models under their
+        state-dict keys, parameter sets under their structure's path (``"0"``, ``"dense.w"``).
+        ``*.onnx``: a torch model, rebuilt as :meth:`find_model` does and written by
+        ``torch.onnx.export`` (needs ``onnx`` and ``onnxscript``: ``pip install 'tensorhub[onnx]'``).
+        The file is written whole or not at all.
+
+        Args:
+            query: A model name, a filter dict (``{"model_name": "mlp", "step": 10}``), or ``None``: any model.
+            path: The file to write: ``*.safetensors`` or ``*.onnx`` (the suffix picks the format).
+            sort: PyMongo sort. Default ``None``: newest first.
+            example_inputs: ONNX only: the inputs to trace with (a tensor or a tuple of them). Default
+                ``None``: zeros shaped as the inputs the model was saved with (``example_inputs=`` of
+                :meth:`save_model`); a model saved without them needs this.
+            trusted: ONNX only, as in :meth:`find_all_models`: which modules a class path may import.
+            allow_pickle: As in :meth:`find_all_models`. Default ``False``.
+            **kwargs: More of the query (tags, MongoDB filter, ``dataset=``/``task=``).
+
+        Returns:
+            The path written (a ``pathlib.Path``).
+
+        Raises:
+            NotFoundError: No model matches.
+            InvalidArgumentError: The suffix is neither ``.safetensors`` nor ``.onnx``.
+            SerializationError: The model is not a parameter set (scikit-learn), an array's dtype has no
+                safetensors type, or torch.onnx cannot export the model.
+
+        Example::
+
+            hub.export_model("mlp", "mlp.safetensors")
+            hub.export_model({"model_name": "cnn"}, "cnn.onnx", sort=[("accuracy", -1)])
+        """
+        from tensorhub.models._export import export_model
+
+        return export_model(self._records, query, path, sort=sort, example_inputs=example_inputs, trusted=trusted,
+                            allow_pickle=allow_pickle, **kwargs)
 
     @_explains(*_MODEL)
     def compare_models(self, model_name: str | None = None, keys: Any = None, sort: Any = None,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tensorhub.arrays import checksum
-from tensorhub.chunks import IO_THREADS, ChunkWriter, Manifest, read_chunk_into, rows_per_chunk
+from tensorhub.chunks import IO_THREADS, ChunkWriter, Manifest, blocks_of, read_manifest_chunk_into, rows_per_chunk
 from tensorhub.errors import CorruptDataError, InvalidArgumentError, TensorHubError
 from tensorhub.progress import progress_bar
 from tensorhub.records import blob_prefix
@@ -33,18 +33,17 @@ def write_arrays(writer: ChunkWriter, arrays: Sequence[tuple[str, np.ndarray]]) 
         count = 1 if array.ndim == 0 else len(range(0, array.shape[0], step))
         plans.append((name, array, step, count))
 
-    def blocks() -> Iterator[np.ndarray]:
+    def blocks() -> Iterator[np.ndarray | tuple[np.ndarray, bool]]:
         for _, array, step, count in plans:
             if array.ndim == 0:
                 yield array.reshape(1)
             else:
-                for i in range(count):
-                    yield array[i * step:(i + 1) * step]
+                yield from blocks_of(array, step, writer.chunk_format)  # the chunk format's blocks (a last one of several padded)
 
     digests = iter(writer.write_blocks(blocks(), total=sum(p[3] for p in plans)))
     entries = []
     for name, array, step, count in plans:
-        manifest = Manifest.of(array, step, [next(digests) for _ in range(count)])  # keeps structured fields
+        manifest = Manifest.of(array, step, [next(digests) for _ in range(count)], writer.chunk_format)  # keeps structured fields
         entries.append({"name": name, "nbytes": int(array.nbytes), **manifest.to_doc()})
     return entries
 
@@ -115,7 +114,7 @@ class ModelReader:
                 start = i * manifest.chunk_rows
                 target = target[start:min(start + manifest.chunk_rows, manifest.shape[0])]
             try:
-                read_chunk_into(self._blobs, manifest.chunks[i], target)
+                read_manifest_chunk_into(self._blobs, manifest, i, target)
             except TensorHubError as exc:
                 raise type(exc)(f"{self.describe()}, array {name}: {exc}") from exc
 
