@@ -222,9 +222,14 @@ def _manifests(collection: str, record: Mapping[str, Any]) -> list[Mapping[str, 
     return [e for e in entries if isinstance(e, Mapping)] if isinstance(entries, list) else []
 
 
+#: the most a Blosc frame adds to its input (BLOSC_MAX_OVERHEAD)
+_FRAME_OVERHEAD = 16
+
+
 def _chunk_sizes(collection: str, record: Mapping[str, Any]) -> dict[str, int]:
-    """The array bytes each chunk of a record's manifests holds: a stored chunk is at most that (a Blosc
-    frame is smaller, a raw chunk equal); what a dry run reports."""
+    """An upper bound of each stored chunk's size: its rows' array bytes (a whole chunk's for a padded
+    last chunk, format 2) plus Blosc's frame overhead (a frame is at most its input plus 16 bytes, an
+    old raw chunk its input); what a dry run reports."""
     sizes: dict[str, int] = {}
     for entry in _manifests(collection, record):
         try:
@@ -236,9 +241,9 @@ def _chunk_sizes(collection: str, record: Mapping[str, Any]) -> dict[str, int]:
             continue  # a damaged manifest: its chunks are copied (if well-formed), only not sized
         row = int(np.prod(shape[1:], dtype=np.int64)) * itemsize if shape else itemsize
         for i, name in enumerate(chunks):
-            rows = min(step, shape[0] - i * step) if shape else 1
+            rows = step if shape else 1  # format 2 pads the last chunk to a whole one
             if isinstance(name, str):
-                sizes[name] = max(sizes.get(name, 0), max(rows, 0) * row)
+                sizes[name] = max(sizes.get(name, 0), max(rows, 0) * row + _FRAME_OVERHEAD)
     return sizes
 
 
