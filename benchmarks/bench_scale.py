@@ -15,7 +15,7 @@ runs, so ``step >= N - 50`` is 50 rows) and N/10 pending tasks of one name. Meas
 Baseline (``file://``): raw sqlite3 on the same disk with tensorhub's durability (WAL,
 ``synchronous=NORMAL``), plain tables ``logs(id, project, task_id, time, step, loss)`` and
 ``tasks(id, project, task_name, status, priority, time, attempts_left)`` with an index on the
-same fields tensorhub indexes: ``(project, task_id)``, ``(project, time)``, ``(project, step)`` and
+same fields tensorhub indexes: ``(project, task_id, step)``, ``(project, time)``, ``(project, step)`` and
 ``(project, task_name, status, priority DESC, time)``. tensorhub's indexes are the ones the
 repository declares, plus ``(project_name, step)`` declared by this script (``create_index``):
 no declared index covers ``step``.
@@ -89,7 +89,7 @@ class RawSQLite:
                           " step INTEGER, loss REAL)")
         self.conn.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY, project TEXT, task_name TEXT, status TEXT,"
                           " priority INTEGER, time REAL, attempts_left INTEGER, owner TEXT)")
-        for sql in ("CREATE INDEX logs_run ON logs (project, task_id)", "CREATE INDEX logs_time ON logs (project, time)",
+        for sql in ("CREATE INDEX logs_run ON logs (project, task_id, step)", "CREATE INDEX logs_time ON logs (project, time)",
                     "CREATE INDEX logs_step ON logs (project, step)",
                     "CREATE INDEX tasks_queue ON tasks (project, task_name, status, priority DESC, time)"):
             self.conn.execute(sql)
