@@ -273,6 +273,11 @@ def test_issue13_server_starts_in_a_thread_on_a_free_port(tmp_path: Path) -> Non
             assert response.status_code == 200 and "<table id=\"runs\"" in response.text
             plotly = httpx.get(f"http://127.0.0.1:{server.port}/static/plotly.min.js", timeout=10)
             assert plotly.status_code == 200 and len(plotly.content) > 1_000_000
+            basic = httpx.get(f"http://127.0.0.1:{server.port}/static/plotly-basic.min.js", timeout=10)
+            assert basic.status_code == 200 and b"plotly.js (basic" in basic.content[:200]
+            # the basic bundle is the plotly package's version, so both pages draw the same charts
+            version = re.search(rb"v(\d+\.\d+\.\d+)", plotly.content[:200])
+            assert version and version.group(1) in basic.content[:200]
             assert "script-src 'self'" in response.headers["content-security-policy"]
         finally:
             server.stop()

@@ -295,7 +295,7 @@ class TaskQueue:
         """Whether a running task matching ``query`` may be reclaimable (its lease ran out): a read of the
         running tasks (few: one per runner) by an equality the claim index serves on every backend,
         the lease and attempts checked here. Only a hint: the reclaim's conditional write decides."""
-        for task in self.tasks.find(_and(query, {"status": RUNNING})):
+        for task in self.tasks.find(_and(query, {"status": RUNNING}), sort=QUEUE_ORDER):  # the claim index's order
             expires = task.get("lease_expires_at")
             if not isinstance(expires, dt.datetime) or task.get("cancel_requested") is True:
                 continue

@@ -150,7 +150,7 @@ from tensorhub.backends.s3._view import (Gone, View, Views, add_inserted, candid
 from tensorhub.backends.s3._zones import ZONE_KEY_CHARS, ZONE_TAG, build_zone, encode_zone, may_match
 from tensorhub.documents import decode_document, encode_document
 from tensorhub.errors import BackendUnavailableError, ConflictError, DuplicateKeyError, InvalidArgumentError
-from tensorhub.query import apply_update
+from tensorhub.query import apply_update, validate_filter
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +357,7 @@ class S3IndexStore(IndexStore):
         merged into another (or gone) meanwhile. Returns the view and, in order, the downloaded
         segments that can hold matches.
         """
+        validate_filter(filter)  # malformed filters fail on every collection, even one never written
         keys, _ = split_id_condition(filter)
         view = self._views.get(collection)
         if keys is not None:
