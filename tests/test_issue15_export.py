@@ -100,3 +100,20 @@ def test_item05_bad_exports_are_refused(tmp_path: Path) -> None:
         with pytest.raises(SerializationError, match="safetensors cannot"):
             hub.export_model("strings", tmp_path / "strings.safetensors")
         assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # nothing half-written
+
+
+def test_item05_a_dtype_read_from_a_record_names_only_a_torch_dtype() -> None:
+    """The example inputs' dtype comes from a stored record: only a ``torch.dtype`` is taken, never
+    another attribute of torch."""
+    import torch
+
+    from tensorhub.errors import SerializationError
+    from tensorhub.models._export import _example_inputs
+
+    good = {"torch_program": {"example_inputs": [{"shape": [2, 3], "dtype": "torch.float64"}]}}
+    (x,) = _example_inputs(good, None)
+    assert x.dtype == torch.float64 and tuple(x.shape) == (2, 3)
+    for hostile in ("torch.load", "save", "nn", 5):
+        record = {"torch_program": {"example_inputs": [{"shape": [1], "dtype": hostile}]}}
+        with pytest.raises(SerializationError, match="no dtype"):
+            _example_inputs(record, None)

@@ -189,7 +189,9 @@ def _example_inputs(record: dict, example_inputs: Any) -> tuple:
                                    "inputs other than tensors): pass example_inputs=(tensor, ...) to export it to ONNX")
     import torch
 
-    return tuple(torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"].removeprefix("torch."))) for s in spec)
+    from tensorhub.models._torch import torch_dtype_named  # lazily, as numpy_to_tensor above
+
+    return tuple(torch.zeros(s["shape"], dtype=torch_dtype_named(s["dtype"])) for s in spec)
 
 
 def _write_onnx(records: Records, record: dict, reader: ModelReader, path: Path, example_inputs: Any,

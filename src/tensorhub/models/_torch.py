@@ -79,10 +79,20 @@ def numpy_to_tensor(array: np.ndarray, torch_dtype: str) -> Any:
     import torch
 
     tensor = torch.from_numpy(array)
-    dtype = getattr(torch, torch_dtype.removeprefix("torch."), None)
-    if not isinstance(dtype, torch.dtype):
-        raise SerializationError(f"this torch ({torch.__version__}) has no dtype {torch_dtype}; upgrade torch")
+    dtype = torch_dtype_named(torch_dtype)
     return tensor if tensor.dtype == dtype else tensor.view(dtype)
+
+
+def torch_dtype_named(name: Any) -> Any:
+    """The ``torch.dtype`` a record names (``"torch.float32"``): only a dtype, never another attribute
+    of torch (the name is read from a record, and a shared store is hostile input)."""
+    import torch
+
+    dtype = getattr(torch, name.removeprefix("torch."), None) if isinstance(name, str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise SerializationError(f"this torch ({torch.__version__}) has no dtype {name!r}; upgrade torch, or the "
+                                 "record is damaged")
+    return dtype
 
 
 def _example_spec(value: Any) -> Any:
