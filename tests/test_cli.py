@@ -109,6 +109,56 @@ def test_sigterm_hands_the_running_task_back(tmp_path: Path) -> None:
         assert "handed back" in stderr
 
 
+def test_a_stop_that_lands_while_claiming_hands_the_task_back(tmp_path: Path) -> None:
+    """The race behind a flaky SIGTERM test: the signal came after the claim was written but before
+    the worker marked itself busy, so the task ran to its end instead of being handed back."""
+    from tensorhub.worker import Worker, WorkerOptions
+
+    uri = _store(tmp_path)
+    script = tmp_path / "slow.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    with TensorHub(uri, project_name="p") as hub:
+        hub.create_task("slow", script)
+        worker = Worker(hub, WorkerOptions(task_name="slow", poll=0.1))
+        claim = hub.task_queue.claim
+
+        def claim_then_stop(*args, **kwargs):
+            claimed = claim(*args, **kwargs)
+            worker.stopping.set()  # what the SIGTERM handler does, landing just after the claim
+            return claimed
+
+        hub.task_queue.claim = claim_then_stop  # type: ignore[method-assign]
+        started = time.monotonic()
+        assert worker.run() == 0
+        assert time.monotonic() - started < 30
+        (task,) = hub.find_tasks("slow")
+        assert task["status"] == "pending" and "owner" not in task and task["attempts"] == 0
+
+
+def test_a_stop_during_a_child_process_task_kills_it_and_hands_it_back(tmp_path: Path) -> None:
+    from tensorhub.runner import StopRequested, run_claimed
+    import threading
+
+    uri = _store(tmp_path)
+    script = tmp_path / "slow.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    with TensorHub(uri, project_name="p") as hub:
+        hub.create_task("slow", script)
+        claimed = hub.task_queue.claim({"task_name": "slow"})
+        stop = threading.Event()
+        threading.Timer(0.5, stop.set).start()
+        started = time.monotonic()
+        try:
+            run_claimed(hub.task_queue, claimed, hub.connection, stop=stop)
+        except StopRequested:
+            pass
+        else:
+            raise AssertionError("run_claimed returned although its stop event was set")
+        assert time.monotonic() - started < 30
+        (task,) = hub.find_tasks("slow")
+        assert task["status"] == "pending" and task["attempts"] == 0
+
+
 def test_demo_runs_the_whole_workflow(tmp_path: Path) -> None:
     uri = _store(tmp_path)
     table = run_demo(uri, runners=2, max_iter=30)

@@ -267,8 +267,10 @@ class _ResultFiles:
 _result_files = _ResultFiles()
 
 
-def _run_isolated(claimed: dict, connection: Connection, heartbeat: Heartbeat) -> tuple[str, dict[str, Any]]:
-    """Run the script in a child process; return ``(status, fields to record)``."""
+def _run_isolated(claimed: dict, connection: Connection, heartbeat: Heartbeat,
+                  stop: threading.Event | None = None) -> tuple[str, dict[str, Any]]:
+    """Run the script in a child process; return ``(status, fields to record)``. ``stop`` set (the
+    runner shutting down) kills the task and raises :class:`StopRequested` within :data:`WAIT_SLICE`."""
     timeout = claimed.get("timeout")
     result_path = _result_files.new_path()
     try:
@@ -277,6 +279,8 @@ def _run_isolated(claimed: dict, connection: Connection, heartbeat: Heartbeat) -
             started = time.monotonic()
             try:
                 while process.wait(WAIT_SLICE) is None:
+                    if stop is not None and stop.is_set():
+                        raise StopRequested()  # the finally below kills the tree; run_claimed hands it back
                     if heartbeat.cancel_requested.is_set():
                         process.kill()
                         return CANCELLED, {"error": "cancelled while running", **process.tails()}
@@ -305,6 +309,11 @@ def _run_isolated(claimed: dict, connection: Connection, heartbeat: Heartbeat) -
     finally:
         result_path.unlink(missing_ok=True)
         Path(f"{result_path}.tmp").unlink(missing_ok=True)
+
+
+class StopRequested(KeyboardInterrupt):
+    """Raised by :func:`run_claimed` when its ``stop`` event is set while a task runs (the runner is
+    shutting down): the task's process tree was killed and the task handed back to ``pending``."""
 
 
 class TaskCancelled(BaseException):
@@ -399,14 +408,15 @@ RECORD_ATTEMPTS = 6
 
 
 def run_claimed(queue: TaskQueue, claimed: dict, connection: Connection, lease: float = DEFAULT_LEASE,
-                isolate: bool = True) -> str:
+                isolate: bool = True, stop: threading.Event | None = None) -> str:
     """Run a claimed task under a heartbeat, record its outcome and return the status recorded
     (``pending`` when a failure was re-queued by ``retry_on_error``; ``cancelled`` when a cancel
     was requested, even if the script had just ended).
 
     The heartbeat reads the task about every :data:`~tensorhub.tasks.CANCEL_POLL` seconds, so a
     cancelled task is stopped within about a second. A ``KeyboardInterrupt`` (a runner told to stop) hands the task back to ``pending`` and
-    propagates. ``isolate`` is ignored (in-process) for stores other processes cannot open.
+    propagates; so does ``stop`` (an event) set while a child-process task runs: its tree is killed
+    within :data:`WAIT_SLICE` and :class:`StopRequested` (a ``KeyboardInterrupt``) is raised. ``isolate`` is ignored (in-process) for stores other processes cannot open.
     A task whose lease was lost (another runner may run it now) is stopped and nothing is
     recorded; the status returned is then ``"lost"``.
     """
@@ -416,7 +426,10 @@ def run_claimed(queue: TaskQueue, claimed: dict, connection: Connection, lease: 
     heartbeat = Heartbeat(queue, claimed, lease)
     heartbeat.start()
     try:
-        status, fields = (_run_isolated if isolate else _run_in_process)(claimed, connection, heartbeat)
+        if isolate:
+            status, fields = _run_isolated(claimed, connection, heartbeat, stop)
+        else:
+            status, fields = _run_in_process(claimed, connection, heartbeat)
     except BaseException:
         heartbeat.stop()
         queue.release(claimed)

@@ -21,7 +21,7 @@ from typing import Any
 from tensorhub import tasks as _tasks
 from tensorhub.errors import InvalidArgumentError
 from tensorhub.hub import TensorHub
-from tensorhub.runner import run_claimed
+from tensorhub.runner import StopRequested, run_claimed
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,11 @@ class Worker:
         self.ran = 0
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
+        """Set ``stopping``. A child-process task sees it within 0.1 s (its runner's wait loop looks);
+        an in-process script holds the main thread, so there the signal raises :class:`_Shutdown`."""
         log.info("worker %s: received %s, stopping", self.owner["worker_id"], signal.Signals(signum).name)
         self.stopping.set()
-        if self._busy:
+        if self._busy and self.options.in_process:
             raise _Shutdown()
 
     def install_signal_handlers(self) -> None:
@@ -122,8 +124,13 @@ class Worker:
             return False
         self._busy = True
         try:
+            if self.stopping.is_set():  # told to stop while claiming: never start it
+                raise _Shutdown()
             run_claimed(queue, claimed, self.hub.connection, lease=self.options.lease,
-                        isolate=not self.options.in_process)
+                        isolate=not self.options.in_process, stop=self.stopping)
+        except KeyboardInterrupt:  # _Shutdown, StopRequested, a ^C: hand it back (again is a no-op)
+            queue.release(claimed)
+            raise
         finally:
             self._busy = False
         self.ran += 1
@@ -173,6 +180,6 @@ class Worker:
                     self.log_idle(now - idle_since)
                 self.stopping.wait(delay)
                 delay = min(delay * 2, opts.poll)
-        except _Shutdown:
+        except (_Shutdown, StopRequested):
             log.info("worker %s: task handed back, exiting", self.owner["worker_id"])
         return self.ran
