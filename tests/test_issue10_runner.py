@@ -420,3 +420,27 @@ def test_issue11_item09_helper_is_stopped_and_reaped(file_hub: TensorHub, tmp_pa
     assert "ResourceWarning" not in done.stderr, done.stderr
     helper = int(done.stdout.split()[0])
     wait_until(lambda: not pid_alive(helper), "the helper to be gone")
+
+
+def test_a_spare_task_process_killed_before_use_is_replaced(tmp_path: Path) -> None:
+    """The helper forks the next task's shepherd and process ahead of time; one killed from outside
+    while it waits must not cost the next task (the helper forks another)."""
+    from tensorhub import zygote
+    from tensorhub.zygote import _children_map
+
+    script = tmp_path / "ok.py"
+    script.write_text("value = 41 + 1\n")
+    with TensorHub(f"file://{tmp_path / 'store'}", project_name="p") as hub:
+        for _ in range(2):
+            hub.create_task("ok", script, saved_result_keys=["value"])
+        assert hub.run_task("ok")
+        helper = zygote.shared_zygote().process.pid
+        deadline = time.monotonic() + 10
+        while not (spares := _children_map().get(helper, [])) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert spares, "the helper keeps a spare shepherd forked ahead"
+        for pid in spares:
+            os.kill(pid, signal.SIGKILL)
+        assert hub.run_task("ok")
+        assert [t["status"] for t in hub.find_tasks("ok")] == ["finished", "finished"]
+        assert {t["result"]["value"] for t in hub.find_tasks("ok")} == {42}

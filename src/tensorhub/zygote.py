@@ -11,6 +11,10 @@ runner)::
 
     runner ── helper (subreaper) ── shepherd (own session, subreaper) ── task ── its children...
 
+* The helper forks each task's shepherd and task process *ahead* of the task (a spare pair,
+  forked after the previous start was answered, while the runner records and claims): a start
+  only hands the waiting task process its target, arguments and stdout/stderr. Two forks on the
+  start path were most of a no-op task's cost. A spare killed from outside is replaced.
 * The *shepherd* is forked per task: it calls ``setsid()`` (the task's signals to its process
   group, ``os.killpg(0, ...)``, stay inside the task) and becomes a child subreaper, so every
   orphaned descendant of the task (``fork`` + ``setsid`` daemons included) is re-parented to it.
@@ -282,6 +286,46 @@ def stop_shared_zygote(only_if_idle: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------- helper side
+class _Spare:
+    """A pre-forked shepherd (its pid and pidfd) and the socket to its waiting task process."""
+
+    def __init__(self, pid: int, pidfd: int | None, sock: socket.socket) -> None:
+        self.pid, self.pidfd, self.sock = pid, pidfd, sock
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def hand(self, target: str, args: tuple, fds: list[int]) -> None:
+        """Give the waiting task process what to run (OSError: it is gone)."""
+        conn = Connection(os.dup(self.sock.fileno()))
+        try:
+            conn.send((target, args))
+        finally:
+            conn.close()
+        socket.send_fds(self.sock, [b"F"], fds)
+
+
+def _start_spare(spare: list[_Spare], prefork: Any, target: str, args: tuple, fds: list[int]) -> _Spare:
+    """Hand a task to the spare (forking one if there is none, or again if it died unused)."""
+    for attempt in range(2):
+        if not spare:
+            prefork()
+        chosen = spare.pop()
+        try:
+            chosen.hand(target, args, fds)
+            return chosen
+        except OSError:
+            if attempt:
+                raise
+            chosen.close()
+            kill_group(chosen.pid)
+            _kill(chosen.pid)
+    raise AssertionError("unreachable")
+
+
 def _resolve(target: str) -> Any:
     import importlib
 
@@ -293,15 +337,12 @@ def _status(status: int) -> int:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def _shepherd(target: str, args: tuple, fds: list[int]) -> int:
-    """A task's shepherd (forked by the helper): own session, subreaper; run the task in a child,
-    kill what it leaves behind, return its wait status as an exit code (or die by its signal)."""
+def _shepherd(task_sock: socket.socket) -> int:
+    """A task's shepherd (forked by the helper ahead of its task): own session, subreaper; fork the
+    task process, which waits on ``task_sock`` for what to run; kill what the task leaves behind,
+    return its wait status as an exit code (or die by its signal)."""
     os.setsid()
     become_subreaper()
-    for fd, target_fd in zip(fds, (1, 2)):
-        os.dup2(fd, target_fd)
-        os.close(fd)
-    task = 0
 
     def stop(signum: int, _frame: Any) -> None:  # the helper died, or the task signalled its own group
         kill_descendants(os.getpid())
@@ -320,12 +361,12 @@ def _shepherd(target: str, args: tuple, fds: list[int]) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             die_with_parent(signal.SIGKILL)
-            returned = _resolve(target)(*args)
-            code = returned if isinstance(returned, int) and not isinstance(returned, bool) else 0
+            code = _task_main(task_sock)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    task_sock.close()
     while code is None:  # reap the task, and orphans re-parented to us meanwhile
         try:
             pid, status = os.waitpid(-1, 0)
@@ -339,6 +380,25 @@ def _shepherd(target: str, args: tuple, fds: list[int]) -> int:
     if _reap_any():
         kill_descendants(os.getpid(), reap=_reap_any)  # the helper kills the process group once we are gone
     return 1 if code is None else code
+
+
+def _task_main(task_sock: socket.socket) -> int:
+    """A pre-forked task process: wait for ``(target, args)`` and the stdout/stderr fds, then run
+    ``target(*args)``; its exit code. Exits 0 at once when the helper drops it unused (EOF)."""
+    conn = Connection(os.dup(task_sock.fileno()))
+    try:
+        target, args = conn.recv()
+        _, fds, _, _ = socket.recv_fds(task_sock, 1, 2)
+    except (EOFError, OSError, ValueError):
+        return 0
+    finally:
+        conn.close()
+    task_sock.close()
+    for fd, target_fd in zip(fds, (1, 2)):
+        os.dup2(fd, target_fd)
+        os.close(fd)
+    returned = _resolve(target)(*args)
+    return returned if isinstance(returned, int) and not isinstance(returned, bool) else 0
 
 
 def _reap_any() -> bool:
@@ -404,6 +464,33 @@ def serve(fd: int) -> None:
     running: set[int] = set()
     subreaper = become_subreaper()
     dirty = [False]  # a shepherd ended since the last sweep: strays may have been re-parented to us
+    # the next task's shepherd and task process, forked ahead (after a start is answered, while the
+    # runner records and claims): a start then costs no fork (two forks were ~2/3 of a no-op task)
+    spare: list[_Spare] = []
+
+    def prefork() -> None:
+        """Fork the spare shepherd (which forks its task process, waiting for what to run)."""
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                conn.close()
+                sock.close()
+                ours.close()
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                code = _shepherd(theirs)
+            finally:
+                _die_like(code)
+        theirs.close()
+        spare.append(_Spare(pid, _pidfd(pid), ours))  # the pidfd before any reap: pid is our child
+
+    def drop_spare() -> None:
+        while spare:
+            unused = spare.pop()
+            unused.close()
+            kill_group(unused.pid)
+            _kill(unused.pid)
 
     def reap() -> None:
         """Reap every exited child: shepherds (their status is kept) and swept orphans."""
@@ -414,7 +501,9 @@ def serve(fd: int) -> None:
                 return
             if pid == 0:
                 return
-            if pid in running:
+            if spare and pid == spare[0].pid:  # killed from outside before use: fork another when asked
+                spare.pop().close()
+            elif pid in running:
                 running.discard(pid)
                 finished[pid] = _status(status)
                 dirty[0] = True
@@ -437,7 +526,8 @@ def serve(fd: int) -> None:
             children = _children_of_self()
             if children is None:
                 children = _children_map().get(os.getpid(), [])
-            strays = [pid for pid in children if pid not in running]
+            spares = {each.pid for each in spare}
+            strays = [pid for pid in children if pid not in running and pid not in spares]
             if not strays:
                 return
             for pid in strays:
@@ -462,6 +552,7 @@ def serve(fd: int) -> None:
         sweep()
 
     def shutdown(*_: Any) -> None:
+        drop_spare()
         for pid in list(running):
             kill_tree(pid)
         running.clear()  # every task tree was killed: any child left is a stray
@@ -472,6 +563,7 @@ def serve(fd: int) -> None:
     die_with_parent(signal.SIGTERM)
     if os.getppid() == 1:
         shutdown()
+    prefork()
     while True:
         try:
             if not conn.poll(1.0):  # idle: a backstop sweep, only after a task ended (a /proc scan costs ~ms)
@@ -485,24 +577,15 @@ def serve(fd: int) -> None:
         if request[0] == "start":
             _, target, args = request
             _, fds, _, _ = socket.recv_fds(sock, 1, 2)
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    conn.close()
-                    sock.close()
-                    signal.signal(signal.SIGINT, signal.SIG_DFL)
-                    code = _shepherd(target, args, fds)
-                finally:
-                    _die_like(code)
+            started = _start_spare(spare, prefork, target, args, fds)
             for received in fds:
-                os.close(received)
-            running.add(pid)
-            pidfd = _pidfd(pid)  # before any reap: the pid names our child (running or a zombie)
-            conn.send((pid, pidfd is not None))
-            if pidfd is not None:
-                socket.send_fds(sock, [b"P"], [pidfd])
-                os.close(pidfd)
+                os.close(received)  # before the next prefork: a spare must not hold this task's pipes
+            running.add(started.pid)
+            conn.send((started.pid, started.pidfd is not None))
+            if started.pidfd is not None:
+                socket.send_fds(sock, [b"P"], [started.pidfd])
+            started.close()
+            prefork()
         elif request[0] == "status":
             reap()
             pid = request[1]
