@@ -17,6 +17,7 @@ batches: ``stream_shards.py`` says which rows each (rank, worker) reads.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,7 @@ class DatasetStream:
         self.block_rows = min([m.chunk_rows for m in self.manifests if m.shape] or [1])
         self.cache_bytes = 2 * sum(m.chunk_rows * _row_bytes(m) for m in self.manifests)
         self._blobs = blobs
+        self._blobs_pid = os.getpid()  # a forked DataLoader worker reopens: it must not share the parent's sockets
         self._iterator: Iterator[Any] | None = None  # what next() reads; iter() starts afresh
 
     def __getstate__(self) -> dict[str, Any]:
@@ -100,14 +102,14 @@ class DatasetStream:
 
     @property
     def blobs(self) -> BlobStore:
-        if self._blobs is None:
+        if self._blobs is None or self._blobs_pid != os.getpid():
             from tensorhub.registry import open_stores
 
             uri = self.connection.blobs or self.connection.uri
             blobs = open_stores(uri, index=False, blobs=True).blobs
             if blobs is None:  # a backend's open_stores returns what was asked for
                 raise BackendUnavailableError(f"could not open the blob store of {self.connection}")
-            self._blobs = blobs
+            self._blobs, self._blobs_pid = blobs, os.getpid()
         return self._blobs
 
     def __len__(self) -> int:
