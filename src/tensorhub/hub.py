@@ -574,7 +574,8 @@ class TensorHub:
         order, so when ``rows`` does not divide by ``world_size`` fewer than ``world_size`` rows come
         twice; with ``drop_last=True`` no row comes twice and fewer than ``world_size * batch_size``
         are left out. The epoch's order depends on ``(seed, epoch)`` only; with ``seed=None`` rank 0's
-        random seed is broadcast over the process group (so make the stream on every rank).
+        random seed is broadcast over the process group (so make the stream on every rank; for the
+        whole dataset on one rank only, pass ``rank=0, world_size=1``).
 
         Args:
             dataset_name: The dataset (the newest match of the query).

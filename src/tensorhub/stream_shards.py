@@ -98,7 +98,7 @@ def agree_seed(seed: int | None, world_size: int, from_process_group: bool) -> i
             f"a shuffled stream over {world_size} ranks needs the same seed on every rank: pass seed= "
             "(or initialise torch.distributed first, and rank 0's random seed is shared)")
     dist = _process_group()
-    box = [int(np.random.default_rng().integers(2**63)) if dist.get_rank() == 0 else None]
+    box: list[Any] = [int(np.random.default_rng().integers(2**63)) if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)  # a collective: every rank makes its stream, as every rank trains
     return int(box[0])
 
