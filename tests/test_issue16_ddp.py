@@ -207,3 +207,17 @@ def test_item03_bad_rank_options_are_refused(tmp_path: Path, options: dict, erro
         _save(hub, "d", 10)
         with pytest.raises(error, match=message):
             hub.stream_dataset("d", batch_size=4, seed=0, **options)
+
+
+def test_item03_forked_dataloader_worker_reopens_the_blob_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # DataLoader forks its workers: sharing the parent's connections (an S3 client's pooled
+    # sockets) between them would mix their replies, so a stream in another process reopens
+    with TensorHub(f"file://{tmp_path}/store", project_name="p") as hub:
+        _save(hub, "d", 10)
+        stream = hub.stream_dataset("d", batch_size=4, seed=0)
+        own = stream.blobs
+        assert stream.blobs is own  # in the process that made it: the hub's store, kept
+        monkeypatch.setattr(os, "getpid", lambda: -1)  # as in a forked worker
+        assert stream.blobs is not own
+        assert sorted(int(i) for b in stream for i in b["id"]) == list(range(10))
