@@ -111,7 +111,7 @@ _MODEL_LOAD_OPTIONS = ("allow_pickle", "into", "trusted", "sess")
 #: create_task's options beyond its signature (TaskQueue.create's), near misses of which are refused
 _TASK_OPTIONS = ("max_attempts", "timeout", "priority", "retry_on_error")
 #: stream_dataset's options beyond its signature
-_STREAM_OPTIONS = ("buffer_chunks", "prefetch", "drop_last", "sort")
+_STREAM_OPTIONS = ("buffer_chunks", "prefetch", "drop_last", "rank", "world_size", "sort")
 
 
 class TensorHub:
@@ -565,25 +565,41 @@ class TensorHub:
         by ``2 * buffer_chunks`` chunks however large the dataset. The stream is picklable and, when
         torch is imported, a ``torch.utils.data.IterableDataset`` (``DataLoader(stream,
         batch_size=None, num_workers=4)``: each worker reads its own share). ``len(stream)`` is the
-        number of batches over all epochs.
+        number of batches this rank yields (its DataLoader workers together) over all epochs.
+
+        Under DDP (``torch.distributed``) each rank reads its own share of every epoch and every rank
+        yields the same number of batches, ``ceil(ceil(rows / world_size) / batch_size)`` per epoch
+        (``drop_last=True``: ``rows // (world_size * batch_size)``), whatever its DataLoader workers.
+        With ``drop_last=False`` the short ranks are padded with rows from the start of the epoch's
+        order, so when ``rows`` does not divide by ``world_size`` fewer than ``world_size`` rows come
+        twice; with ``drop_last=True`` no row comes twice and fewer than ``world_size * batch_size``
+        are left out. The epoch's order depends on ``(seed, epoch)`` only; with ``seed=None`` rank 0's
+        random seed is broadcast over the process group (so make the stream on every rank; for the
+        whole dataset on one rank only, pass ``rank=0, world_size=1``).
 
         Args:
             dataset_name: The dataset (the newest match of the query).
             batch_size: Rows per batch, > 0.
             shuffle: Default ``True``: rows in an order shuffled by ``seed``; ``False`` keeps the
                 stored order.
-            seed: The shuffle's seed (>= 0). Default ``None``: a random one.
+            seed: The shuffle's seed (>= 0). Default ``None``: a random one (rank 0's under DDP).
             epochs: Passes over the data, > 0. Default 1.
             **kwargs: The query picking the dataset, plus the options ``buffer_chunks`` (default 2),
                 ``prefetch`` (reader threads, default 2), ``drop_last`` (default ``False``: keep a short
-                final batch) and ``sort``.
+                final batch, and pad the short ranks under DDP), ``rank`` and ``world_size`` (given
+                together; default: from the initialised ``torch.distributed`` process group, else the
+                ``RANK``/``WORLD_SIZE`` environment variables, else a single process) and ``sort``.
 
         Returns:
             A ``DatasetStream`` (iterable of batches).
 
         Raises:
             NotFoundError: No dataset matches (the message names near misses).
-            InvalidArgumentError: A non-positive ``batch_size``/``epochs``, a negative ``seed``.
+            InvalidArgumentError: A non-positive ``batch_size``/``epochs``, a negative ``seed``, a
+                ``rank`` outside ``[0, world_size)``, or a shuffled stream over several ranks without
+                ``seed`` and without a process group to agree on one.
+            ConfigurationError: ``RANK``/``WORLD_SIZE`` in the environment are not ints with
+                ``0 <= RANK < WORLD_SIZE``.
             SerializationError: The arrays do not share their first-axis length.
 
         Example::
@@ -593,7 +609,8 @@ class TensorHub:
         """
         from tensorhub.streaming import make_stream
 
-        options = {k: kwargs.pop(k) for k in ("buffer_chunks", "prefetch", "drop_last") if k in kwargs}
+        options = {k: kwargs.pop(k) for k in ("buffer_chunks", "prefetch", "drop_last", "rank", "world_size")
+                   if k in kwargs}
         record = self.find_dataset_records(dataset_name, sort=kwargs.pop("sort", None), limit=1, **kwargs)
         if not record:
             query = {"dataset_name": dataset_name, **kwargs}

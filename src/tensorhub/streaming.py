@@ -10,13 +10,14 @@ per epoch, and the same ``seed`` gives the same batches.
 
 A stream is picklable (it reopens the blob store from the hub's URI in another process), and
 when torch is imported it is a ``torch.utils.data.IterableDataset``: under a ``DataLoader``
-with several workers, each worker reads its own share of the blocks.
+with several workers, each worker reads its own share of the blocks. Under ``torch.distributed``
+(DDP) each rank reads its own share of every epoch, and every rank yields the same number of
+batches: ``stream_shards.py`` says which rows each (rank, worker) reads.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
+import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,7 @@ from tensorhub.chunks import ChunkCache, Manifest, read_rows
 from tensorhub.context import Connection
 from tensorhub.datasets import require_rows
 from tensorhub.errors import BackendUnavailableError, InvalidArgumentError, InvalidArgumentTypeError
+from tensorhub.stream_shards import _is_int, agree_seed, batches_per_rank, consumer_range, resolve_ranks, segments
 from tensorhub.structure import loads_spec, unflatten
 
 
@@ -48,7 +50,8 @@ class DatasetStream:
 
     def __init__(self, connection: Connection, record: dict, batch_size: int, shuffle: bool = True,
                  seed: int | None = None, epochs: int = 1, buffer_chunks: int = 2, prefetch: int = 2,
-                 drop_last: bool = False, blobs: BlobStore | None = None) -> None:
+                 drop_last: bool = False, rank: int | None = None, world_size: int | None = None,
+                 blobs: BlobStore | None = None) -> None:
         if not _is_int(batch_size) or batch_size < 1:
             raise (InvalidArgumentError if _is_int(batch_size) else InvalidArgumentTypeError)(
                 f"batch_size must be a positive int, got {batch_size!r}")
@@ -66,7 +69,11 @@ class DatasetStream:
         self.connection, self.record = connection, record
         self.batch_size, self.shuffle, self.epochs = batch_size, shuffle, epochs
         self.buffer_chunks, self.prefetch, self.drop_last = max(1, buffer_chunks), max(1, prefetch), drop_last
-        self.seed = int(np.random.default_rng().integers(2**63)) if seed is None else seed  # shared by workers
+        # read here, in the rank's own process: a DataLoader worker has no process group
+        self.rank, self.world_size, from_group = resolve_ranks(rank, world_size)
+        if seed is None and not shuffle:
+            seed = 0  # unused: nothing to agree on, and no collective to wait for
+        self.seed = agree_seed(seed, self.world_size, from_group)  # shared by workers (pickled) and ranks
         self.spec = loads_spec(record["spec"])
         self.manifests = [Manifest.from_doc(s) for s in record["schema"]]
         # a block is the rows of one chunk of the widest array; narrower arrays' chunks span
@@ -74,6 +81,7 @@ class DatasetStream:
         self.block_rows = min([m.chunk_rows for m in self.manifests if m.shape] or [1])
         self.cache_bytes = 2 * sum(m.chunk_rows * _row_bytes(m) for m in self.manifests)
         self._blobs = blobs
+        self._blobs_pid = os.getpid()  # a forked DataLoader worker reopens: it must not share the parent's sockets
         self._iterator: Iterator[Any] | None = None  # what next() reads; iter() starts afresh
 
     def __getstate__(self) -> dict[str, Any]:
@@ -94,27 +102,30 @@ class DatasetStream:
 
     @property
     def blobs(self) -> BlobStore:
-        if self._blobs is None:
+        if self._blobs is None or self._blobs_pid != os.getpid():
             from tensorhub.registry import open_stores
 
             uri = self.connection.blobs or self.connection.uri
             blobs = open_stores(uri, index=False, blobs=True).blobs
             if blobs is None:  # a backend's open_stores returns what was asked for
                 raise BackendUnavailableError(f"could not open the blob store of {self.connection}")
-            self._blobs = blobs
+            self._blobs, self._blobs_pid = blobs, os.getpid()
         return self._blobs
 
     def __len__(self) -> int:
-        per_epoch = self.rows // self.batch_size if self.drop_last else math.ceil(self.rows / self.batch_size)
-        return per_epoch * self.epochs
+        """Batches this rank yields over all epochs (the same on every rank; see ``stream_shards``)."""
+        return batches_per_rank(self.rows, self.world_size, self.batch_size, self.drop_last) * self.epochs
 
     def _blocks(self, epoch: int) -> list[tuple[int, int]]:
+        """The row ranges this (rank, worker) reads in ``epoch``: its slice of the epoch's block order."""
         blocks = [(s, min(s + self.block_rows, self.rows)) for s in range(0, self.rows, self.block_rows)]
-        if self.shuffle:
+        if self.shuffle:  # a function of (seed, epoch) only: every rank and worker computes the same
             order = np.random.default_rng([self.seed, epoch]).permutation(len(blocks))
             blocks = [blocks[i] for i in order]
         worker, workers = _worker_share()
-        return blocks[worker::workers]
+        start, stop = consumer_range(self.rows, self.rank, self.world_size, worker, workers, self.batch_size,
+                                     self.drop_last)
+        return segments(blocks, start, stop)
 
     def _batch(self, arrays: list[np.ndarray]) -> Any:
         return unflatten(self.spec, lambda i, node: arrays[i], lambda i: b"")
@@ -170,11 +181,6 @@ class DatasetStream:
         with ThreadPoolExecutor(self.prefetch) as pool:
             for epoch in range(self.epochs):
                 yield from self._epoch(epoch, pool, cache)
-
-
-def _is_int(value: Any) -> bool:
-    """An int, numpy's included (``np.int64(256)``), but not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 _torch_stream_class: type | None = None
