@@ -322,7 +322,14 @@ class StudyDriver:
         if spec.get("name") == "random":
             return samplers.RandomSampler(seed=seed)
         if spec.get("name") == "grid":
-            return samplers.GridSampler(_grid(self.distributions), seed=seed)
+            class Grid(samplers.GridSampler):  # type: ignore[name-defined]  # optuna is imported lazily (Any)
+                """Optuna's grid, without its ``study.stop()`` once the grid is covered: that works only
+                inside ``study.optimize``; here ``n_trials`` ends the study."""
+
+                def after_trial(self, *args: Any) -> None:
+                    pass
+
+            return Grid(_grid(self.distributions), seed=seed)
         if spec.get("name") == "tpe":
             return samplers.TPESampler(seed=seed)
         raise CorruptDataError(f"study {self.study['study_name']!r}: unknown sampler {spec!r}")
