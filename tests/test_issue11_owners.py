@@ -27,7 +27,8 @@ from tensorhub.records import Records
 from conftest import SPLIT_BLOBS, TASK_BACKENDS, fresh_uri
 
 SRC = Path(tasks.__file__).parent
-COLLECTIONS = ["datasets", "models", "tasks", "training_logs", "validation_logs", "testing_logs", "log_digests"]
+COLLECTIONS = ["datasets", "models", "tasks", "training_logs", "validation_logs", "testing_logs", "log_digests",
+               "studies"]
 
 
 def _script(tmp_path: Path, body: str = "x = 1\n") -> Path:
@@ -79,6 +80,9 @@ def _b_calls(b: TensorHub, script: Path) -> dict[str, Callable[[], Any]]:
         "find_testing_logs": lambda: b.find_testing_logs(),
         "create_task": lambda: b.create_task("t", script, {"x": 1}),
         "create_sweep": lambda: b.create_sweep("t", script, grid={"x": [1, 2]}),
+        # A has a study "s" too: an unscoped read would find it (and call B's a different definition)
+        "create_study": lambda: b.create_study("s", script, space={"x": (0.0, 1.0)}, n_trials=2, saved_result_keys=[]),
+        "run_study": lambda: b.run_study("s", wait=False),
         # A's pending task has the highest priority: an unscoped claim would take it
         "run_task": lambda: b.run_task(in_process=True),
         "run_top_task": lambda: b.run_top_task(in_process=True),
@@ -172,10 +176,11 @@ def test_item01_project_b_never_reads_or_changes_project_a(store_uri: str, tmp_p
         a.create_task("t", script, {"x": -1})
         assert a.run_task(in_process=True) is True  # one finished task in A
         a.create_task("t", script, {"x": -1}, priority=10)  # and one that stays pending
+        a.create_study("s", script, space={"x": (-1.0, 0.0)}, n_trials=3, saved_result_keys=[])
         before = _snapshot(a)
         a_ids = {r["_id"] for records in before.values() for r in records}
         a_blobs = {f"chunks/{d}" for c in ("datasets", "models") for r in before[c] for d in r.get("blob_refs", [])}
-        assert len(a_ids) == 7 and a_blobs
+        assert len(a_ids) == 8 and a_blobs
 
         for name, call in calls.items():
             result = call()
@@ -237,10 +242,11 @@ def queue_hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 def test_item02_the_table_lists_every_transition_and_only_the_queue_writes_tasks() -> None:
     events = {event for _, event in tasks.TRANSITIONS}
     assert events == {"create", "claim", "reclaim", "renew", "finish", "fail", "stop", "release", "cancel",
-                      "request_cancel", "expire", "expire_cancelled", "retry", "requeue", "start"}
+                      "request_cancel", "expire", "expire_cancelled", "retry", "requeue", "start",
+                      "prune", "request_prune", "expire_pruned"}  # issue 16: a study's pruned trials
     assert tasks.CLAIM_HOLDER_EVENTS <= events
     assert set(tasks.TRANSITIONS.values()) == {tasks.PENDING, tasks.RUNNING, tasks.FINISHED, tasks.FAILED,
-                                         tasks.CANCELLED}
+                                         tasks.CANCELLED, tasks.PRUNED}
     assert not hasattr(tasks, "_last_expiry")  # the throttle is the queue's, not a global keyed by id()
     for module in ("hub.py", "runner.py", "worker.py"):  # they call the queue, which writes
         source = (SRC / module).read_text()
@@ -408,12 +414,13 @@ def test_item03_the_hub_is_a_facade_without_loops() -> None:
 
 def test_item03_each_kind_declares_its_indexes_and_the_hub_declares_them(store_uri: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from tensorhub import datasets, logs, models
+    from tensorhub import datasets, logs, models, study
 
     declared: list[tuple[str, list]] = []
     monkeypatch.setattr(Records, "create_index", lambda self, c, keys: declared.append((c, list(keys))))
     with TensorHub(store_uri, project_name="p", blobs=SPLIT_BLOBS.get(store_uri)):
         pass
-    expected = [(c, list(k)) for kind in (datasets, models, logs, tasks) for c, ks in kind.INDEXES.items() for k in ks]
+    expected = [(c, list(k)) for kind in (datasets, models, logs, tasks, study)
+                for c, ks in kind.INDEXES.items() for k in ks]
     assert declared == expected and {c for c, _ in declared} == set(COLLECTIONS)
     assert all(keys[0] == ("project_name", 1) for _, keys in declared)  # every index serves one project

@@ -21,6 +21,7 @@ from tensorhub.commands import import_tl as _import_tl
 from tensorhub.commands import plot as _plot
 from tensorhub.commands import queue as _queue
 from tensorhub.commands import records as _records
+from tensorhub.commands import study as _study
 from tensorhub.commands import ui as _ui
 from tensorhub.commands import upgrade as _upgrade
 from tensorhub.commands.common import open_hub, project_option, resolve_uri, uri_option
@@ -61,7 +62,8 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _command in (*_records.COMMANDS, *_queue.COMMANDS, *_ui.COMMANDS, *_plot.COMMANDS, *_upgrade.COMMANDS):
+for _command in (*_records.COMMANDS, *_queue.COMMANDS, *_ui.COMMANDS, *_plot.COMMANDS, *_upgrade.COMMANDS,
+                 *_study.COMMANDS):
     main.add_command(_command)
 main.add_command(_import_tl.import_tensorlayer_command)
 main.add_command(_copy.copy_command)

@@ -23,6 +23,7 @@ from tensorhub import models as _models
 from tensorhub import run_log as _run_log
 from tensorhub import runner as _runner
 from tensorhub import runs as _runs
+from tensorhub import study as _study
 from tensorhub import tasks as _tasks
 from tensorhub.backends.base import BlobStore, IndexStore
 from tensorhub.context import ENV_PROJECT, Connection, default_connection, default_project, inside_task
@@ -218,7 +219,7 @@ class TensorHub:
 
     def _declare_indexes(self) -> None:
         """Each record kind declares its collections' indexes (its module's ``INDEXES``)."""
-        for kind in (_datasets, _models, _logs, _tasks):
+        for kind in (_datasets, _models, _logs, _tasks, _study):
             for collection, indexes in kind.INDEXES.items():
                 for keys in indexes:
                     self._records.create_index(collection, keys)
@@ -1075,6 +1076,104 @@ class TensorHub:
             hub.create_sweep("mnist", "train.py", grid={"lr": [0.1, 0.01], "units": [400, 800]})  # 4 tasks
         """
         return self._queue.create(task_name, script, _tasks.sweep_points(grid, points), saved_result_keys, **kwargs)
+
+    def create_study(self, task_name: str, script: Any, space: dict[str, Any], sampler: Any = "tpe",
+                     n_trials: int | None = None, direction: str = "minimize", objective_key: str = "val_loss",
+                     parallelism: int = 1, pruner: Any = None, seed: int | None = None,
+                     saved_result_keys: list[str] | None = None, **kwargs: Any) -> dict:
+        """Record an adaptive hyper-parameter search whose trials are tasks; return the study record.
+
+        Nothing is queued yet: a driver (:meth:`run_study`, ``tensorhub study NAME``) keeps at most
+        ``parallelism`` trials queued or running, each one's parameters chosen by Optuna's sampler
+        told every ended trial's objective, until ``n_trials`` were queued and all ended; runners
+        (``tensorhub worker``) run them as any task (``task_name`` is the study's name). The state
+        is in the store: a driver restarted after a crash continues the study, and no trial number
+        is ever queued twice. A trial's objective is ``result[objective_key]``, else the last value
+        of ``objective_key`` it logged (``hub.log``); a pruned trial ends ``pruned``. Needs Optuna
+        (``pip install tensorhub[optuna]``). Calling it again with the same arguments returns the
+        existing study (a driver script rerun resumes it).
+
+        Args:
+            task_name: The study's name, also its trials' ``task_name``. Required.
+            script: The path of a Python file (as :meth:`create_task`); each trial runs it with its
+                parameters as globals. Required.
+            space: ``{name: range}``, each range an Optuna distribution, ``(low, high)`` (floats),
+                ``(low, high, "log")`` (log-scaled floats), ``(low, high, "int")`` (integers) or a
+                list (a categorical choice). Required.
+            sampler: ``"tpe"`` (default), ``"random"``, ``"grid"`` (lists and int ranges only), or
+                an Optuna sampler object (not storable: pass it to :meth:`run_study` too).
+            n_trials: How many trials the study queues in all, >= 1. Required.
+            direction: ``"minimize"`` (default) or ``"maximize"`` the objective.
+            objective_key: The metric to optimise. Default ``"val_loss"``.
+            parallelism: How many trials may be queued or running at once, >= 1. Default 1.
+            pruner: ``None`` (default: no pruning), ``"median"`` (Optuna's MedianPruner), or an Optuna
+                pruner object (pass it to :meth:`run_study` too). It reads the values of
+                ``objective_key`` a running trial logs by ``step``.
+            seed: The built-in sampler's seed. Default ``None``: random.
+            saved_result_keys: The script globals stored as each trial's result. Default ``None``:
+                ``[objective_key]`` (pass ``[]`` for a script that only logs its objective).
+            **kwargs: The task options of :meth:`create_task` for every trial (``max_attempts``,
+                ``timeout``, ``priority``, ``retry_on_error``).
+
+        Returns:
+            The study record (``_id``, ``study_name``, ``space``, ``n_trials``...).
+
+        Raises:
+            OptunaNotInstalledError: Optuna is missing (an ``ImportError``).
+            InvalidArgumentError: A bad range, sampler, pruner, count or option, or a study of that
+                name with another definition.
+            InvalidArgumentTypeError: An argument of a wrong type.
+            ScriptNotFoundError: The script is missing or unreadable.
+
+        Example::
+
+            hub.create_study("quad", "train.py", space={"x": (-5.0, 5.0), "lr": (1e-4, 1e-1, "log")},
+                             n_trials=30, parallelism=3, seed=0)
+            hub.run_study("quad")   # while `tensorhub worker URI --task-name quad` runners run the trials
+        """
+        unknown = sorted(set(kwargs) - set(_TASK_OPTIONS))
+        if unknown:
+            raise InvalidArgumentError(f"create_study got unknown option(s) {unknown}; its task options are "
+                                       f"{list(_TASK_OPTIONS)}")
+        return _study.create_study(self._records, task_name, script, space, sampler=sampler, n_trials=n_trials,
+                                   direction=direction, objective_key=objective_key, parallelism=parallelism,
+                                   pruner=pruner, seed=seed, saved_result_keys=saved_result_keys, task_options=kwargs)
+
+    def run_study(self, task_name: str, sampler: Any = None, pruner: Any = None, timeout: float | None = None,
+                  poll: float = 0.5, wait: bool = True) -> dict[str, Any]:
+        """Drive a study (:meth:`create_study`) until all its trials ended; return what it found.
+
+        Reads the study's trials from the store (so a driver restarted after a crash continues
+        where the last one stopped), tells Optuna each ended trial, asks the pruner about running
+        ones (a pruned trial's runner stops it: status ``pruned``), and queues new trials while
+        fewer than ``parallelism`` are queued or running. Runners run the trials. Two drivers of
+        one study at once queue no trial twice. Also ``tensorhub study NAME``.
+
+        Args:
+            task_name: The study's name. Required.
+            sampler: The Optuna sampler object of a study created with one. Default ``None``: the
+                study's own (``"tpe"``, ``"random"`` or ``"grid"``, with its seed).
+            pruner: The Optuna pruner object of a study created with one. Default ``None``: the
+                study's own.
+            timeout: Seconds to drive at most (>= 0). Default ``None``: until the study is done.
+            poll: Longest wait, in seconds, between two looks at the store (> 0; it starts at 10 ms
+                and grows while nothing changes). Default 0.5.
+            wait: Default ``True``. ``False`` makes one pass (tell, prune, queue) and returns.
+
+        Returns:
+            ``{"study_name", "queued", "ended", "n_trials", "done", "by_status": {status: n},
+            "best_params", "best_value", "best_trial"}`` (the best among finished trials).
+
+        Raises:
+            NotFoundError: No study of that name in this project.
+            TaskTimeoutError: The study was not done after ``timeout`` seconds (run it again to go on).
+            OptunaNotInstalledError: Optuna is missing.
+        """
+        if timeout is not None:
+            _check_seconds("timeout", timeout, zero=True)
+        _check_seconds("poll", poll, zero=False)
+        return _study.run_study(self._records, self._queue, task_name, sampler=sampler, pruner=pruner,
+                                timeout=timeout, poll=poll, wait=wait)
 
     @_explains(*_TASK)
     def run_task(self, task_name: str | None = None, sort: Any = None, lease: float = _tasks.DEFAULT_LEASE,

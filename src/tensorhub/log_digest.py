@@ -85,7 +85,7 @@ NOT_METRICS = COMMON_INTERNAL_FIELDS | RUN_FIELDS | {"step"}
 #: the x axes a digest keeps (``time`` is the row's stamped time)
 X_AXES = ("step", "epoch", "time")
 #: task statuses after which no writer is left, so a digest rebuilt from the rows stays right
-ENDED = frozenset({"finished", "failed", "cancelled"})
+ENDED = frozenset({"finished", "failed", "cancelled", "pruned"})
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _COLUMNS = 5  # ord, step, epoch, time (ms), value

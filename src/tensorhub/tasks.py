@@ -2,7 +2,7 @@
 
 A task record holds the script's text, so runners need no copy. Status moves
 ``pending -> running -> finished``, or ``-> failed`` (error and traceback stored), or
-``-> cancelled``; a failed attempt with ``retry_on_error`` retries left goes back to ``pending``
+``-> cancelled``, or ``-> pruned`` (a study's trial stopped early by its pruner, :mod:`tensorhub.study`); a failed attempt with ``retry_on_error`` retries left goes back to ``pending``
 (``retry``), and :meth:`TaskQueue.requeue` puts failed and cancelled tasks back there. A claim
 is a lease: the runner records itself as ``owner``, a ``lease_expires_at`` and a fresh
 ``claim_id``, and a heartbeat thread renews the lease while the script runs. A task whose lease
@@ -51,7 +51,11 @@ log = logging.getLogger(__name__)
 
 COLLECTION = "tasks"
 PENDING, RUNNING, FINISHED, FAILED, CANCELLED = "pending", "running", "finished", "failed", "cancelled"
+#: a study's trial its pruner stopped early (:mod:`tensorhub.study`): cancelled by the study, not by a person
+PRUNED = "pruned"
 UNFINISHED = [PENDING, RUNNING]
+#: every status a task can end with
+ENDED = [FINISHED, FAILED, CANCELLED, PRUNED]
 #: the indexes of the tasks collection: listings by name, and the queue order of claims (QUEUE_ORDER, _id
 #: included: a sort the index does not hold whole is a sort of every pending task), by name and without one
 INDEXES = {COLLECTION: [[("project_name", 1), ("task_name", 1), ("time", -1), ("_id", -1)],
@@ -73,17 +77,22 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (RUNNING, "retry"): PENDING,             # the claim holder: the script failed and retry_on_error retries are
                                              # left: re-queued (error pushed onto errors), the attempt given back
     (RUNNING, "stop"): CANCELLED,            # the claim holder obeyed a cancel request
+    (RUNNING, "prune"): PRUNED,              # the claim holder obeyed a prune request (a cancel request too)
     (RUNNING, "release"): PENDING,           # the claim holder shuts down: handed back, the attempt not counted
     (PENDING, "cancel"): CANCELLED,          # cancel_tasks: a pending task never starts
     (RUNNING, "request_cancel"): RUNNING,    # cancel_tasks: the runner's heartbeat sees it within a second or so
+    (RUNNING, "request_prune"): RUNNING,     # a study's pruner: a cancel request marked prune_requested, so the
+                                             # runner's stop records ``pruned`` (same path as a cancel)
     (RUNNING, "expire"): FAILED,             # its lease ran out and no attempts are left
     (RUNNING, "expire_cancelled"): CANCELLED,  # asked to stop, and its runner died (lease ran out)
     (PENDING, "expire_cancelled"): CANCELLED,  # asked to stop, and its runner handed it back
+    (RUNNING, "expire_pruned"): PRUNED,      # asked to stop by a pruner, and its runner died (lease ran out)
+    (PENDING, "expire_pruned"): PRUNED,      # asked to stop by a pruner, and its runner handed it back
     (FAILED, "requeue"): PENDING,            # requeue_tasks: history (errors, attempts) kept, attempts_left and
     (CANCELLED, "requeue"): PENDING,         # retries_left reset, the last outcome and any cancel request cleared
 }
 #: events only the runner holding the claim may cause: their filter holds its ``claim_id``
-CLAIM_HOLDER_EVENTS = frozenset({"renew", "finish", "fail", "retry", "stop", "release"})
+CLAIM_HOLDER_EVENTS = frozenset({"renew", "finish", "fail", "retry", "stop", "prune", "release"})
 #: outcomes a task asked to stop (``cancel_requested``) never gets: their filter excludes it, so a
 #: script that ends just as it is cancelled is recorded ``cancelled`` (``stop``), never ``finished``
 NOT_AFTER_CANCEL = frozenset({"finish", "fail", "retry"})
@@ -99,11 +108,11 @@ INTERNAL_FIELDS = frozenset({
     "script", "script_path", "hyper_parameters", "saved_result_keys", "status", "attempts_left", "attempts",
     "errors", "owner", "claim_id", "started_at", "lease_expires_at", "finished_at", "cancel_requested", "result",
     "error", "traceback", "exit_code", "stdout_tail", "stderr_tail", "retry_on_error", "retries_left",
-    "run_type",
+    "run_type", "prune_requested", "study_id", "trial",
 })
 #: fields of a task's last outcome: cleared when it is re-queued (its history stays in ``errors``)
 OUTCOME_FIELDS = ("result", "error", "traceback", "exit_code", "stdout_tail", "stderr_tail", "finished_at",
-                  "started_at", "owner", "claim_id", "lease_expires_at", "cancel_requested")
+                  "started_at", "owner", "claim_id", "lease_expires_at", "cancel_requested", "prune_requested")
 #: ``run_type`` of a queued task and of an interactive run (``hub.start_run``)
 TASK_RUN, INTERACTIVE_RUN = "task", "interactive"
 
@@ -345,15 +354,24 @@ class TaskQueue:
                     "$inc": {"retries_left": -1, "attempts_left": 1}, **({"$push": dict(push)} if push else {})},
                 claimed=claimed):
             return PENDING
+        if status == CANCELLED and self._prune(claimed, change):
+            return PRUNED
         if self._transition(OUTCOME_EVENTS[status], {}, change, claimed=claimed):
             return status
-        if status != CANCELLED:  # not ours any more, or asked to stop: only ``stop`` can still match
+        if status != CANCELLED:  # not ours any more, or asked to stop: only ``stop`` (``prune``) can still match
             change["$set"].pop("result", None)
             change["$set"].setdefault("error", f"cancelled while running (the script had just {status})")
+            if self._prune(claimed, change):
+                return PRUNED
             if self._transition("stop", {}, change, claimed=claimed):
                 return CANCELLED
         log.warning("task %s: lease lost before it ended; its outcome was not recorded", claimed["_id"])
         return None
+
+    def _prune(self, claimed: Mapping[str, Any], change: Mapping[str, Any]) -> bool:
+        """``prune``: a stop of a task whose cancel request came from a study's pruner (``prune_requested``)."""
+        pruned = {**change, "$set": {**change["$set"], "error": "pruned by its study's pruner"}}
+        return bool(self._transition("prune", {"prune_requested": True}, pruned, claimed=claimed))
 
     def end(self, claimed: Mapping[str, Any], status: str, fields: Mapping[str, Any],
             push: Mapping[str, Any] | None = None) -> bool:
@@ -386,6 +404,12 @@ class TaskQueue:
                                    {"$set": {"cancel_requested": True}})
         return int(pending) + int(running)
 
+    def request_prune(self, query: Mapping[str, Any]) -> int:
+        """Ask matching running tasks to stop as ``pruned`` (``request_prune``: a cancel request marked
+        ``prune_requested``; the runner stops it as it stops a cancelled task). Returns how many."""
+        return int(self._transition("request_prune", _and(query, {"cancel_requested": {"$ne": True}}),
+                                    {"$set": {"cancel_requested": True, "prune_requested": True}}))
+
     def requeue(self, query: Mapping[str, Any]) -> int:
         """Put matching ``failed`` and ``cancelled`` tasks back to ``pending`` (``requeue``); return how many.
 
@@ -415,9 +439,11 @@ class TaskQueue:
         (``expire_cancelled``), and running tasks whose lease ran out with no attempts left (``expire``)."""
         query = query or {}
         now = utcnow()
-        ended = self._transition("expire_cancelled", _and(query, {"cancel_requested": True, "$or": [
-            {"status": PENDING}, {"lease_expires_at": {"$lt": now}}]}),
-            {"$set": {"finished_at": now, "error": "cancelled while running; the runner stopped"}})
+        stopped = {"cancel_requested": True, "$or": [{"status": PENDING}, {"lease_expires_at": {"$lt": now}}]}
+        ended = self._transition("expire_pruned", _and(query, {**stopped, "prune_requested": True}),
+                                 {"$set": {"finished_at": now, "error": "pruned while running; the runner stopped"}})
+        ended += self._transition("expire_cancelled", _and(query, stopped),
+                                  {"$set": {"finished_at": now, "error": "cancelled while running; the runner stopped"}})
         return int(ended) + int(self._transition(
             "expire", _and(query, {"lease_expires_at": {"$lt": now}, "attempts_left": {"$lte": 0}}),
             {"$set": {"finished_at": now, "error": "the runner stopped renewing its lease and no attempts are left"}}))
@@ -462,8 +488,12 @@ class TaskQueue:
 def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLike[str],
                points: Sequence[Mapping[str, Any] | None], saved_result_keys: list[str] | None, *,
                max_attempts: int, timeout: float | None, priority: int, retry_on_error: int,
-               fields: Mapping[str, Any]) -> list[dict]:
-    """The records of new tasks (state ``create`` leads to), every argument checked before any write."""
+               fields: Mapping[str, Any], read: tuple[str, str] | None = None,
+               own: Mapping[str, Any] | None = None) -> list[dict]:
+    """The records of new tasks (state ``create`` leads to), every argument checked before any write.
+
+    ``read``: the script's ``(path, text)`` when already read (a study's trials reuse its stored
+    script); ``own``: more fields the repository owns (a study's ``study_id``, ``trial``...)."""
     if not isinstance(task_name, str) or not task_name:
         error = InvalidArgumentError if isinstance(task_name, str) else InvalidArgumentTypeError
         raise error(f"task_name must be a non-empty string, got {task_name!r}")
@@ -489,7 +519,7 @@ def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLik
     if timeout is not None and not is_seconds(timeout):
         raise InvalidArgumentError(f"timeout must be a positive finite number of seconds (None: no timeout), "
                                    f"got {timeout!r}")
-    path, text = read_script(script)
+    path, text = read if read is not None else read_script(script)
     for point in points:
         for key in point or {}:
             if not isinstance(key, str) or not key.isidentifier():
@@ -514,6 +544,7 @@ def _new_tasks(records: Records, task_name: str | None, script: str | os.PathLik
         "retries_left": retry_on_error,
         "timeout": timeout,
         "errors": [],
+        **(own or {}),
     })
     containers = [key for key, value in template.items() if isinstance(value, (dict, list)) and key != "hyper_parameters"]
     documents = []
