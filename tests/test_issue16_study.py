@@ -287,3 +287,15 @@ def test_item02_tensorhub_imports_without_optuna_and_a_study_names_the_extra(tmp
                          env={**os.environ, "TENSORHUB_PROGRESS": "0"})
     assert out.returncode == 0, out.stderr
     assert "pip install tensorhub[optuna]" in out.stdout
+
+
+def test_item02_copy_to_brings_the_study_so_a_driver_continues_it_there(tmp_path: Path) -> None:
+    """A study's record travels with its trials (``kinds="tasks"``): the copy's driver finds it."""
+    script = write_script(tmp_path, QUADRATIC, "quad.py")
+    with TensorHub(f"file://{tmp_path / 'a'}", project_name="p") as source, \
+            TensorHub(f"file://{tmp_path / 'b'}", project_name="p") as dest:
+        source.create_study("quad", script, space=SPACE, sampler="random", n_trials=4, parallelism=2)
+        with pytest.raises(NotFoundError):
+            _study.find_study(dest.task_queue.records, "quad")
+        source.copy_to(dest, kinds="tasks")
+        assert _study.find_study(dest.task_queue.records, "quad") == _study.find_study(source.task_queue.records, "quad")

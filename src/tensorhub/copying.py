@@ -49,6 +49,7 @@ from bson import ObjectId
 
 from tensorhub import datasets as _datasets
 from tensorhub import logs as _logs
+from tensorhub import study as _study
 from tensorhub import tasks as _tasks
 from tensorhub.chunks import CHUNK_PREFIX, chunk_key, digest, dtype_from
 from tensorhub.errors import (
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 #: record kinds and their collections, in copy order: what lineage points at comes first (a task before
 #: the models and logs it made, a dataset before the models trained on it)
 KINDS: dict[str, tuple[str, ...]] = {
-    "tasks": (_tasks.COLLECTION,),
+    "tasks": (_tasks.COLLECTION, _study.COLLECTION),  # a study's record with its trials (tasks)
     "datasets": (_datasets.COLLECTION,),
     "models": (MODELS,),
     "logs": tuple(_logs.COLLECTIONS.values()),
