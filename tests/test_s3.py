@@ -29,6 +29,8 @@ import pytest
 from bson import ObjectId
 
 from tensorhub import TensorHub
+
+from conftest import fresh_uri
 from tensorhub.backends import s3 as s3_backend
 from tensorhub.backends.s3 import _compaction as s3_compaction
 from tensorhub.errors import BackendUnavailableError, ConfigurationError, NotFoundError
@@ -580,3 +582,34 @@ def test_closed_store_says_so(s3_uri: str) -> None:
         stores.blobs.get("still")
     with pytest.raises(BackendUnavailableError, match="closed"):
         stores.index.find("c", {})
+
+
+def test_a_forked_child_gets_its_own_s3_client_and_thread_pool(request: pytest.FixtureRequest,
+                                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A forked process (a DataLoader worker reading a lazy dataset, a multiprocessing fork) must not
+    share the parent's pooled sockets (the two would read each other's replies) nor its dead pool."""
+    uri = fresh_uri("s3", request, tmp_path_factory)
+    with TensorHub(uri, project_name="p") as hub:
+        hub.save_dataset([np.arange(1000)], "d", chunk_bytes=1024)
+        connection = hub.blobs._conn  # the S3Connection the blob store shares with the index
+        parent_client = connection.client
+        connection.map(len, ["ab", "c"])  # the parent's thread pool exists
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report, then leave without running the parent's exit handlers
+            ok = 0
+            try:
+                own = connection.client is not parent_client and connection.client is connection.client
+                data = hub.find_dataset("d")[0]
+                ok = int(own and np.array_equal(data, np.arange(1000)) and connection.map(len, ["ab", "c"]) == [2, 1])
+            finally:
+                os.write(write, str(ok).encode())
+                os._exit(0)
+        os.close(write)
+        try:
+            answer = os.read(read, 8)
+        finally:
+            os.close(read)
+            os.waitpid(pid, 0)
+        assert answer == b"1"
+        assert connection.client is parent_client  # the parent keeps its own

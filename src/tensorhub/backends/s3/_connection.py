@@ -105,7 +105,9 @@ class S3Connection:
                                 user_agent_extra="tensorhub")
                 return session.client("s3", endpoint_url=opts.get("endpoint_url") or None, config=config)
 
+            self._make = make
             self._client = make(REQUEST_ATTEMPTS)
+            self._pid = os.getpid()
             probe = make(1)  # the open check must fail fast, not retry with backoff
             try:
                 probe.head_bucket(Bucket=self.bucket)
@@ -124,16 +126,28 @@ class S3Connection:
             finally:
                 probe.close()
 
+    def _after_fork(self) -> None:
+        """In a forked child (a DataLoader worker, a ``multiprocessing`` fork): a client and a thread
+        pool of its own. The parent's pooled sockets must not be shared (two processes on one socket
+        read each other's replies), and its pool threads and locks did not survive the fork."""
+        if self._pid != os.getpid():
+            self._lock = threading.Lock()
+            self._executor = None
+            self._client = self._make(REQUEST_ATTEMPTS)
+            self._pid = os.getpid()
+
     @property
     def client(self) -> Any:
-        """The boto3 client; :class:`BackendUnavailableError` once closed."""
+        """The boto3 client (this process's own); :class:`BackendUnavailableError` once closed."""
         if self._closed:
             raise BackendUnavailableError(f"the store at {self.uri} is closed")
+        self._after_fork()
         return self._client
 
     @property
     def executor(self) -> ThreadPoolExecutor:
         """A thread pool for parallel requests (created on first use)."""
+        self._after_fork()
         with self._lock:
             if self._closed:
                 raise BackendUnavailableError(f"the store at {self.uri} is closed")
