@@ -1,24 +1,38 @@
-"""The demo's training task: a one-hidden-layer MLP on scikit-learn's digits.
+"""The demo's training task: a one-hidden-layer MLP on scikit-learn's digits, trained epoch by epoch.
 
-Run by a tensorhub runner with ``n_hidden`` (and ``max_iter``) bound as globals. It connects
-with ``TensorHub()`` (no arguments: the store and project the task came from), loads the
-dataset, logs the loss curve (``hub.log``: rows stamped with the task's id), stores the parameters as a model and sets ``test_accuracy``.
+Run by a tensorhub runner with ``n_hidden`` (and ``max_iter``, the epochs) bound as globals. It connects
+with ``TensorHub()`` (no arguments: the store and project the task came from), loads the dataset,
+logs the loss curve (``hub.log``: rows stamped with the task's id and attempt), checkpoints the
+estimator every few epochs (``hub.checkpoint``) and, when it runs as a later attempt (its runner died,
+or a retry), resumes from the newest checkpoint any attempt left (``hub.latest_checkpoint``) instead
+of from scratch. At the end it stores the parameters as a model and sets ``test_accuracy``.
 """
 
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.neural_network import MLPClassifier
 import warnings
 
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+
 from tensorhub import TensorHub
+
+CHECKPOINT_EVERY = 10  # epochs
 
 hub = TensorHub()
 X_train, y_train, X_val, y_val, X_test, y_test = hub.find_dataset("digits")
 
 warnings.filterwarnings("ignore", category=ConvergenceWarning)
-clf = MLPClassifier(hidden_layer_sizes=(n_hidden,), max_iter=max_iter, random_state=0)  # noqa: F821
-clf.fit(X_train, y_train)
-for i, loss in enumerate(clf.loss_curve_):
-    hub.log(step=i, loss=loss)  # buffered, written in batches; each row carries this task's id and attempt
+# attempt 2 after a crash: the newest checkpoint of any attempt (None on a first run); the estimator's
+# optimizer state is a scikit-learn type skops does not trust by default, and this store is ours
+clf = hub.latest_checkpoint(trusted=["sklearn.neural_network"])
+start = 0 if clf is None else clf._checkpoint_step + 1
+if clf is None:
+    clf = MLPClassifier(hidden_layer_sizes=(n_hidden,), random_state=0)  # noqa: F821
+for epoch in range(start, max_iter):  # noqa: F821
+    clf.partial_fit(X_train, y_train, classes=np.arange(10))
+    hub.log(step=epoch, loss=clf.loss_)  # buffered, written in batches
+    if epoch % CHECKPOINT_EVERY == CHECKPOINT_EVERY - 1:
+        hub.checkpoint(clf, step=epoch)  # a model record: task_id, attempt, checkpoint_step
 val_accuracy = float(clf.score(X_val, y_val))
 test_accuracy = float(clf.score(X_test, y_test))
 hub.log(kind="validation", accuracy=val_accuracy)
