@@ -104,6 +104,10 @@ def test_item04_run_checkpoint_in_an_interactive_run_and_its_errors(hub: TensorH
         found = hub.latest_checkpoint(ref, into=into)
         assert found is into and found.tensorhub_record["_id"] == other and found._checkpoint_step == 1
     torch.testing.assert_close(into.weight, net.weight)
+    # loaded into again: the attributes follow the new record (they were the first one's before issue 16)
+    first = hub.find_model(task=run.id, checkpoint_step=0, into=into)
+    assert first is into and into._checkpoint_step == 0 and into._model_name == "fit/checkpoint"
+    assert hub.latest_checkpoint(run, into=into)._checkpoint_step == 1 and into._model_name == "named"
     record = hub.find_model(task=run.id, model_name="fit/checkpoint", sort=[("checkpoint_step", -1)],
                             into=torch.nn.Linear(3, 2))
     assert record._val_loss == 0.5 and record._attempt == 1

@@ -43,20 +43,31 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: the attribute naming the ``_<field>`` attributes :func:`attach_record` set on a model
+ATTACHED = "_tensorhub_attached"
+
+
 def attach_record(model: Any, record: dict) -> Any:
     """Expose ``record`` on ``model`` as ``tensorhub_record`` and as ``_<field>`` attributes.
 
     A field whose ``_<field>`` name the object already uses (e.g. torch's ``_parameters``)
     is left out, so the model keeps working; it is still in ``tensorhub_record``.
     """
+    # a module loaded into again (into=): the attributes an earlier record set are replaced, not kept stale
+    ours = getattr(model, ATTACHED, frozenset())
     try:
         model.tensorhub_record = record
     except AttributeError:
         return model
+    for attr in ours - {f"_{key}" for key in record}:
+        delattr(model, attr)
+    attached = set()
     for key, value in record.items():
         attr = f"_{key}"
-        if not hasattr(model, attr):
+        if attr in ours or not hasattr(model, attr):
             setattr(model, attr, value)
+            attached.add(attr)
+    setattr(model, ATTACHED, frozenset(attached))
     return model
 
 
