@@ -29,6 +29,11 @@ from tensorhub.integrations._common import RunBinding, plain_number
 from tensorhub.models import internal_fields
 
 
+def _rank() -> int:
+    """This process's global rank (Lightning sets it on ``rank_zero_only`` when the trainer starts)."""
+    return int(getattr(rank_zero_only, "rank", 0))
+
+
 class TensorHubLogger(Logger):
     """A Lightning ``Logger`` writing to a tensorhub run (the current one, or one it starts and ends).
 
@@ -48,14 +53,14 @@ class TensorHubLogger(Logger):
     @property
     def name(self) -> str | None:
         """The run's name."""
-        if rank_zero_only.rank != 0:
+        if _rank() != 0:
             return self.binding.run_name
         return (self.binding.run or self.binding.current()).name
 
     @property
     def version(self) -> str | None:
         """The run's id (hex), for ``hub.latest_checkpoint(logger.version)`` or ``find_runs(_id=...)``."""
-        return str(self.binding.run_id) if rank_zero_only.rank == 0 else None
+        return str(self.binding.run_id) if _rank() == 0 else None
 
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:

@@ -54,14 +54,14 @@ def attach_record(model: Any, record: dict) -> Any:
     is left out, so the model keeps working; it is still in ``tensorhub_record``.
     """
     # a module loaded into again (into=): the attributes an earlier record set are replaced, not kept stale
-    ours = getattr(model, ATTACHED, frozenset())
+    ours: frozenset[str] = getattr(model, ATTACHED, frozenset())
     try:
         model.tensorhub_record = record
     except AttributeError:
         return model
     for attr in ours - {f"_{key}" for key in record}:
         delattr(model, attr)
-    attached = set()
+    attached: set[str] = set()
     for key, value in record.items():
         attr = f"_{key}"
         if attr in ours or not hasattr(model, attr):
