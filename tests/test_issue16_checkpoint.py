@@ -124,3 +124,27 @@ def test_item04_run_checkpoint_in_an_interactive_run_and_its_errors(hub: TensorH
     # deleting a run's checkpoints frees their chunks as any model delete does
     assert hub.delete_model(task=run.id, checkpoint_step={"$exists": True}) == 3
     assert hub.latest_checkpoint(run) is None
+
+
+def test_item04_the_demo_task_checkpoints_and_resumes_from_them(tmp_path: Path) -> None:
+    """``tensorhub demo``'s task script: checkpoints every 10 epochs; run again as attempt 2 of the same
+    task (here: attempt 1 fails after its script ran, retry_on_error=1), it starts after the last one."""
+    from tensorhub import demo
+
+    hub = TensorHub(f"file://{tmp_path / 'store'}", project_name="demo")
+    hub.save_dataset(demo._digits(), "digits")
+    script = Path(demo.__file__).with_name("demo_task.py").read_text()
+    failing = script + "\nfrom tensorhub.context import current_attempt\nassert current_attempt() > 1, 'attempt 1 dies'\n"
+    task_id = hub.create_task("digits", write_script(tmp_path, failing), {"n_hidden": 8, "max_iter": 25},
+                              saved_result_keys=["test_accuracy", "start"], retry_on_error=1)
+    assert hub.run_task("digits", in_process=True) and hub.run_task("digits", in_process=True)
+    (task,) = hub.find_tasks(_id=task_id)
+    assert task["status"] == "finished" and task["attempts"] == 2 and task["result"]["start"] == 20, task.get("error")
+    checkpoints = hub.compare_models(task=task_id, checkpoint_step={"$exists": True}, keys=["checkpoint_step"])
+    assert sorted(c["checkpoint_step"] for c in checkpoints) == [9, 19]  # attempt 2 ran epochs 20-24: none
+    steps = {a: [r["step"] for r in hub.find_training_logs(task_id=task_id, attempt=a, sort=[("step", 1)])]
+             for a in (1, 2)}
+    assert steps == {1: list(range(25)), 2: list(range(20, 25))}
+    latest = hub.latest_checkpoint(task_id)
+    assert latest._checkpoint_step == 19 and latest._attempt == 1 and set(latest) == {"W1", "b1", "W2", "b2"}
+    hub.close()
