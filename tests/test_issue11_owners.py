@@ -101,6 +101,9 @@ def _b_calls(b: TensorHub, script: Path) -> dict[str, Callable[[], Any]]:
         "delete_tasks": lambda: b.delete_tasks(),
         "start_run": lambda: b.start_run("r", lr=1).end(),
         "log": lambda: _log_in_a_run(b),
+        "checkpoint": lambda: _checkpoint_in_a_run(b),
+        # every run id of the store, A's too: A's run has a checkpoint, which an unscoped read would load
+        "latest_checkpoint": lambda: [b.latest_checkpoint(t["_id"]) for t in b.index.find("tasks", {})],
         "find_runs": lambda: b.find_runs() + b.find_runs(project_name="a"),
         "compare_runs": lambda: b.compare_runs(),
         "find_run_records": lambda: b.find_run_records(b.find_tasks()[0]),
@@ -136,6 +139,11 @@ def _figure_values(figure: Any) -> list[Any]:
 def _log_in_a_run(hub: TensorHub) -> None:
     with hub.start_run("logged"):
         hub.log(loss=1)
+
+
+def _checkpoint_in_a_run(hub: TensorHub) -> Any:
+    with hub.start_run("checkpointed"):
+        return hub.checkpoint([np.full(2, 1.0)], step=0)
 
 
 def _leaks(value: Any, a_ids: set[ObjectId]) -> list[Any]:
@@ -177,10 +185,12 @@ def test_item01_project_b_never_reads_or_changes_project_a(store_uri: str, tmp_p
         assert a.run_task(in_process=True) is True  # one finished task in A
         a.create_task("t", script, {"x": -1}, priority=10)  # and one that stays pending
         a.create_study("s", script, space={"x": (-1.0, 0.0)}, n_trials=3, saved_result_keys=[])
+        with a.start_run("checkpointed") as run:  # a run with a checkpoint (issue 16)
+            run.checkpoint([np.full(2, -1.0)], step=5)
         before = _snapshot(a)
         a_ids = {r["_id"] for records in before.values() for r in records}
         a_blobs = {f"chunks/{d}" for c in ("datasets", "models") for r in before[c] for d in r.get("blob_refs", [])}
-        assert len(a_ids) == 8 and a_blobs
+        assert len(a_ids) == 10 and a_blobs
 
         for name, call in calls.items():
             result = call()
@@ -188,7 +198,8 @@ def test_item01_project_b_never_reads_or_changes_project_a(store_uri: str, tmp_p
             assert _snapshot(a) == before, f"{name} changed project A's records"
         assert all(a.blobs.exists(key) for key in a_blobs)
         assert a.find_dataset("d") is not None and a.check_unfinished_task("t")
-        assert [t["status"] for t in a.find_tasks(sort=[("priority", -1)])] == ["pending", "finished"]
+        assert [t["status"] for t in a.find_tasks("t", sort=[("priority", -1)])] == ["pending", "finished"]
+        assert a.latest_checkpoint(run)._checkpoint_step == 5
 
 
 def test_item01_records_own_the_index_and_refuse_foreign_writes(hub: TensorHub) -> None:

@@ -62,7 +62,7 @@ def test_item05_constructor_documents_each_parameter() -> None:
     _check_parameters(TensorHub.__init__, TensorHub.__doc__, skip_first=True)
 
 
-@pytest.mark.parametrize("method", [Run.end, Run.fail, Run.log, Run.flush, Worker])
+@pytest.mark.parametrize("method", [Run.end, Run.fail, Run.log, Run.flush, Run.checkpoint, Run.log_params, Worker])
 def test_item05_run_and_worker_document_each_parameter(method: object) -> None:
     _check_parameters(method, method.__doc__, skip_first=not isinstance(method, type))
 

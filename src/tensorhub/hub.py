@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tensorhub import catalog as _catalog
+from tensorhub import checkpoints as _checkpoints
 from tensorhub import copying as _copying
 from tensorhub import datasets as _datasets
 from tensorhub import errors as _errors
@@ -1371,6 +1372,60 @@ class TensorHub:
             hub.log(step=10, loss=0.25, acc=0.91)
         """
         _run_log.current_run(self._records).log(step, kind, **metrics)
+
+    def checkpoint(self, network: Any, step: Any, model_name: str | None = None, **kwargs: Any) -> Any:
+        """Save ``network`` as a checkpoint of the current run at ``step`` (``run.checkpoint``, as ``hub.log`` is ``run.log``).
+
+        The current run is the one :meth:`log` writes to: in a task's script, the task attempt. A
+        checkpoint is a model record (chunked and deduplicated as ``save_model``'s) with the run's
+        ``task_id``, ``attempt`` and ``checkpoint_step``; :meth:`latest_checkpoint` finds it.
+
+        Args:
+            network: What :meth:`save_model` stores (a ``torch.nn.Module``, a list/dict of arrays...).
+            step: The step (or epoch) it is taken at, an int: the highest is the latest.
+            model_name: Default ``None``: ``"<run name>/checkpoint"``.
+            **kwargs: Tags and ``save_model``'s options (``dataset=``, ``allow_pickle=``...), not ``task=``.
+
+        Returns:
+            The checkpoint's model record ``_id``.
+
+        Raises:
+            NoActiveRunError: No run is current.
+
+        Example::
+
+            hub.checkpoint(net, step=epoch, val_loss=val_loss)
+        """
+        return _run_log.current_run(self._records).checkpoint(network, step, model_name, **kwargs)
+
+    def latest_checkpoint(self, run: Any = None, **kwargs: Any) -> Any:
+        """The newest checkpoint (highest ``checkpoint_step``) of a run over all its attempts, loaded, or ``None``.
+
+        A task retried (``retry_on_error``) or run again after its runner died runs as attempt 2,
+        3...: its script resumes from what an earlier attempt checkpointed instead of from scratch.
+
+        Args:
+            run: A :class:`~tensorhub.runs.Run`, a row of :meth:`find_runs`, a task record, or an id.
+                Default ``None``: the current run (in a task's script: the task).
+            **kwargs: The load options ``into`` (PyTorch: load into this built module), ``trusted``
+                and ``allow_pickle``, as in :meth:`find_all_models`.
+
+        Returns:
+            The model (with ``tensorhub_record``; its ``checkpoint_step`` also as
+            ``model._checkpoint_step``), or ``None`` when the run has no checkpoint.
+
+        Raises:
+            NoActiveRunError: ``run`` is ``None`` and no run is current.
+
+        Example::
+
+            net = Net()
+            found = hub.latest_checkpoint(into=net)          # in a task's script
+            start = 0 if found is None else found._checkpoint_step + 1
+        """
+        if run is None:
+            run = _run_log.current_run(self._records)
+        return _checkpoints.latest_checkpoint(self._records, run, **kwargs)
 
     @_explains(*_TASK)
     def find_runs(self, sort: Any = None, limit: int | None = None, as_frame: bool = False,

@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 from bson import ObjectId
 
+from tensorhub import checkpoints as _checkpoints
 from tensorhub.errors import InvalidArgumentError, InvalidArgumentTypeError, NoActiveRunError
 from tensorhub.logs import COLLECTIONS, save_logs
 from tensorhub.records import COMMON_INTERNAL_FIELDS, Records, utcnow
 from tensorhub.stamping import RUN_FIELDS, current_stamp
+from tensorhub.tasks import COLLECTION as TASKS
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ class RunLogger:
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         self.ended = False
+        self._name: str | None = None
         self._pid = os.getpid()  # a forked child inherits the object, not the run: it never ends it at exit
         _live.add(self)
 
@@ -192,6 +195,51 @@ class RunLogger:
         """Rows logged and not yet written."""
         return self._pending
 
+    @property
+    def name(self) -> str:
+        """The run's name: its task record's ``task_name`` (read once)."""
+        if self._name is None:
+            found = self.records.find(TASKS, {"_id": self.id}, limit=1)
+            self._name = str(found[0].get("task_name") or "run") if found else "run"
+        return self._name
+
+    def checkpoint(self, model: Any, step: Any, model_name: str | None = None, **fields: Any) -> Any:
+        """Save ``model`` as this run's checkpoint at ``step``, so a later attempt can resume from it.
+
+        The checkpoint is a model record (chunked, so tensors unchanged since the previous checkpoint
+        are not stored again) with this run's ``task_id`` and ``attempt`` and ``checkpoint_step``;
+        :meth:`TensorHub.latest_checkpoint <tensorhub.TensorHub.latest_checkpoint>` finds the newest
+        one over all attempts. The rows logged so far are written first, so what a resumed attempt
+        finds logged is at least what its checkpoint saw.
+
+        Args:
+            model: What ``save_model`` stores: a ``torch.nn.Module``, a scikit-learn estimator, a
+                (nested) list/dict of numpy arrays (e.g. Keras' ``get_weights()``), ...
+            step: The step (or epoch) the checkpoint is taken at: an int; the highest is the latest.
+            model_name: The record's ``model_name``. Default ``None``: ``"<run name>/checkpoint"``.
+            **fields: Tags (e.g. ``val_loss=0.3``) and ``save_model``'s options (``dataset=``,
+                ``allow_pickle=``...), except ``task=``: a checkpoint belongs to its run.
+
+        Returns:
+            The checkpoint's model record ``_id``.
+
+        Raises:
+            InvalidArgumentTypeError: ``step`` is not an int.
+            NoActiveRunError: The run has ended.
+
+        Example::
+
+            for step in range(start, steps):
+                ...
+                run.checkpoint(net, step=step, loss=float(loss))
+        """
+        if self.ended:
+            raise NoActiveRunError(f"run {self.id} has ended; start a new one to checkpoint")
+        step = _checkpoints.checked_step(step)
+        self.flush(quiet=True)
+        name = model_name if model_name is not None else f"{self.name}/checkpoint"
+        return _checkpoints.save_checkpoint(self.records, self.id, self.attempt, model, step, name, **fields)
+
     def _start_flusher(self) -> None:
         """A daemon thread that writes rows which waited :data:`FLUSH_SECONDS` while no ``log`` came."""
         def run() -> None:
@@ -262,6 +310,14 @@ def current_run(records: Records) -> RunLogger:
         if task_logger is None or task_logger.ended:
             task_logger = _task_loggers[key] = RunLogger(records, stamp["task_id"], stamp["attempt"])
         return task_logger
+
+
+def run_or_none(records: Records) -> RunLogger | None:
+    """:func:`current_run`, or None outside any run (for callers that start one then: the integrations)."""
+    try:
+        return current_run(records)
+    except NoActiveRunError:
+        return None
 
 
 def flush_records(records: Records) -> None:

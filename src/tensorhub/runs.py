@@ -85,6 +85,7 @@ class Run(RunLogger):
         self._heartbeat = Heartbeat(queue, claimed, lease)
         self._heartbeat.start()
         self._stamp = push_interactive(records.store_key, claimed["_id"], 1)  # what hub.log finds
+        self._extra_params: dict[str, Any] = {}  # log_params': written with the outcome (the claim holder's write)
 
     @property
     def name(self) -> str:
@@ -96,6 +97,25 @@ class Run(RunLogger):
         """Whether ``cancel_tasks`` asked this run to stop (its heartbeat reads the record about every
         second); the run then ends ``cancelled``. A loop may check it to stop early."""
         return self._heartbeat.cancel_requested.is_set()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Add ``params`` to the run's parameters (its ``hyper_parameters``), written when the run ends.
+
+        For parameters known only after the run started (a trainer integration's hyper-parameters);
+        a name given to ``start_run`` keeps its value.
+
+        Args:
+            params: Names to values (numbers, strings, lists, dicts; numpy/torch scalars are converted).
+
+        Raises:
+            InvalidArgumentTypeError: ``params`` is not a mapping, or a value is not storable.
+        """
+        if not isinstance(params, Mapping):
+            raise InvalidArgumentTypeError(f"params must be a dict of names to values, got {type(params).__name__}")
+        plain = plain_params(params)
+        with self._lock:
+            for key, value in plain.items():
+                self._extra_params.setdefault(key, value)
 
     def end(self, result: Mapping[str, Any] | None = None) -> None:
         """End the run ``finished`` (``cancelled`` if a cancel was requested) and write what it logged.
@@ -142,6 +162,8 @@ class Run(RunLogger):
         if status == FINISHED and self._heartbeat.cancel_requested.is_set():
             status = CANCELLED
         fields: dict[str, Any] = dict(failure or {})
+        if self._extra_params:
+            fields["hyper_parameters"] = {**self._extra_params, **(self._claimed.get("hyper_parameters") or {})}
         if status != FAILED:
             final = {**self.final, **{k: scalar(k, v) if not isinstance(v, (Mapping, list)) else v
                                       for k, v in (result or {}).items()}}
@@ -177,15 +199,20 @@ class Run(RunLogger):
         return f"Run(id={self.id}, name={self.name!r}, ended={self.ended})"
 
 
-def start_run(records: Records, queue: TaskQueue, run_name: str | None = None, lease: float = DEFAULT_LEASE,
-              params: Mapping[str, Any] | None = None) -> Run:
-    """Start an interactive run (see the module docstring) with ``params`` as its hyper-parameters."""
+def plain_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Run parameters as stored: numpy/torch scalars converted (:func:`~tensorhub.run_log.scalar`)."""
     hyper_parameters = {}
-    for key, value in (params or {}).items():
+    for key, value in params.items():
         plain = (value is None or isinstance(value, (bool, int, float, str, list, tuple, Mapping, ObjectId))
                  and not hasattr(value, "shape"))
         hyper_parameters[key] = value if plain else scalar(key, value)
-    claimed = queue.start(DEFAULT_RUN_NAME if run_name is None else run_name, hyper_parameters, lease=lease)
+    return hyper_parameters
+
+
+def start_run(records: Records, queue: TaskQueue, run_name: str | None = None, lease: float = DEFAULT_LEASE,
+              params: Mapping[str, Any] | None = None) -> Run:
+    """Start an interactive run (see the module docstring) with ``params`` as its hyper-parameters."""
+    claimed = queue.start(DEFAULT_RUN_NAME if run_name is None else run_name, plain_params(params or {}), lease=lease)
     run = Run(records, queue, claimed, lease)
     log.info("run %s (%s) started", run.id, run.name)
     return run

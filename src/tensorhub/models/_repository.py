@@ -23,9 +23,11 @@ LINEAGE = {"dataset": ("dataset_id", "datasets"), "task": ("task_id", "tasks")}
 #: fields save_model writes itself whatever the adapter; each adapter declares its own
 #: (:attr:`~tensorhub.models.ModelAdapter.record_fields`), see :func:`internal_fields`
 MODEL_FIELDS = frozenset({"model_name", "adapter", "format", "arrays", "blob_sha256", "dataset_id", "task_id",
-                          "attempt"})
+                          "attempt", "checkpoint_step"})
 #: the indexes of this kind's collection (declared by the hub when it opens a store)
-INDEXES = {COLLECTION: [[("project_name", 1), ("model_name", 1), ("time", -1), ("_id", -1)]]}
+INDEXES = {COLLECTION: [[("project_name", 1), ("model_name", 1), ("time", -1), ("_id", -1)],
+                        # a run's newest checkpoint (tensorhub.checkpoints.latest_checkpoint)
+                        [("project_name", 1), ("task_id", 1), ("checkpoint_step", -1), ("_id", -1)]]}
 
 
 def internal_fields() -> frozenset[str]:
@@ -41,20 +43,31 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+#: the attribute naming the ``_<field>`` attributes :func:`attach_record` set on a model
+ATTACHED = "_tensorhub_attached"
+
+
 def attach_record(model: Any, record: dict) -> Any:
     """Expose ``record`` on ``model`` as ``tensorhub_record`` and as ``_<field>`` attributes.
 
     A field whose ``_<field>`` name the object already uses (e.g. torch's ``_parameters``)
     is left out, so the model keeps working; it is still in ``tensorhub_record``.
     """
+    # a module loaded into again (into=): the attributes an earlier record set are replaced, not kept stale
+    ours: frozenset[str] = getattr(model, ATTACHED, frozenset())
     try:
         model.tensorhub_record = record
     except AttributeError:
         return model
+    for attr in ours - {f"_{key}" for key in record}:
+        delattr(model, attr)
+    attached: set[str] = set()
     for key, value in record.items():
         attr = f"_{key}"
-        if not hasattr(model, attr):
+        if attr in ours or not hasattr(model, attr):
             setattr(model, attr, value)
+            attached.add(attr)
+    setattr(model, ATTACHED, frozenset(attached))
     return model
 
 
@@ -98,12 +111,13 @@ def lineage_query(query: dict[str, Any]) -> dict[str, Any]:
 
 def save_model(records: Records, network: Any, model_name: str, allow_pickle: bool = False,
                example_inputs: Any = None, dynamic_shapes: Any = None, dataset: Any = None, task: Any = None,
-               **fields: Any) -> Any:
+               own: Mapping[str, Any] | None = None, **fields: Any) -> Any:
     """Store ``network`` through its adapter; return the record id.
 
     The record holds the user's ``fields``, ``model_name``, the adapter and its format, the
     adapter's fields, lineage (``dataset_id``/``task_id``) and the manifests of its arrays;
-    the arrays' chunks are written first and listed in ``blob_refs``.
+    the arrays' chunks are written first and listed in ``blob_refs``. ``own``: repository-owned
+    fields a caller of this layer sets (a checkpoint's run, attempt and step; never a user's).
     """
     if not isinstance(model_name, str) or not model_name:
         error = InvalidArgumentError if isinstance(model_name, str) else InvalidArgumentTypeError
@@ -123,6 +137,7 @@ def save_model(records: Records, network: Any, model_name: str, allow_pickle: bo
     record = records.new_record(fields, owned, "model", {  # validates every field before any write
         **saved.fields,
         **lineage(records, dataset, task),
+        **(own or {}),
         "model_name": model_name,
         "adapter": adapter.name,
         "blob_sha256": {name.replace(".", "_"): checksum(data) for name, data in saved.blobs},
