@@ -439,8 +439,22 @@ def test_a_spare_task_process_killed_before_use_is_replaced(tmp_path: Path) -> N
         while not (spares := _children_map().get(helper, [])) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert spares, "the helper keeps a spare shepherd forked ahead"
+        doomed = [*spares, *(child for pid in spares for child in zygote.descendants(pid))]
         for pid in spares:
             os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10  # dead (or a zombie) before the next start, as "killed while it waited"
+        while any(_alive(pid) for pid in doomed) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert hub.run_task("ok")
         assert [t["status"] for t in hub.find_tasks("ok")] == ["finished", "finished"]
         assert {t["result"]["value"] for t in hub.find_tasks("ok")} == {42}
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (not a zombie, not gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2:].split()[0] != b"Z"

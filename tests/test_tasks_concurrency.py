@@ -39,7 +39,7 @@ from conftest import TASK_BACKENDS, fresh_uri
 
 #: tasks per backend (the test servers' throughput, see above); $TENSORHUB_TEST_CONCURRENCY_TASKS sets
 #: another size for every backend
-N_TASKS = {"file": 500, "mongodb": 100, "s3": 150}
+N_TASKS = {"file": 500, "mongodb": 60, "s3": 80}
 _N_TASKS_ENV = "TENSORHUB_TEST_CONCURRENCY_TASKS"
 N_RUNNERS = 4
 #: short enough that a runner stalled by the load renews it while others claim and finish beside it

@@ -44,6 +44,7 @@ import ctypes
 import gc
 import os
 import resource
+import select
 import signal
 import socket
 import subprocess
@@ -300,6 +301,8 @@ class _Spare:
 
     def hand(self, target: str, args: tuple, fds: list[int]) -> None:
         """Give the waiting task process what to run (OSError: it is gone)."""
+        if self.pidfd is not None and select.select([self.pidfd], [], [], 0)[0]:
+            raise OSError("the spare shepherd has exited")  # killed from outside while it waited
         conn = Connection(os.dup(self.sock.fileno()))
         try:
             conn.send((target, args))
