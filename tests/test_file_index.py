@@ -139,7 +139,10 @@ def expected() -> dict[int, list[Any] | None]:
 def test_sql_never_contradicts_the_matcher(tmp_path: Path, expected: dict[int, Any], layout: str) -> None:
     store = open_store(tmp_path, layout, ALL_DOCUMENTS)
     wrong, decided, total = [], 0, 0
-    for i, query in enumerate(QUERIES):
+    # the old layouts check that SQL leaves what it cannot tell of stale rows to the matcher: every
+    # third query is enough there, and keeps the suite in its budget (all three took ~110 s of it)
+    step = 1 if layout == "current" else 3
+    for i, query in list(enumerate(QUERIES))[::step]:
         if expected[i] is None:
             with pytest.raises(InvalidQueryError):
                 store.find(COLLECTION, query)

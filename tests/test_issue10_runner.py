@@ -458,3 +458,57 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rfind(b")") + 2:].split()[0] != b"Z"
+
+
+def test_a_task_that_reported_its_end_leaves_no_process_behind(tmp_path: Path) -> None:
+    """A task's process reports its end on a pipe (the runner then records without waiting for the
+    process and its shepherd to exit): what the task started is killed all the same, and its output
+    written before the end is kept."""
+    pid_file = tmp_path / "daemon.pid"
+    script = tmp_path / "spawn.py"
+    script.write_text(textwrap.dedent(f"""
+        import subprocess, sys
+        daemon = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+        open({str(pid_file)!r}, "w").write(str(daemon.pid))
+        print("hello from the task")
+    """))
+    with TensorHub(f"file://{tmp_path / 'store'}", project_name="p") as hub:
+        hub.create_task("spawn", script)
+        assert hub.run_task("spawn")
+        (task,) = hub.find_tasks("spawn")
+        assert task["status"] == "finished" and task["exit_code"] == 0
+        assert "hello from the task" in task["stdout_tail"]
+    daemon = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(daemon) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(daemon), "a process the task started outlived it"
+
+
+def test_a_script_that_fakes_the_end_report_is_killed_not_abandoned(tmp_path: Path) -> None:
+    """A script that writes an early "done" on every pipe it holds (the report channel among them)
+    ends the task then and there: its process is killed, never left running unwatched."""
+    pid_file = tmp_path / "task.pid"
+    script = tmp_path / "liar.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, time
+        open({str(pid_file)!r}, "w").write(str(os.getpid()))
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            try:
+                if fd > 2 and os.readlink(f"/proc/self/fd/{{fd}}").startswith("pipe:"):
+                    os.write(fd, (0).to_bytes(4, "little"))
+            except OSError:
+                pass
+        time.sleep(60)
+        result = "never"
+    """))
+    with TensorHub(f"file://{tmp_path / 'store'}", project_name="p") as hub:
+        hub.create_task("liar", script, saved_result_keys=["result"])
+        assert hub.run_task("liar")
+        (task,) = hub.find_tasks("liar")
+        assert task["status"] == "failed" and "result" not in (task.get("result") or {})
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the task's process was left running after its runner moved on"

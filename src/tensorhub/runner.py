@@ -119,6 +119,18 @@ class _Tails:
                 self.read(fd)
         self.close()
 
+    def read_ready(self) -> None:
+        """Read what the pipes hold now, without waiting for more."""
+        while self.names:
+            poller = select.poll()
+            for fd in self.names:
+                poller.register(fd, select.POLLIN)
+            ready = poller.poll(0)
+            if not ready:
+                return
+            for fd, _ in ready:
+                self.read(fd)
+
     def text(self, name: str) -> str:
         return bytes(self.buffers[name][-TAIL_BYTES:]).decode("utf-8", "replace")
 
@@ -138,20 +150,25 @@ class _TaskProcess:
         self.zygote = shared_zygote()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        done_r, done_w = os.pipe()  # the task's process writes its exit code here once its outcome is stored
+        self.done: int | None = done_r
         self.output = _Tails({"stdout_tail": out_r, "stderr_tail": err_r})
         try:
             try:
-                self.pid, self.pidfd = self.zygote.start(CHILD_MAIN, args, out_w, err_w)
+                self.pid, self.pidfd = self.zygote.start(CHILD_MAIN, args, out_w, err_w, done_w)
             except ZygoteLost:  # it died between tasks: start a new one
                 self.zygote = shared_zygote()
-                self.pid, self.pidfd = self.zygote.start(CHILD_MAIN, args, out_w, err_w)
+                self.pid, self.pidfd = self.zygote.start(CHILD_MAIN, args, out_w, err_w, done_w)
         except BaseException:
             self.output.close()
+            os.close(done_r)
             raise
         finally:
             os.close(out_w)
             os.close(err_w)
+            os.close(done_w)
         self.exitcode: int | None = None
+        self.reported = False  # the exit code came from the task's report, not from its reaped shepherd
         self.helper_lost = False
         self._delay = 0.001  # between two asks of the helper where there is no pidfd to wait on
 
@@ -182,15 +199,41 @@ class _TaskProcess:
                 left = min(left, self._delay)
                 self._delay = min(self._delay * 1.5, 0.1)
             poller = select.poll()
-            for fd in [*self.output.fds(), *([self.pidfd] if self.pidfd is not None else [])]:
+            for fd in [*self.output.fds(), *([self.pidfd] if self.pidfd is not None else []),
+                       *([self.done] if self.done is not None else [])]:
                 poller.register(fd, select.POLLIN)
             for fd, _ in poller.poll(max(1, math.ceil(left * 1000))):
-                if fd != self.pidfd:
+                if fd == self.done:
+                    self._read_report()
+                    if self.exitcode is not None:
+                        break
+                elif fd != self.pidfd:
                     self.output.read(fd)
                 elif self.poll() is None:  # it ended, yet the helper says it runs: ask it from now on
                     log.warning("task process %d: its pidfd says it ended, its helper that it runs", self.pid)
                     self._close_pidfd()
         return self.exitcode
+
+    def _read_report(self) -> None:
+        """The task's process reported its exit code (its outcome is stored, its output flushed): end
+        its tree now instead of waiting for it and its shepherd to exit. EOF without a report (it
+        died first): wait for the shepherd as before."""
+        assert self.done is not None
+        try:
+            data = os.read(self.done, 4)
+        except OSError:
+            data = b""
+        os.close(self.done)
+        self.done = None
+        if len(data) != 4:
+            return
+        try:
+            self.zygote.end(self.pid)
+        except ZygoteLost:
+            self._lost()
+            return
+        self.exitcode = int.from_bytes(data, "little", signed=True)
+        self.reported = True
 
     def _close_pidfd(self) -> None:
         if self.pidfd is not None:
@@ -201,6 +244,9 @@ class _TaskProcess:
         """Close the pipes and the pidfd (the task has ended, or was killed)."""
         self.output.close()
         self._close_pidfd()
+        if self.done is not None:
+            os.close(self.done)
+            self.done = None
 
     def _lost(self) -> None:
         """The helper died under the task: its shepherd got SIGTERM and kills the task's tree (sessions
@@ -227,8 +273,11 @@ class _TaskProcess:
             pass
 
     def tails(self) -> dict[str, str]:
-        """The tails of stdout and stderr, once their writers are gone (or after 5 seconds)."""
-        self.output.drain(5.0)
+        """The tails of stdout and stderr, once their writers are gone (or after 5 seconds; what is
+        in the pipes now, when the task reported its end: it flushed them first and is killed)."""
+        if self.reported:
+            self.output.read_ready()
+        self.output.drain(0.0 if self.reported else 5.0)
         return {name: self.output.text(name) for name in ("stdout_tail", "stderr_tail")}
 
     def failure_reason(self) -> str:

@@ -9,6 +9,7 @@ imports neither of them, so the runner and the helper do not depend on each othe
 from __future__ import annotations
 
 import os
+import sys
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,14 +117,17 @@ def _set_environ(environ: dict[str, str]) -> None:
             os.environ[key] = value
 
 
-def child_main(claimed_bson: bytes, connection: Connection, result_path: str, environ: dict[str, str]) -> int:
+def child_main(claimed_bson: bytes, connection: Connection, result_path: str, environ: dict[str, str],
+               done_fd: int | None = None) -> int:
     """Entry point of a task's process: run the script, write its outcome (BSON) to ``result_path``
     (whole or not at all: written beside it, then renamed); return the exit code.
 
     ``environ`` is the runner's environment now (the helper that forked us has the one of its start).
     Its stdout and stderr are pipes the runner reads (it keeps only their tails). The exit code
     (the helper exits with it) is 0 when the script succeeded, else :func:`exit_code_of` its
-    exception (1 for an exception or a result that could not be stored).
+    exception (1 for an exception or a result that could not be stored). With ``done_fd`` (a pipe
+    to the runner) the exit code is also written there once the outcome is stored, so the runner
+    records it without waiting for this process and its shepherd to exit (~9 ms of a no-op task).
     """
     _set_environ(environ)
     claimed = decode_document(claimed_bson)
@@ -152,4 +156,9 @@ def child_main(claimed_bson: bytes, connection: Connection, result_path: str, en
         data = bson.encode({"ok": False, **bounded_failure(str(exc))})
     Path(f"{result_path}.tmp").write_bytes(data)
     os.replace(f"{result_path}.tmp", result_path)
+    if done_fd is not None:  # the outcome is stored and the output flushed: the runner need not wait for our exit
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.write(done_fd, code.to_bytes(4, "little", signed=True))
+        os.close(done_fd)
     return code

@@ -60,6 +60,8 @@ _PR_SET_CHILD_SUBREAPER = 36
 KILL_ROUNDS = 100
 #: how long an exiting helper keeps killing what is re-parented to it (a loaded machine is slow to)
 DRAIN_SECONDS = 10.0
+#: exit statuses the helper keeps for tasks nobody asked about (their runner had their reported end)
+FINISHED_KEPT = 1024
 
 
 _libc: Any = None
@@ -217,9 +219,11 @@ class Zygote:
     def alive(self) -> bool:
         return not self._broken and self.process.poll() is None
 
-    def start(self, target: str, args: tuple, stdout: int, stderr: int) -> tuple[int, int | None]:
+    def start(self, target: str, args: tuple, stdout: int, stderr: int,
+              done: int | None = None) -> tuple[int, int | None]:
         """Fork a task that runs ``target`` (``"module:function"``) with ``args``, its stdout and
-        stderr on the given fds; return the pid of its shepherd (the task's handle) and a pidfd of
+        stderr on the given fds (and ``done``, a pipe's write end, handed to ``target`` as the
+        keyword ``done_fd``); return the pid of its shepherd (the task's handle) and a pidfd of
         the shepherd (readable once it has exited; None where Linux has no ``pidfd_open``), which
         the caller closes. The task exits with the int ``target`` returns (0 if it returns
         anything else, 1 if it raises).
@@ -228,9 +232,18 @@ class Zygote:
         reused pid: waiting on it replaces polling :meth:`exit_code` (one round trip per task
         instead of one per poll, and no sleep between the task's end and the runner seeing it).
         """
-        pid, pidfd = self._ask("start", target, args, fds=[stdout, stderr], receive_fd=True)
+        fds = [stdout, stderr] if done is None else [stdout, stderr, done]
+        pid, pidfd = self._ask("start", target, args, fds=fds, receive_fd=True)
         self.active.add(pid)
         return pid, pidfd
+
+    def end(self, pid: int) -> None:
+        """End a task whose process reported its outcome: SIGKILL its process group and shepherd now
+        (nothing of it outlives the report, whatever the script did) without waiting for them to be
+        reaped; the helper reaps them and sweeps strays later, and keeps only the last
+        :data:`FINISHED_KEPT` statuses nobody asked for."""
+        self._ask("end", pid)
+        self.active.discard(pid)
 
     def exit_code(self, pid: int) -> int | None:
         """The exit code of a started task (negative: killed by that signal), None while it runs."""
@@ -391,7 +404,7 @@ def _task_main(task_sock: socket.socket) -> int:
     conn = Connection(os.dup(task_sock.fileno()))
     try:
         target, args = conn.recv()
-        _, fds, _, _ = socket.recv_fds(task_sock, 1, 2)
+        _, fds, _, _ = socket.recv_fds(task_sock, 1, 3)
     except (EOFError, OSError, ValueError):
         return 0
     finally:
@@ -400,7 +413,8 @@ def _task_main(task_sock: socket.socket) -> int:
     for fd, target_fd in zip(fds, (1, 2)):
         os.dup2(fd, target_fd)
         os.close(fd)
-    returned = _resolve(target)(*args)
+    options = {"done_fd": fds[2]} if len(fds) > 2 else {}
+    returned = _resolve(target)(*args, **options)
     return returned if isinstance(returned, int) and not isinstance(returned, bool) else 0
 
 
@@ -509,6 +523,8 @@ def serve(fd: int) -> None:
             elif pid in running:
                 running.discard(pid)
                 finished[pid] = _status(status)
+                if len(finished) > FINISHED_KEPT:  # statuses of tasks whose process reported its end
+                    finished.pop(next(iter(finished)))
                 dirty[0] = True
                 # what is left in the task's process group (everywhere; /proc walks are Linux only).
                 # Safe from pid reuse: a pid is not reused while a process group of that id exists.
@@ -579,7 +595,7 @@ def serve(fd: int) -> None:
             break
         if request[0] == "start":
             _, target, args = request
-            _, fds, _, _ = socket.recv_fds(sock, 1, 2)
+            _, fds, _, _ = socket.recv_fds(sock, 1, 3)
             started = _start_spare(spare, prefork, target, args, fds)
             for received in fds:
                 os.close(received)  # before the next prefork: a spare must not hold this task's pipes
@@ -599,4 +615,12 @@ def serve(fd: int) -> None:
         elif request[0] == "kill":
             kill_tree(request[1])
             conn.send(None)
+        elif request[0] == "end":  # the task reported its end: kill what is left, reap it later
+            if request[1] in running:
+                kill_group(request[1])
+                _kill(request[1])
+            conn.send(None)
+            reap()
+            if dirty[0]:
+                sweep()
     shutdown()
