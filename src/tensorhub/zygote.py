@@ -15,6 +15,10 @@ runner)::
   forked after the previous start was answered, while the runner records and claims): a start
   only hands the waiting task process its target, arguments and stdout/stderr. Two forks on the
   start path were most of a no-op task's cost. A spare killed from outside is replaced.
+* The task process reports its exit code on a pipe (``done``) once its outcome is stored; the
+  runner then asks the helper to ``end`` it (SIGKILL its process group and shepherd, reaped and
+  swept later) instead of waiting ~9 ms for the task and its shepherd to exit. A script that fakes
+  the report only ends its own task early: the kill comes with the report.
 * The *shepherd* is forked per task: it calls ``setsid()`` (the task's signals to its process
   group, ``os.killpg(0, ...)``, stay inside the task) and becomes a child subreaper, so every
   orphaned descendant of the task (``fork`` + ``setsid`` daemons included) is re-parented to it.
