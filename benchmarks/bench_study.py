@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import Result, bench_main, repeats_of  # noqa: E402
-from bench_tasks import PROJECT, Runners, _optuna_available  # noqa: E402
+from bench_tasks import PROJECT, Runners, _optuna_available, optuna_once  # noqa: E402
 
 from tensorhub import TensorHub  # noqa: E402
 
@@ -145,13 +145,8 @@ def bench_study(n: int, repeats: int, tmp: Path, extras: dict[str, Any]) -> list
         for _ in range(repeats):
             for line, group in groups.items():
                 if line == "optuna-1":
-                    where = tmp / f"optuna-{next(_unique)}.sqlite"
-                    group.open(str(where))
-                    started = time.perf_counter()
-                    ran = group.go(n)
-                    samples[line].append(time.perf_counter() - started)
-                    group.close_store()
-                    where.unlink(missing_ok=True)
+                    seconds, ran = optuna_once(group, n, tmp)
+                    samples[line].append(seconds)
                     assert ran == n
                 else:
                     samples[line].append(_study_once(group, len(group.conns), n, tmp, script))

@@ -246,6 +246,19 @@ class Runners:
                 process.join(5)
 
 
+def optuna_once(group: "Runners", n: int, tmp: Path) -> tuple[float, int]:
+    """Seconds and trials of one Optuna ``study.optimize`` of ``n`` no-op trials by ``group`` (an
+    ``optuna`` runner), on a fresh sqlite storage in ``tmp``."""
+    where = tmp / f"optuna-{next(_unique)}.sqlite"
+    group.open(str(where))
+    started = time.perf_counter()
+    ran = group.go(n)
+    seconds = time.perf_counter() - started
+    group.close_store()
+    where.unlink(missing_ok=True)
+    return seconds, ran
+
+
 def _script(tmp: Path) -> Path:
     path = tmp / "noop_task.py"
     path.write_text(SCRIPT_TEXT)
@@ -536,13 +549,8 @@ def bench_targets(n: int, repeats: int, tmp: Path, extras: dict[str, Any]) -> li
         for _ in range(repeats):
             for line, group in runners.items():
                 if line == "optuna-1":
-                    where = tmp / f"optuna-{next(_unique)}.sqlite"
-                    group.open(str(where))
-                    started = time.perf_counter()
-                    ran = group.go(n)
-                    samples[line].append(time.perf_counter() - started)
-                    group.close_store()
-                    where.unlink(missing_ok=True)
+                    seconds, ran = optuna_once(group, n, tmp)
+                    samples[line].append(seconds)
                 else:
                     root = tmp / f"hub-{next(_unique)}"
                     hub = TensorHub(f"file://{root}", project_name=PROJECT)
