@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -91,14 +90,7 @@ class StudyRunners(Runners):
     """``count`` spawned study runners (the protocol of :class:`bench_tasks.Runners`, plus ``stop``)."""
 
     def __init__(self, count: int, in_process: bool = False) -> None:  # noqa: D107 - Runners', another target
-        ctx = multiprocessing.get_context("spawn")
-        self.conns, self.processes = [], []
-        for _ in range(count):
-            parent, child = ctx.Pipe()
-            process = ctx.Process(target=_study_runner_main, args=(child, in_process), daemon=True)
-            process.start()
-            self.conns.append(parent)
-            self.processes.append(process)
+        super().__init__(in_process, count, main=_study_runner_main)
 
     def start(self, name: str) -> None:
         for conn in self.conns:

@@ -209,12 +209,13 @@ def _runner_main(conn: Any, kind: str) -> None:
 class Runners:
     """``count`` spawned runner processes of one kind, kept for every run of a comparison."""
 
-    def __init__(self, kind: str, count: int) -> None:
+    def __init__(self, kind: Any, count: int, main: Any = None) -> None:
+        """``main(conn, kind)`` runs in each process (default: this module's runner)."""
         ctx = multiprocessing.get_context("spawn")
         self.conns, self.processes = [], []
         for _ in range(count):
             parent, child = ctx.Pipe()
-            process = ctx.Process(target=_runner_main, args=(child, kind), daemon=True)
+            process = ctx.Process(target=main or _runner_main, args=(child, kind), daemon=True)
             process.start()
             self.conns.append(parent)
             self.processes.append(process)
