@@ -9,6 +9,8 @@ load, are served by the zarr view and are rewritten by ``upgrade_datasets``/``te
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +240,31 @@ def test_item04_zarr_decodes_the_stored_frames_themselves(tmp_path: Path, monkey
                 entry = hub.find_dataset_records(name)[0]["schema"][0]
                 frame = zarr.core.sync.sync(store.get("x/c/0/0", zarr.core.buffer.default_buffer_prototype()))
                 assert frame.to_bytes() == hub.blobs.get(chunk_key(entry["chunks"][0]))
+
+
+def test_item04_a_chunk_someone_holds_is_never_read_over(tmp_path: Path) -> None:
+    """The store reads chunks into reused buffers: one a caller still holds (the buffer zarr was handed, or
+    a view of it) keeps its bytes while other chunks are read; a dropped one is reused for the next read."""
+    data = _dataset(1000, 12)
+    with TensorHub(f"file://{tmp_path / 'store'}", project_name="p") as hub:
+        hub.save_dataset(data, "d", chunk_bytes=CHUNK_BYTES)
+        store = hub.open_zarr("d").store
+        prototype = zarr.core.buffer.default_buffer_prototype()
+
+        def get(key: str) -> np.ndarray:
+            return zarr.core.sync.sync(store.get(key, prototype)).as_numpy_array()
+
+        held = get("x/c/0/0")
+        kept = held.copy()
+        view = get("x/c/1/0").view(np.float32)[:10]  # only a view of the buffer survives
+        kept_view = view.copy()
+        for i in range(2, 7):
+            get(f"x/c/{i}/0")
+        assert np.array_equal(held, kept) and np.array_equal(view, kept_view)
+        assert np.array_equal(held.view(np.float32).reshape(-1, 7), data["x"][:len(held) // 28])
+        dropped = get("x/c/2/0")
+        ref = weakref.ref(dropped)
+        del dropped
+        gc.collect()  # zarr's sync may keep its last result in a cycle a little longer
+        assert get("x/c/3/0") is ref()  # the pool kept the dropped buffer and read the next chunk into it
+        assert np.array_equal(hub.open_zarr("d")["x"][...], data["x"])

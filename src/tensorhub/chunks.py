@@ -420,28 +420,23 @@ def read_manifest_chunk_into(blobs: BlobStore, manifest: Manifest, index: int, t
                     manifest.stored_nbytes(index) if manifest.chunk_format >= 2 else None)
 
 
-def chunk_bytes(blobs: BlobStore, manifest: Manifest, index: int) -> Any:
+def chunk_bytes(blobs: BlobStore, manifest: Manifest, index: int, buffer: np.ndarray | None = None) -> Any:
     """Chunk ``index`` decoded: the raw bytes of the whole (padded) chunk, verified against its digest.
 
-    A format-2 frame without compression is served as a view past its 16-byte header (no copy);
-    a compressed one is decoded; a format-1 chunk is read as :func:`read_chunk` does and padded.
+    A format-2 chunk is read (raw) or decoded (compressed) straight into ``buffer``, a uint8 array of
+    ``manifest.stored_nbytes(index)`` bytes (a new one when None), which is returned; a format-1
+    chunk is read as :func:`read_chunk` does and padded.
     """
     if manifest.chunk_format < 2:
         block = read_chunk(blobs, manifest, index)
         if manifest.shape and len(manifest.chunks) > 1 and len(block) < manifest.chunk_rows:
             block = pad_rows(block, manifest.chunk_rows)
         return memoryview(np.ascontiguousarray(block).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-    name = manifest.chunks[index]
-    data = chunk_frame(blobs, manifest, index)
-    nbytes, cbytes = int.from_bytes(data[4:8], "little"), int.from_bytes(data[12:16], "little")
-    if nbytes != manifest.stored_nbytes(index) or cbytes != len(data) or len(data) < _HEADER:
-        raise CorruptDataError(f"chunk {name[:12]}... does not hold the {manifest.stored_nbytes(index)} bytes its "
-                               "record expects; the record is damaged: save the data again")
-    if data[2] & _MEMCPYED and cbytes == nbytes + _HEADER:
-        return memoryview(data)[_HEADER:]
-    out = np.empty(nbytes, dtype=np.uint8)
-    _decode(name, data, out)
-    return memoryview(out)  # type: ignore[arg-type]
+    nbytes = manifest.stored_nbytes(index)
+    if buffer is None:
+        buffer = np.empty(nbytes, dtype=np.uint8)
+    read_chunk_into(blobs, manifest.chunks[index], buffer, manifest.chunk_format, nbytes)
+    return buffer
 
 
 def chunk_frame(blobs: BlobStore, manifest: Manifest, index: int) -> bytes:

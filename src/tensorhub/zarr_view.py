@@ -25,14 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import warnings
 from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from tensorhub.backends.base import BlobStore
-from tensorhub.chunks import Manifest, chunk_bytes, chunk_frame
+from tensorhub.chunks import IO_THREADS, Manifest, chunk_bytes, chunk_frame
 from tensorhub.errors import BackendNotInstalledError, UnsupportedOperationError
 from tensorhub.structure import loads_spec
 
@@ -53,6 +57,58 @@ BARE_ARRAY_NAME = "data"
 
 class ReadOnlyZarrError(UnsupportedOperationError, ValueError):
     """A write or delete through a dataset's zarr view: datasets change only through tensorhub."""
+
+
+#: references to a pooled buffer when nobody uses it: the pool's list, the loop variable, getrefcount's argument
+_UNREFERENCED = 3
+_readers: ThreadPoolExecutor | None = None
+_readers_lock = threading.Lock()
+
+
+def _reader_pool() -> ThreadPoolExecutor:
+    """The threads that read and verify chunks for every view: as many as ``find_dataset`` reads with
+    (:data:`tensorhub.chunks.IO_THREADS`). zarr's own default (``asyncio.to_thread``, 6 threads on 2 cores)
+    starves the one thread where zarr copies each chunk into its output, which bounds a full read."""
+    global _readers
+    with _readers_lock:
+        if _readers is None:
+            _readers = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="tensorhub-zarr")
+        return _readers
+
+
+def _forget_readers() -> None:  # a forked child has none of its parent's threads
+    global _readers
+    _readers = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_readers)
+
+
+class _BufferPool:
+    """Chunk-sized buffers a store reads into, reused once nothing refers to them any more.
+
+    zarr copies each chunk it is handed into its output and drops it; reading the next chunk
+    into the same (already mapped) memory instead of a fresh allocation saves the kernel's
+    zeroing of every page, a large share of a full read. A buffer is reused only when its
+    reference count shows that nobody holds it or a view of it (numpy views keep their base
+    alive), so a chunk a caller keeps is never overwritten. At most ``limit`` buffers are kept.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._buffers: list[np.ndarray] = []
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        with self._lock:
+            for buffer in self._buffers:  # no enumerate: its reused tuple would hold a reference
+                if buffer.nbytes == nbytes and sys.getrefcount(buffer) == _UNREFERENCED:
+                    return buffer
+            buffer = np.empty(nbytes, dtype=np.uint8)
+            if len(self._buffers) < self._limit:
+                self._buffers.append(buffer)
+            return buffer
 
 
 def _refuse(what: str) -> ReadOnlyZarrError:
@@ -136,9 +192,10 @@ class DatasetStore(Store):
     Every write, delete or writable reopen is refused with :class:`ReadOnlyZarrError`.
 
     ``decoded`` (default): the store hands zarr each chunk's raw bytes (a frame without compression
-    as a view past its header, a compressed one decoded in the store's thread) and the metadata
-    declares no compressor: one decode and no copy less than zarr's Blosc codec would make, which
-    keeps a full read near ``find_dataset``'s speed (``benchmarks/bench_zarr.py``). ``decoded=False``
+    read straight into a reused buffer, a compressed one decoded into it, in the view's reader
+    threads) and the metadata declares no compressor: one decode and no copy less than zarr's
+    Blosc codec would make, which keeps a full read near ``find_dataset``'s speed
+    (``benchmarks/bench_zarr.py``). ``decoded=False``
     serves the stored Blosc frames themselves under a ``blosc`` codec, for copying the hierarchy
     into another zarr store as it is stored (compressed).
     """
@@ -155,6 +212,7 @@ class DatasetStore(Store):
         self._revision = record.get("revision", 1)
         self._name = record.get("dataset_name")
         self._metadata, self._chunks = _synthesise(record, decoded)
+        self._buffers = _BufferPool(2 * IO_THREADS)
 
     def __repr__(self) -> str:
         return f"DatasetStore(dataset_name={self._name!r}, _id={self._record_id}, revision={self._revision})"
@@ -171,24 +229,36 @@ class DatasetStore(Store):
             raise _refuse("open it for writing")
         return self
 
-    def _bytes(self, key: str) -> bytes | None:
-        """The bytes under ``key`` (a metadata document, a chunk frame) or None when there is no such key."""
+    def _bytes(self, key: str) -> Any:
+        """The bytes under ``key`` (a metadata document, a chunk: decoded into a pooled uint8 array, or
+        its frame) or None when there is no such key."""
         if key in self._metadata:
             return self._metadata[key]
         where = self._chunks.get(key)
         if where is None:
             return None
-        return chunk_bytes(self._blobs, *where) if self._decoded else chunk_frame(self._blobs, *where)
+        if not self._decoded:
+            return chunk_frame(self._blobs, *where)
+        manifest, index = where
+        buffer = self._buffers.take(manifest.stored_nbytes(index)) if manifest.chunk_format >= 2 else None
+        return chunk_bytes(self._blobs, manifest, index, buffer)
+
+    async def _read(self, key: str) -> Any:
+        # blob stores are synchronous: read in the view's threads, keeping zarr's loop free
+        return await asyncio.get_running_loop().run_in_executor(_reader_pool(), self._bytes, key)
 
     async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
         data = self._metadata.get(key)
         if data is None:
             if key not in self._chunks:
                 return None
-            data = await asyncio.to_thread(self._bytes, key)  # blob stores are synchronous: keep zarr's loop free
+            data = await self._read(key)
             if data is None:
                 return None
-        return prototype.buffer.from_bytes(_byte_range(data, byte_range))
+        data = _byte_range(data, byte_range)
+        if isinstance(data, np.ndarray):
+            return prototype.buffer.from_array_like(data)
+        return prototype.buffer.from_bytes(data)
 
     async def get_partial_values(self, prototype: BufferPrototype,
                                  key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
@@ -236,13 +306,13 @@ class DatasetStore(Store):
                     yield child
 
     async def getsize(self, key: str) -> int:
-        data = await asyncio.to_thread(self._bytes, key)
+        data = await self._read(key)
         if data is None:
             raise FileNotFoundError(key)
         return len(data)
 
 
-def _byte_range(data: bytes, byte_range: ByteRequest | None) -> bytes:
+def _byte_range(data: Any, byte_range: ByteRequest | None) -> Any:
     if byte_range is None:
         return data
     if isinstance(byte_range, RangeByteRequest):
