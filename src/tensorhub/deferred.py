@@ -115,6 +115,9 @@ class DeferredIndex(IndexStore):
         self._matching_write()
         return self._inner.compact(collection)
 
+    def change_token(self) -> Any:
+        return self._inner.change_token()
+
     def close(self) -> None:
         self._inner.close()
 

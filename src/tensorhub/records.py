@@ -194,6 +194,11 @@ class Records:
         """Whether another process opening the same URI sees these stores (not ``mongomock://``)."""
         return self._index.shared_across_processes and self.blobs.shared_across_processes
 
+    def change_token(self) -> Any:
+        """The index store's :meth:`~tensorhub.backends.base.IndexStore.change_token`. Store-wide by
+        nature (a write to any project changes it): only a hint that lets pollers skip a look."""
+        return self._index.change_token()
+
     def create_index(self, collection: str, keys: Sequence[tuple[str, int]]) -> None:
         """Declare an index on ``collection``. Store-wide by nature: one index serves every project
         (each kind's indexes start with ``project_name``)."""

@@ -67,6 +67,7 @@ from tensorhub.errors import (
     TaskTimeoutError,
 )
 from tensorhub.documents import normalize_document
+from tensorhub.polling import ChangeWait
 from tensorhub.records import Records, utcnow
 from tensorhub.run_log import metric_key
 
@@ -511,18 +512,20 @@ class StudyDriver:
 
     def run(self, timeout: float | None = None, poll: float = 0.5, wait: bool = True) -> dict[str, Any]:
         """Step until the study is done (or once, with ``wait=False``); its :meth:`summary`.
-        Between steps it sleeps 10 ms, doubling up to ``poll`` while nothing changes."""
+        Between steps it waits as :class:`~tensorhub.polling.ChangeWait` says: 10 ms after a step
+        that told or queued a trial, doubling up to ``poll`` while nothing changes; on ``file://``
+        until the store was written to (checked every 2 ms), at most ``poll``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.01
+        waiting = ChangeWait(self.records.change_token, poll, first=0.01)
         while True:
             before = (self.next, len(self.ended))
+            waiting.mark()
             if self.step() or not wait:
                 return self.summary()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TaskTimeoutError(f"study {self.study['study_name']!r}: {self.next} of {self.n_trials} trials "
                                        f"queued, {len(self.ended)} ended after {timeout}s; run it again to continue")
-            delay = 0.01 if (self.next, len(self.ended)) != before else min(delay * 2, poll)
-            time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+            waiting.wait((self.next, len(self.ended)) != before, deadline=deadline)
 
 
 def run_study(records: Records, queue: _tasks.TaskQueue, study_name: Any, sampler: Any = None,

@@ -1,7 +1,9 @@
 """The long-running task runner behind ``tensorhub worker``.
 
 It claims one task at a time, runs it, and polls when the queue is empty with a backoff that
-grows to ``poll`` seconds, so an idle worker never busy-loops against the database. Every
+grows to ``poll`` seconds, so an idle worker never busy-loops against the database; on
+``file://`` it waits instead until the store is written to (one cheap ``PRAGMA`` every 2 ms, see
+:mod:`tensorhub.polling`), at most ``poll``: a task queued meanwhile starts within milliseconds. Every
 ``idle_log`` seconds (a minute) it stays idle it logs how many tasks of its name are pending in
 its project and in each project of the store, so a wrong ``--project`` or ``--task-name`` shows
 (a warning when its project has none and others have some). SIGTERM
@@ -21,6 +23,7 @@ from typing import Any
 from tensorhub import tasks as _tasks
 from tensorhub.errors import InvalidArgumentError
 from tensorhub.hub import TensorHub
+from tensorhub.polling import ChangeWait
 from tensorhub.runner import StopRequested, run_claimed
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,7 @@ class WorkerOptions:
         task_name: Only tasks with this ``task_name`` (``--task-name``). Default ``None``: any.
         lease: Seconds a claim lasts without renewal, > 0 (``--lease``). Default 60.
         poll: Longest wait, in seconds, between two polls of an empty queue, > 0 (``--poll``;
-            the wait grows to it). Default 2.
+            the wait grows to it; on ``file://`` a write to the store ends it). Default 2.
         idle_exit: Exit after this many seconds with no task, >= 0 (``--idle-exit``). Default
             ``None``: never.
         max_tasks: Exit after running this many tasks, >= 1 (``--max-tasks``). Default
@@ -161,15 +164,17 @@ class Worker:
         opts = self.options
         log.info("worker %s on %s: waiting for tasks %r", self.owner["worker_id"], self.hub, opts.task_name)
         idle_since = reported_at = time.monotonic()
-        delay = min(0.05, opts.poll)
+        waiting = ChangeWait(self.hub.task_queue.records.change_token, opts.poll, first=0.05)
+        ran_one = True
         try:
             while not self.stopping.is_set():
                 if opts.max_tasks is not None and self.ran >= opts.max_tasks:
                     log.info("worker %s: ran %d task(s), the maximum", self.owner["worker_id"], self.ran)
                     break
+                waiting.mark()
                 if self.run_one():
                     idle_since = reported_at = time.monotonic()
-                    delay = min(0.05, opts.poll)
+                    ran_one = True
                     continue
                 now = time.monotonic()
                 if opts.idle_exit is not None and now - idle_since >= opts.idle_exit:
@@ -178,8 +183,8 @@ class Worker:
                 if now - reported_at >= opts.idle_log:
                     reported_at = now
                     self.log_idle(now - idle_since)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, opts.poll)
+                waiting.wait(ran_one, stop=self.stopping)
+                ran_one = False
         except (_Shutdown, StopRequested):
             log.info("worker %s: task handed back, exiting", self.owner["worker_id"])
         return self.ran

@@ -158,6 +158,15 @@ class IndexStore(ABC):
             f"{type(self).__name__} ({self.uri or 'this index store'}) has nothing to compact: it does not "
             "support compaction (check IndexStore.supports_compaction before calling compact())")
 
+    def change_token(self) -> Any:
+        """A value that differs once anything was written to the store since it was taken (by this
+        process or any other); ``None`` where the store cannot tell cheaply (then pollers just poll).
+
+        A hint for polling loops (runners, study drivers): equal tokens mean nothing changed, so a
+        poll would find nothing new. Only ``file://`` tells (SQLite's ``data_version``).
+        """
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files. Safe to call twice."""
 

@@ -48,7 +48,7 @@ def requeue_command(query: str, uri: str | None, project: str | None) -> None:
 @click.option("--lease", default=60.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Seconds a claim lasts without a heartbeat.")
 @click.option("--poll", default=2.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Longest wait between polls of an empty queue.")
+              help="Longest wait between polls of an empty queue (file://: a write to the store ends it).")
 @click.option("--idle-exit", default=None, type=click.FloatRange(min=0),
               help="Exit after this many seconds with no task.")
 @click.option("--max-tasks", default=None, type=click.IntRange(min=1), help="Exit after running this many tasks.")

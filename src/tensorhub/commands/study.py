@@ -17,7 +17,7 @@ from tensorhub.commands.common import open_hub, project_option, uri_option
 @click.option("--timeout", default=None, type=click.FloatRange(min=0),
               help="Drive at most this many seconds (run it again to continue). Default: until done.")
 @click.option("--poll", default=0.5, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Longest wait between two looks at the store.")
+              help="Longest wait between two looks at the store (file://: a write ends it).")
 @click.option("--once", is_flag=True, help="One pass (tell, prune, queue trials), then exit.")
 def study_command(name: str, uri: str | None, project: str | None, timeout: float | None, poll: float,
                   once: bool) -> None:

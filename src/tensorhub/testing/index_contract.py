@@ -248,3 +248,24 @@ class IndexStoreContract:
         index_store.create_index("c", [("meta.group", 1), ("i", -1)])  # accepted either way
         index_store.insert_many("c", _docs(4))
         assert [d["i"] for d in index_store.find("c", {"meta.group": "a"}, sort=[("i", -1)])] == [1, 0]
+
+    def test_a_change_token_changes_with_every_write_and_only_then(self, index_store: IndexStore) -> None:
+        """``change_token()`` is None (the store cannot tell) or differs after each kind of write."""
+        docs = _docs(4)
+        index_store.insert_many("c", docs[:2])
+        token = index_store.change_token()
+        if token is None:  # stores without tokens: pollers just poll
+            return
+        assert index_store.change_token() == token  # reads change nothing
+        index_store.find("c", {"i": 0})
+        index_store.find_one_and_update("c", {"i": 99}, {"$set": {"x": 1}})  # a claim that finds nothing
+        assert index_store.change_token() == token
+        writes = [lambda: index_store.insert_many("c", docs[2:]),
+                  lambda: index_store.update_many("c", {"i": 2}, {"$set": {"x": 1}}),
+                  lambda: index_store.find_one_and_update("c", {"i": 3}, {"$set": {"x": 2}}),
+                  lambda: index_store.delete_many("c", {"i": 0})]
+        for write in writes:
+            write()
+            changed = index_store.change_token()
+            assert changed != token
+            token = changed
