@@ -107,7 +107,10 @@ def test_item05_task_that_kills_its_helper_or_group_fails_and_the_worker_carries
     # the attempt counted and the task failed (not handed back to pending for the next runner to die on)
     assert hostile_task["status"] == "failed", stderr
     assert hostile_task["attempts"] == 1 and len(hostile_task["errors"]) == 1
-    assert "SIG" in hostile_task["error"]
+    # a task that kills its parent kills the helper (the guardian kills what was below it); one that
+    # signals its own process group dies of that signal
+    expected = {"kills_its_parent": "helper process died", "signals_its_process_group": "SIGTERM"}[ending]
+    assert expected in hostile_task["error"]
     assert ok_task["status"] == "finished" and ok_task["result"] == {"ok": True}, stderr  # the runner carried on
     assert worker.returncode == 0, stderr
 
@@ -132,6 +135,34 @@ def test_item05_runner_survives_the_loss_of_its_helper(file_hub: TensorHub, tmp_
         assert file_hub.run_task("t5b") is True
         assert file_hub.find_tasks("t5b", status="finished")[0]["result"] == {"ok": True}
         assert zygote.shared_zygote().alive()
+    finally:
+        _kill_leftovers(pids)
+
+
+def test_item05_a_task_that_stops_its_helper_fails_and_the_runner_carries_on(
+        file_hub: TensorHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``os.kill(os.getppid(), SIGSTOP)`` stops the helper: the runner gives up on it after
+    REPLY_SECONDS, kills it (the guardian kills what the task left), and starts a new one."""
+    from tensorhub import zygote
+
+    monkeypatch.setattr(zygote, "REPLY_SECONDS", 3.0)
+    pids_file = tmp_path / "pids"
+    body = SPAWNING + "import signal\nos.kill(os.getppid(), signal.SIGSTOP)\n"
+    file_hub.create_task("t5s", _script(tmp_path, body), {"PIDS": str(pids_file)}, max_attempts=1)
+    pids: list[int] = []
+    helper = zygote.shared_zygote()
+    try:
+        assert file_hub.run_task("t5s") is True
+        pids = _read_pids(pids_file, 3)
+        assert helper.helper_pid is not None and not pid_alive(helper.helper_pid)
+        (task,) = file_hub.find_tasks("t5s")
+        assert task["status"] == "failed" and task["attempts"] == 1
+        assert "stopped answering" in task["error"]
+        wait_until(lambda: not any(pid_alive(p) for p in pids), f"the task's processes {pids} to die")
+        file_hub.create_task("t5s", _script(tmp_path, "ok = True\n", "ok.py"), saved_result_keys=["ok"])
+        assert file_hub.run_task("t5s") is True
+        assert file_hub.find_tasks("t5s", status="finished")[0]["result"] == {"ok": True}
+        assert zygote.shared_zygote() is not helper and zygote.shared_zygote().alive()
     finally:
         _kill_leftovers(pids)
 
@@ -400,17 +431,19 @@ def test_issue11_item09_helper_is_stopped_and_reaped(file_hub: TensorHub, tmp_pa
         hub.create_task("t", {str(task_script)!r}, saved_result_keys=["x"])
         assert hub.run_task("t")
         from tensorhub import zygote
-        helper = zygote.shared_zygote().process.pid
-        print(helper, flush=True)
+        helper = zygote.shared_zygote().helper_pid
+        guardian = zygote.shared_zygote().process.pid
+        print(helper, guardian, flush=True)
         if {close == "close"!r}:
             hub.close()
             import os
             assert zygote._zygote is None
-            try:
-                with open(f"/proc/{{helper}}/stat") as f:
-                    raise SystemExit("helper still there: " + f.read())
-            except FileNotFoundError:
-                pass
+            for pid in (helper, guardian):
+                try:
+                    with open(f"/proc/{{pid}}/stat") as f:
+                        raise SystemExit("helper or guardian still there: " + f.read())
+                except FileNotFoundError:
+                    pass
         gc.collect()
     """, "program.py")
     done = subprocess.run([sys.executable, "-W", "error::ResourceWarning", "-X", "dev", str(program)],
@@ -418,13 +451,13 @@ def test_issue11_item09_helper_is_stopped_and_reaped(file_hub: TensorHub, tmp_pa
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0, done.stderr
     assert "ResourceWarning" not in done.stderr, done.stderr
-    helper = int(done.stdout.split()[0])
-    wait_until(lambda: not pid_alive(helper), "the helper to be gone")
+    helper, guardian = map(int, done.stdout.split()[:2])
+    wait_until(lambda: not pid_alive(helper) and not pid_alive(guardian), "the helper and its guardian to be gone")
 
 
 def test_a_spare_task_process_killed_before_use_is_replaced(tmp_path: Path) -> None:
-    """The helper forks the next task's shepherd and process ahead of time; one killed from outside
-    while it waits must not cost the next task (the helper forks another)."""
+    """The helper forks the next task's process ahead of time; one killed from outside while it
+    waits must not cost the next task (the helper forks another, and stays the same helper)."""
     from tensorhub import zygote
     from tensorhub.zygote import _children_map
 
@@ -434,11 +467,12 @@ def test_a_spare_task_process_killed_before_use_is_replaced(tmp_path: Path) -> N
         for _ in range(2):
             hub.create_task("ok", script, saved_result_keys=["value"])
         assert hub.run_task("ok")
-        helper = zygote.shared_zygote().process.pid
+        helper = zygote.shared_zygote().helper_pid
+        assert helper is not None and helper != zygote.shared_zygote().process.pid
         deadline = time.monotonic() + 10
         while not (spares := _children_map().get(helper, [])) and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert spares, "the helper keeps a spare shepherd forked ahead"
+        assert spares, "the helper keeps a spare task process forked ahead"
         doomed = [*spares, *(child for pid in spares for child in zygote.descendants(pid))]
         for pid in spares:
             os.kill(pid, signal.SIGKILL)
@@ -446,6 +480,7 @@ def test_a_spare_task_process_killed_before_use_is_replaced(tmp_path: Path) -> N
         while any(_alive(pid) for pid in doomed) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert hub.run_task("ok")
+        assert zygote.shared_zygote().helper_pid == helper  # not a new helper: the spare was replaced
         assert [t["status"] for t in hub.find_tasks("ok")] == ["finished", "finished"]
         assert {t["result"]["value"] for t in hub.find_tasks("ok")} == {42}
 

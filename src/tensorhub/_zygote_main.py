@@ -1,7 +1,8 @@
-"""Entry point of the fork-server helper (kept apart so ``-m`` does not re-import a loaded module)."""
+"""Entry point of the fork-server guardian and helper (kept apart so ``-m`` does not re-import a
+loaded module): the guardian forks the helper, see :mod:`tensorhub.zygote`."""
 
 import sys
 
-from tensorhub.zygote import serve
+from tensorhub.zygote import guard
 
-serve(int(sys.argv[1]))
+guard(int(sys.argv[1]))

@@ -168,7 +168,7 @@ class _TaskProcess:
             os.close(err_w)
             os.close(done_w)
         self.exitcode: int | None = None
-        self.reported = False  # the exit code came from the task's report, not from its reaped shepherd
+        self.reported = False  # the exit code came from the task's report, not from its reaped process
         self.helper_lost = False
         self._delay = 0.001  # between two asks of the helper where there is no pidfd to wait on
 
@@ -184,7 +184,7 @@ class _TaskProcess:
         """Wait up to ``timeout`` seconds for the task's end, reading its output meanwhile; its exit
         code, or None while it runs.
 
-        With a pidfd of the shepherd (Linux >= 5.3) this sleeps in one ``poll`` on it and the
+        With a pidfd of the task's process (Linux >= 5.3) this sleeps in one ``poll`` on it and the
         pipes, and asks the helper once, when it has ended; elsewhere it asks the helper now and
         then (1 ms, growing to 0.1 s), sleeping on the pipes in between.
         """
@@ -216,8 +216,8 @@ class _TaskProcess:
 
     def _read_report(self) -> None:
         """The task's process reported its exit code (its outcome is stored, its output flushed): end
-        its tree now instead of waiting for it and its shepherd to exit. EOF without a report (it
-        died first): wait for the shepherd as before."""
+        its tree now instead of waiting for it to exit. EOF without a report (it died first): wait
+        for the process as before."""
         assert self.done is not None
         try:
             data = os.read(self.done, 4)
@@ -249,9 +249,10 @@ class _TaskProcess:
             self.done = None
 
     def _lost(self) -> None:
-        """The helper died under the task: its shepherd got SIGTERM and kills the task's tree (sessions
-        of its own included); give it a moment, then kill what is left of the task's process group."""
-        log.warning("the task helper process died while task process %d ran; killing its process group", self.pid)
+        """The helper died (or stopped answering and was killed) under the task: the task process was
+        SIGKILLed with it and the guardian kills the rest of its tree (sessions of its own included);
+        give it a moment, then kill what is left of the task's process group."""
+        log.warning("the task helper process was lost while task process %d ran; killing its process group", self.pid)
         self.helper_lost = True
         deadline = time.monotonic() + 5
         while group_alive(self.pid) and time.monotonic() < deadline:
@@ -282,8 +283,8 @@ class _TaskProcess:
 
     def failure_reason(self) -> str:
         if self.helper_lost:
-            return ("the runner's task helper process died while the task ran (killed from outside, or by the "
-                    "task); the task's processes were killed")
+            return ("the runner's task helper process died or stopped answering while the task ran (killed or "
+                    "stopped from outside, or by the task); the task's processes were killed")
         return _exit_reason(self.exitcode)
 
 

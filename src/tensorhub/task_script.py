@@ -127,7 +127,7 @@ def child_main(claimed_bson: bytes, connection: Connection, result_path: str, en
     (the helper exits with it) is 0 when the script succeeded, else :func:`exit_code_of` its
     exception (1 for an exception or a result that could not be stored). With ``done_fd`` (a pipe
     to the runner) the exit code is also written there once the outcome is stored, so the runner
-    records it without waiting for this process and its shepherd to exit (~9 ms of a no-op task).
+    records it without waiting for this process to exit.
     """
     _set_environ(environ)
     claimed = decode_document(claimed_bson)

@@ -633,8 +633,8 @@ class Heartbeat:
         #: called (in the heartbeat's thread) once, when a cancel request is first seen
         self.on_cancel = on_cancel
         self.lost = threading.Event()
-        self._ended = threading.Event()
-        self._started = False
+        #: held by the heartbeat's thread around each store call; see :meth:`stop`
+        self._busy = threading.Lock()
         expires = claimed.get("lease_expires_at")
         remaining = lease
         if isinstance(expires, dt.datetime):  # the claim may have taken a while: count from its expiry
@@ -672,51 +672,50 @@ class Heartbeat:
 
     def start(self) -> None:
         """Start renewing, on a pooled thread (see :class:`_Threads`)."""
-        self._started = True
-        _threads.submit(self._run, name="tensorhub-heartbeat")
-
-    def _run(self) -> None:
-        try:
-            self.run()
-        finally:
-            self._ended.set()
+        _threads.submit(self.run, name="tensorhub-heartbeat")
 
     def run(self) -> None:
         failures = 0
         renew_at = time.monotonic() + self._next_wait(0)
         while not self.stopped.wait(max(0.0, min(self.cancel_poll, renew_at - time.monotonic()))):
-            if time.monotonic() < renew_at:
-                if self._poll_cancel():
+            with self._busy:  # stop() waits for a store call in flight, never for a sleep
+                if self.stopped.is_set():
                     return
-                continue
-            sent = time.monotonic()
-            try:
-                renewed = self.queue.renew(self.claimed, self.lease)
-                if renewed is None and self.queue.still_mine(self.claimed):
-                    raise RuntimeError("the renewal matched nothing, but the claim is still ours")
-            except Exception:  # noqa: BLE001 - a transient failure must not cost the lease: retry soon
-                failures += 1
-                late = " (its lease may have run out)" if time.monotonic() > self.deadline else ""
-                log.warning("task %s: lease renewal failed (%d in a row)%s; retrying", self.claimed["_id"],
-                            failures, late, exc_info=failures == 1)
-                renew_at = time.monotonic() + self._next_wait(failures)
-                continue
-            if renewed is None:
-                log.warning("task %s: lease lost (another runner took the task, or it was deleted)",
-                            self.claimed["_id"])
-                self.lost.set()
-                return
-            failures = 0
-            self.deadline = sent + self.lease
-            renew_at = time.monotonic() + self._next_wait(0)
-            if renewed.get("cancel_requested"):
-                self._cancel()
+                if time.monotonic() < renew_at:
+                    if self._poll_cancel():
+                        return
+                    continue
+                sent = time.monotonic()
+                try:
+                    renewed = self.queue.renew(self.claimed, self.lease)
+                    if renewed is None and self.queue.still_mine(self.claimed):
+                        raise RuntimeError("the renewal matched nothing, but the claim is still ours")
+                except Exception:  # noqa: BLE001 - a transient failure must not cost the lease: retry soon
+                    failures += 1
+                    late = " (its lease may have run out)" if time.monotonic() > self.deadline else ""
+                    log.warning("task %s: lease renewal failed (%d in a row)%s; retrying", self.claimed["_id"],
+                                failures, late, exc_info=failures == 1)
+                    renew_at = time.monotonic() + self._next_wait(failures)
+                    continue
+                if renewed is None:
+                    log.warning("task %s: lease lost (another runner took the task, or it was deleted)",
+                                self.claimed["_id"])
+                    self.lost.set()
+                    return
+                failures = 0
+                self.deadline = sent + self.lease
+                renew_at = time.monotonic() + self._next_wait(0)
+                if renewed.get("cancel_requested"):
+                    self._cancel()
 
     def stop(self) -> None:
-        """Stop renewing and wait until the last renewal has returned."""
+        """Stop renewing; wait for a renewal or read in flight to return (none starts after this).
+
+        Only a store call in flight is waited for: a heartbeat asleep between beats is not woken
+        and joined (a thread switch on the path of every task's end)."""
         self.stopped.set()
-        if self._started:
-            self._ended.wait()
+        with self._busy:
+            pass
 
 
 #: longest wait between retries of a failed lease renewal (seconds)

@@ -9,36 +9,40 @@ helper once (``python -m tensorhub._zygote_main FD``), and asks it over a socket
 Process tree of a task (every process a task starts dies with the task; no task can stop its
 runner)::
 
-    runner ── helper (subreaper) ── shepherd (own session, subreaper) ── task ── its children...
+    runner ── guardian (subreaper) ── helper (subreaper) ── task (own session, subreaper) ── its children...
 
-* The helper forks each task's shepherd and task process *ahead* of the task (a spare pair,
-  forked after the previous start was answered, while the runner records and claims): a start
-  only hands the waiting task process its target, arguments and stdout/stderr. Two forks on the
-  start path were most of a no-op task's cost. A spare killed from outside is replaced.
+* The helper forks each task's process *ahead* of the task (a spare, forked after the previous
+  start was answered, while the runner records and claims): a start only hands the waiting
+  process its target, arguments and stdout/stderr. A spare killed from outside is replaced.
+* A task process leads its own session (its signals to its process group, ``os.killpg(0, ...)``,
+  stay inside the task) and is a child subreaper: an orphaned descendant of a running task
+  (``fork`` + ``setsid`` daemons included) is re-parented to the task, never to the helper. So
+  every child of the helper other than its running tasks and its spare is what a task that
+  ended left behind, and the helper kills it (and its descendants) after each task's end.
 * The task process reports its exit code on a pipe (``done``) once its outcome is stored; the
-  runner then asks the helper to ``end`` it (SIGKILL its process group and shepherd, reaped and
-  swept later) instead of waiting ~9 ms for the task and its shepherd to exit. A script that fakes
-  the report only ends its own task early: the kill comes with the report.
-* The *shepherd* is forked per task: it calls ``setsid()`` (the task's signals to its process
-  group, ``os.killpg(0, ...)``, stay inside the task) and becomes a child subreaper, so every
-  orphaned descendant of the task (``fork`` + ``setsid`` daemons included) is re-parented to it.
-  It forks the *task* process, waits for it, then kills whatever the task left behind and exits
-  with the task's status. ``os.kill(os.getppid(), ...)`` from the task hits the shepherd, not the
-  helper: the task ends (its attempt counts), the runner carries on.
-* The *helper* is a subreaper too: descendants of a shepherd that was SIGKILLed (timeout, cancel,
-  a runner shutting down) land on it, and it kills every child it did not start itself.
-* Stopping a task (``kill``) kills its whole tree: every descendant of its shepherd (a ``/proc``
-  walk) and its process group, then the orphans swept from the helper.
-* Lifetimes: the helper gets SIGTERM when its runner dies (``PR_SET_PDEATHSIG``) and stops on
-  EOF of its socket (``close()``, an exiting runner); either way it kills every task tree first.
-  A shepherd gets SIGTERM when the helper dies and kills its tree; a task process is SIGKILLed
-  when its shepherd dies.
+  runner then tells the helper to ``end`` it (SIGKILL its process group and the task), without
+  waiting for the task to exit. A script that fakes the report only ends its own task early: the
+  kill comes with the report.
+* Stopping a task (``kill``) kills its whole tree: every descendant (a ``/proc`` walk) and its
+  process group, then the orphans swept from the helper.
+* ``os.kill(os.getppid(), ...)`` from a task reaches the helper. The *guardian* (the helper's
+  parent, a subreaper that does nothing else) covers that: when the helper dies, everything
+  below it is re-parented to the guardian, which kills it all, then exits; the runner sees the
+  helper gone (the task fails, its attempt counts) and starts a new one. A helper that stops
+  answering (SIGSTOP) is SIGKILLed by the runner after :data:`REPLY_SECONDS`, with the same
+  outcome.
+* Lifetimes: the guardian gets SIGTERM when its runner dies (``PR_SET_PDEATHSIG``) and then
+  SIGKILLs the helper and every descendant; the helper stops on EOF of its socket (``close()``,
+  an exiting runner) after killing every task tree; a task process is SIGKILLed when the helper
+  dies.
 
 Guarantees: on Linux all of the above. Elsewhere (no ``/proc``, subreapers or parent-death
 signals) a task's process group is killed, but descendants that started their own session and
-processes of a task whose runner was SIGKILLed may survive. A task that deliberately hunts down
-and SIGKILLs the helper itself (its grandparent) ends with its tree killed by the runner's
-fallback (its process group), and the runner starts a new helper.
+processes of a task whose runner was SIGKILLed may survive.
+
+Cost: a no-op task is one fork of the helper and one exit. (A per-task *shepherd* process
+between helper and task, the sacrificial parent in an earlier design, cost a second fork, exit
+and its copy-on-write faults: a quarter of a no-op task's CPU.)
 """
 
 from __future__ import annotations
@@ -47,7 +51,6 @@ import atexit
 import ctypes
 import gc
 import os
-import resource
 import select
 import signal
 import socket
@@ -66,6 +69,11 @@ KILL_ROUNDS = 100
 DRAIN_SECONDS = 10.0
 #: exit statuses the helper keeps for tasks nobody asked about (their runner had their reported end)
 FINISHED_KEPT = 1024
+#: seconds a runner waits for its helper to answer a request before taking it for stopped or hung
+#: (a task can SIGSTOP its parent, the helper): the helper is SIGKILLed and a new one started
+REPLY_SECONDS = 60.0
+#: seconds a runner waits for a new helper to be ready (it imports tensorhub, numpy, ... first)
+READY_SECONDS = 300.0
 
 
 _libc: Any = None
@@ -178,7 +186,8 @@ class ZygoteLost(RuntimeError):
 
 
 class Zygote:
-    """The runner's handle on its fork-server helper; thread-safe."""
+    """The runner's handle on its fork-server helper; thread-safe. ``process`` is the guardian (the
+    process started), ``helper_pid`` the helper's pid (known once it is ready)."""
 
     def __init__(self) -> None:
         ours, theirs = socket.socketpair()
@@ -193,6 +202,26 @@ class Zygote:
         self._lock = threading.Lock()
         self._broken = False
         self.active: set[int] = set()  # started, not yet seen ended
+        self.helper_pid: int | None = None
+
+    def _reply(self, seconds: float) -> Any:
+        """The helper's next message (lock held). None within ``seconds``: the helper is stopped
+        or hung (a task can SIGSTOP its parent); it is SIGKILLed (the guardian then kills every
+        task tree) and :class:`ZygoteLost` raised, so the runner carries on with a new helper."""
+        if self._conn.poll(seconds):
+            return self._conn.recv()
+        self._broken = True
+        if self.helper_pid is not None:
+            _kill(self.helper_pid)
+        else:
+            self.process.terminate()  # the guardian SIGKILLs the helper
+        raise ZygoteLost(f"the task helper process did not answer within {seconds:g}s (stopped by a task?); "
+                         "it was killed")
+
+    def _ready(self) -> None:
+        """Read the helper's first message, its pid, once it has imported what tasks need (lock held)."""
+        if self.helper_pid is None:
+            _, self.helper_pid = self._reply(READY_SECONDS)
 
     def _ask(self, *request: Any, fds: list[int] | None = None, receive_fd: bool = False) -> Any:
         """Send ``request`` (and ``fds``), return the reply; with ``receive_fd``, ``(reply, fd or None)``:
@@ -201,10 +230,11 @@ class Zygote:
             if self._broken:
                 raise ZygoteLost("the task helper process is gone")
             try:
+                self._ready()
                 self._conn.send(request)
                 if fds is not None:
                     socket.send_fds(self._sock, [b"F"], fds)
-                reply = self._conn.recv()
+                reply = self._reply(REPLY_SECONDS)
                 if not receive_fd:
                     return reply
                 value, has_fd = reply
@@ -227,12 +257,12 @@ class Zygote:
               done: int | None = None) -> tuple[int, int | None]:
         """Fork a task that runs ``target`` (``"module:function"``) with ``args``, its stdout and
         stderr on the given fds (and ``done``, a pipe's write end, handed to ``target`` as the
-        keyword ``done_fd``); return the pid of its shepherd (the task's handle) and a pidfd of
-        the shepherd (readable once it has exited; None where Linux has no ``pidfd_open``), which
+        keyword ``done_fd``); return the pid of its process (the leader of its process group) and
+        a pidfd of it (readable once it has exited; None where Linux has no ``pidfd_open``), which
         the caller closes. The task exits with the int ``target`` returns (0 if it returns
         anything else, 1 if it raises).
 
-        The pidfd is opened by the helper before it can reap the shepherd, so it cannot name a
+        The pidfd is opened by the helper before it can reap the process, so it cannot name a
         reused pid: waiting on it replaces polling :meth:`exit_code` (one round trip per task
         instead of one per poll, and no sleep between the task's end and the runner seeing it).
         """
@@ -242,10 +272,11 @@ class Zygote:
         return pid, pidfd
 
     def end(self, pid: int) -> None:
-        """End a task whose process reported its outcome: SIGKILL its process group and shepherd now
+        """End a task whose process reported its outcome: SIGKILL its process group and process now
         (nothing of it outlives the report, whatever the script did) without waiting for them to be
         reaped; the helper reaps them and sweeps strays later, and keeps only the last
-        :data:`FINISHED_KEPT` statuses nobody asked for."""
+        :data:`FINISHED_KEPT` statuses nobody asked for. A round trip, not a one-way message: a
+        helper that a task stopped (SIGSTOP) is found out here, and killed with what the task left."""
         self._ask("end", pid)
         self.active.discard(pid)
 
@@ -305,7 +336,7 @@ def stop_shared_zygote(only_if_idle: bool = False) -> None:
 
 # ---------------------------------------------------------------------------- helper side
 class _Spare:
-    """A pre-forked shepherd (its pid and pidfd) and the socket to its waiting task process."""
+    """A pre-forked task process (its pid and pidfd) and the socket it waits on for what to run."""
 
     def __init__(self, pid: int, pidfd: int | None, sock: socket.socket) -> None:
         self.pid, self.pidfd, self.sock = pid, pidfd, sock
@@ -319,7 +350,7 @@ class _Spare:
     def hand(self, target: str, args: tuple, fds: list[int]) -> None:
         """Give the waiting task process what to run (OSError: it is gone)."""
         if self.pidfd is not None and select.select([self.pidfd], [], [], 0)[0]:
-            raise OSError("the spare shepherd has exited")  # killed from outside while it waited
+            raise OSError("the spare task process has exited")  # killed from outside while it waited
         conn = Connection(os.dup(self.sock.fileno()))
         try:
             conn.send((target, args))
@@ -355,51 +386,6 @@ def _resolve(target: str) -> Any:
 
 def _status(status: int) -> int:
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-
-def _shepherd(task_sock: socket.socket) -> int:
-    """A task's shepherd (forked by the helper ahead of its task): own session, subreaper; fork the
-    task process, which waits on ``task_sock`` for what to run; kill what the task leaves behind,
-    return its wait status as an exit code (or die by its signal)."""
-    os.setsid()
-    become_subreaper()
-
-    def stop(signum: int, _frame: Any) -> None:  # the helper died, or the task signalled its own group
-        kill_descendants(os.getpid())
-        _die_like(-signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)
-    die_with_parent(signal.SIGTERM)
-    if os.getppid() == 1:  # the helper died before the line above
-        _die_like(-signal.SIGTERM)
-    code: int | None = None
-    task = os.fork()
-    if task == 0:
-        code = 1
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, signal.SIG_DFL)
-            die_with_parent(signal.SIGKILL)
-            code = _task_main(task_sock)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    task_sock.close()
-    while code is None:  # reap the task, and orphans re-parented to us meanwhile
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if pid == task:
-            code = _status(status)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # No child left (ECHILD) means no living descendant: we are their subreaper, so an orphan would
-    # be our child. Only then is the /proc walk of kill_descendants skipped (it costs ~ms a task).
-    if _reap_any():
-        kill_descendants(os.getpid(), reap=_reap_any)  # the helper kills the process group once we are gone
-    return 1 if code is None else code
 
 
 def _task_main(task_sock: socket.socket) -> int:
@@ -446,21 +432,6 @@ def _children_of_self() -> list[int] | None:
     return children
 
 
-def _die_like(code: int) -> None:
-    """Exit with ``code``, or be killed by the signal ``-code`` (so the helper sees the task's end)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if code >= 0:
-        os._exit(code)
-    try:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-        signal.signal(-code, signal.SIG_DFL)
-    except (OSError, ValueError):
-        pass  # SIGKILL and SIGSTOP cannot be caught anyway
-    os.kill(os.getpid(), -code)
-    os._exit(128 - code)  # a signal that does not terminate (never sent to a task process by us)
-
-
 def _pidfd(pid: int) -> int | None:
     """A pidfd of our child ``pid`` (Linux >= 5.3), None where there is none."""
     try:
@@ -469,9 +440,24 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-def serve(fd: int) -> None:
-    """The helper's loop: fork a shepherd on ``start``, kill trees on ``kill``, reap and answer
-    ``status``; on EOF (or SIGTERM: the runner died) kill every task tree and exit."""
+def _become_task_process(helper: int) -> None:
+    """Set up a freshly forked task process: default signal handlers, its own session and process
+    group, subreaper of its descendants, SIGKILLed when the helper dies."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    os.setsid()
+    become_subreaper()
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() != helper:  # the helper died before the line above
+        os._exit(0)
+
+
+def serve(fd: int, parent: int | None = None) -> None:
+    """The helper's loop: hand a pre-forked task process its work on ``start``, kill trees on
+    ``kill``, reap and answer ``status``; on EOF (or SIGTERM) kill every task tree and exit.
+
+    ``parent`` is the guardian's pid: the helper shuts down at once if it is not its parent any
+    more (the guardian died before the helper asked for a parent-death signal)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import tensorhub.task_script  # noqa: F401 - preload what every task needs before forking
 
@@ -481,16 +467,17 @@ def serve(fd: int) -> None:
 
     conn = Connection(fd)
     sock = socket.socket(fileno=os.dup(fd))
+    me = os.getpid()
     finished: dict[int, int] = {}
     running: set[int] = set()
     subreaper = become_subreaper()
-    dirty = [False]  # a shepherd ended since the last sweep: strays may have been re-parented to us
-    # the next task's shepherd and task process, forked ahead (after a start is answered, while the
-    # runner records and claims): a start then costs no fork (two forks were ~2/3 of a no-op task)
+    dirty = [False]  # a task ended since the last sweep: what it left was re-parented to us
+    # the next task's process, forked ahead (after a start is answered, while the runner records
+    # and claims): a start then costs no fork
     spare: list[_Spare] = []
 
     def prefork() -> None:
-        """Fork the spare shepherd (which forks its task process, waiting for what to run)."""
+        """Fork the spare task process (it waits on a socket for what to run)."""
         ours, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:
@@ -499,10 +486,12 @@ def serve(fd: int) -> None:
                 conn.close()
                 sock.close()
                 ours.close()
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                code = _shepherd(theirs)
+                _become_task_process(me)
+                code = _task_main(theirs)
             finally:
-                _die_like(code)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
         theirs.close()
         spare.append(_Spare(pid, _pidfd(pid), ours))  # the pidfd before any reap: pid is our child
 
@@ -514,7 +503,7 @@ def serve(fd: int) -> None:
             _kill(unused.pid)
 
     def reap() -> None:
-        """Reap every exited child: shepherds (their status is kept) and swept orphans."""
+        """Reap every exited child: task processes (their status is kept) and swept orphans."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -535,7 +524,7 @@ def serve(fd: int) -> None:
                 kill_group(pid)
 
     def sweep(seconds: float = 0.0) -> None:
-        """Kill children we did not start: what a killed shepherd's tree left re-parented to us.
+        """Kill children we did not start: what an ended task's tree left re-parented to us.
 
         Up to KILL_ROUNDS rounds, and for at least ``seconds`` while strays keep appearing (an
         exiting helper drains: once it is gone, orphans of task trees go to init instead)."""
@@ -565,7 +554,7 @@ def serve(fd: int) -> None:
     def kill_tree(pid: int) -> None:
         if pid not in running:
             return
-        kill_group(pid)  # the shepherd leads the task's session and process group
+        kill_group(pid)  # the task process leads its session and process group
         kill_descendants(pid, reap=reap)
         _kill(pid)
         deadline = time.monotonic() + 10
@@ -584,8 +573,9 @@ def serve(fd: int) -> None:
 
     signal.signal(signal.SIGTERM, shutdown)
     die_with_parent(signal.SIGTERM)
-    if os.getppid() == 1:
+    if os.getppid() == 1 or (parent is not None and os.getppid() != parent):
         shutdown()
+    conn.send(("ready", me))
     prefork()
     while True:
         try:
@@ -628,3 +618,43 @@ def serve(fd: int) -> None:
             if dirty[0]:
                 sweep()
     shutdown()
+
+
+def guard(fd: int) -> None:
+    """The guardian (the process a runner starts): fork the helper, which serves on ``fd``, then
+    wait for it to exit and kill every process left below (re-parented to us: we are a subreaper).
+
+    A task can kill its parent, the helper; its tree then lands here rather than on init. On
+    SIGTERM (the runner died: parent-death signal) or SIGHUP the helper is SIGKILLed first. Exits
+    with the helper's exit code (128 + the signal that killed it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    become_subreaper()
+    me = os.getpid()
+    helper = os.fork()
+    if helper == 0:
+        try:
+            serve(fd, parent=me)
+        finally:
+            os._exit(1)
+    os.close(fd)  # the runner must see EOF on its socket when the helper dies
+
+    def stop(_signum: int, _frame: Any) -> None:
+        _kill(helper)  # SIGKILL: works on a stopped helper too
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+    code = 1
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid == helper:
+            code = _status(status)
+            break
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while _reap_any() and time.monotonic() < deadline:  # no child left means no descendant left
+        for pid in descendants(me):
+            _kill(pid)
+        time.sleep(0.002)
+    os._exit(code if code >= 0 else 128 - code)
