@@ -202,7 +202,10 @@ class _TaskProcess:
             for fd in [*self.output.fds(), *([self.pidfd] if self.pidfd is not None else []),
                        *([self.done] if self.done is not None else [])]:
                 poller.register(fd, select.POLLIN)
-            for fd, _ in poller.poll(max(1, math.ceil(left * 1000))):
+            ready = poller.poll(max(1, math.ceil(left * 1000)))
+            # the report first: a task that reported and exited since makes its pidfd readable too,
+            # and the report spares asking the helper for the exit code
+            for fd, _ in sorted(ready, key=lambda entry: entry[0] != self.done):
                 if fd == self.done:
                     self._read_report()
                     if self.exitcode is not None:
