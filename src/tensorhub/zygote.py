@@ -12,8 +12,9 @@ runner)::
     runner ── guardian (subreaper) ── helper (subreaper) ── task (own session, subreaper) ── its children...
 
 * The helper forks each task's process *ahead* of the task (a spare, forked after the previous
-  start was answered, while the runner records and claims): a start only hands the waiting
-  process its target, arguments and stdout/stderr. A spare killed from outside is replaced.
+  task's end was answered, while the runner records it and claims the next): a start only hands
+  the waiting process its target, arguments and stdout/stderr. A spare killed from outside is
+  replaced.
 * A task process leads its own session (its signals to its process group, ``os.killpg(0, ...)``,
   stay inside the task) and is a child subreaper: an orphaned descendant of a running task
   (``fork`` + ``setsid`` daemons included) is re-parented to the task, never to the helper. So
@@ -472,8 +473,9 @@ def serve(fd: int, parent: int | None = None) -> None:
     running: set[int] = set()
     subreaper = become_subreaper()
     dirty = [False]  # a task ended since the last sweep: what it left was re-parented to us
-    # the next task's process, forked ahead (after a start is answered, while the runner records
-    # and claims): a start then costs no fork
+    # the next task's process, forked ahead (after a task's end is answered, while the runner
+    # records it and claims the next; not after a start, where a short task's end would wait for
+    # the fork): a start then costs no fork
     spare: list[_Spare] = []
 
     def prefork() -> None:
@@ -598,22 +600,27 @@ def serve(fd: int, parent: int | None = None) -> None:
             if started.pidfd is not None:
                 socket.send_fds(sock, [b"P"], [started.pidfd])
             started.close()
-            prefork()
         elif request[0] == "status":
             reap()
             pid = request[1]
             status_code: int | None = finished.pop(pid, None) if pid not in running else None
+            conn.send(status_code)
             if status_code is not None:
                 sweep()
-            conn.send(status_code)
+                if not spare:
+                    prefork()
         elif request[0] == "kill":
             kill_tree(request[1])
             conn.send(None)
+            if not spare:
+                prefork()
         elif request[0] == "end":  # the task reported its end: kill what is left, reap it later
             if request[1] in running:
                 kill_group(request[1])
                 _kill(request[1])
             conn.send(None)
+            if not spare:  # the next task's process, while the runner records this one and claims
+                prefork()
             reap()
             if dirty[0]:
                 sweep()
