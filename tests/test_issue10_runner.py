@@ -535,3 +535,28 @@ def test_a_script_that_fakes_the_end_report_is_killed_not_abandoned(tmp_path: Pa
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid), "the task's process was left running after its runner moved on"
+
+
+def test_closing_a_runner_whose_helper_was_stopped_leaves_nothing_behind() -> None:
+    """``Zygote.close`` on a helper that a task stopped (SIGSTOP: it never sees the runner's EOF):
+    the helper is SIGKILLed, its spare task process dies with it, the guardian drains and exits."""
+    from tensorhub import zygote
+    from tensorhub.zygote import _children_map
+
+    helper = zygote.Zygote()
+    try:
+        assert helper.exit_code(2 ** 22 + 1) is None  # a round trip: the helper is ready, its pid known
+        assert helper.helper_pid is not None
+        wait_until(lambda: _children_map().get(helper.helper_pid or 0), "the helper's spare task process")
+        spares = _children_map()[helper.helper_pid]
+        os.kill(helper.helper_pid, signal.SIGSTOP)
+        helper.close()  # waits for the guardian, then kills the helper: bounded (~10 s + the drain)
+        assert helper.process.returncode is not None
+        wait_until(lambda: not any(pid_alive(p) for p in [helper.helper_pid or 0, *spares]),
+                   "the stopped helper and its spare to die")
+    finally:
+        if helper.helper_pid is not None:
+            _kill_leftovers([helper.helper_pid])
+        if helper.process.poll() is None:
+            helper.process.kill()
+            helper.process.wait(10)

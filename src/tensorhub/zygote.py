@@ -212,12 +212,24 @@ class Zygote:
         if self._conn.poll(seconds):
             return self._conn.recv()
         self._broken = True
-        if self.helper_pid is not None:
-            _kill(self.helper_pid)
-        else:
-            self.process.terminate()  # the guardian SIGKILLs the helper
+        self._kill_helper()
         raise ZygoteLost(f"the task helper process did not answer within {seconds:g}s (stopped by a task?); "
                          "it was killed")
+
+    def _kill_helper(self) -> None:
+        """SIGKILL a stopped or hung helper (the guardian then kills every task tree and exits): by
+        pid while ``/proc`` says it is still the guardian's child, else by SIGTERM to the guardian."""
+        pid = self.helper_pid
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            ours = pid is not None and int(stat[stat.rfind(b")") + 2:].split()[1]) == self.process.pid
+        except (OSError, ValueError, IndexError):
+            ours = False
+        if ours and pid is not None:
+            _kill(pid)
+        elif self.process.poll() is None:
+            self.process.terminate()  # the guardian SIGKILLs the helper
 
     def _ready(self) -> None:
         """Read the helper's first message, its pid, once it has imported what tasks need (lock held)."""
@@ -300,9 +312,13 @@ class Zygote:
             self._sock.close()
         try:
             self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        except subprocess.TimeoutExpired:  # the helper is stopped or hung: kill it, the guardian drains
+            self._kill_helper()
+            try:
+                self.process.wait(DRAIN_SECONDS + 5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 _zygote: Zygote | None = None
@@ -644,9 +660,16 @@ def guard(fd: int) -> None:
         finally:
             os._exit(1)
     os.close(fd)  # the runner must see EOF on its socket when the helper dies
+    handle = _pidfd(helper)  # names this helper even once it is reaped and its pid reused
 
-    def stop(_signum: int, _frame: Any) -> None:
-        _kill(helper)  # SIGKILL: works on a stopped helper too
+    def stop(_signum: int, _frame: Any) -> None:  # SIGKILL: works on a stopped helper too
+        if handle is None:
+            _kill(helper)
+            return
+        try:
+            signal.pidfd_send_signal(handle, signal.SIGKILL)
+        except OSError:
+            pass  # it has exited already
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, stop)
