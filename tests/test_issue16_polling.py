@@ -113,6 +113,21 @@ def test_a_claim_on_an_empty_queue_takes_no_write_lock(tmp_path: Path) -> None:
         holder.close()
     store.insert_one("tasks", {"_id": 2, "status": "pending"})
     assert store.find_one_and_update("tasks", {"status": "pending"}, {"$set": {"status": "running"}})["_id"] == 2
+    # after a claim that matched, the next one skips the read (a busy queue); one that then finds the
+    # queue empty brings the read back, so an idle claimer again never waits for the lock
+    assert store.find_one_and_update("tasks", {"status": "pending"}, {"$set": {"status": "running"}}) is None
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        again: list = []
+        claim = threading.Thread(target=lambda: again.append(store.find_one_and_update(
+            "tasks", {"status": "pending"}, {"$set": {"status": "running"}})))
+        claim.start()
+        claim.join(timeout=30)
+        assert not claim.is_alive() and again == [None]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
     store.close()
 
 

@@ -188,6 +188,7 @@ class SQLiteIndexStore(IndexStore):
         self._conn: sqlite3.Connection | None = None  # opened when the file exists or a write creates it
         self._closed = False
         self._states: dict[str, tuple[tuple[int, int], _State]] = {}
+        self._found_last: set[str] = set()  # collections whose last find_one_and_update matched
         if self.path.exists():  # an existing store's problems (permissions, damage) show at open
             self._ready(create=False)
 
@@ -505,20 +506,26 @@ class SQLiteIndexStore(IndexStore):
         """The task claim: in one ``BEGIN IMMEDIATE`` transaction, the first match by an indexed
         ``SELECT ... ORDER BY ... LIMIT`` (pages until the matcher confirms one), then one ``UPDATE``.
 
-        When a plain read finds no match, it returns None without taking the write lock: idle
-        runners polling an empty queue then never wait on, nor hold up, the store's writers."""
+        After a call on this collection that matched nothing, a plain read looks first, and when it
+        finds no match the call returns None without taking the write lock: idle runners polling an
+        empty queue then never wait on, nor hold up, the store's writers. After a call that
+        matched, the read is skipped (the queue is busy: the next claim most likely matches too,
+        and the read would cost every claim a second scan)."""
         validate_update(update)
         order = normalize_sort(sort)
         if self._conn is None and not self._ready(create=False):
             validate_filter(filter)
             return None
-        with self._transaction() as conn:
-            if not self._scan(conn, collection, filter, order, limit=1):
-                return None
+        if collection not in self._found_last:
+            with self._transaction() as conn:
+                if not self._scan(conn, collection, filter, order, limit=1):
+                    return None
         with self._transaction(immediate=True) as conn:
             found = self._scan(conn, collection, filter, order, limit=1)
             if not found:
+                self._found_last.discard(collection)
                 return None
+            self._found_last.add(collection)
             document = apply_update(found[0], update)
             self._write_back(conn, collection, [document])
         return document
