@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,40 +95,38 @@ def test_file_store_token_sees_another_connections_commit(tmp_path: Path) -> Non
     store.close()
 
 
+def _claim(store: SQLiteIndexStore) -> Any:
+    return store.find_one_and_update("tasks", {"status": "pending"}, {"$set": {"status": "running"}})
+
+
+def _claim_while_locked(store: SQLiteIndexStore) -> tuple[bool, list]:
+    """A claim in a thread while another connection holds the write lock: whether it returned
+    within 30 s, and what it returned."""
+    holder = sqlite3.connect(store.path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        result: list = []
+        claim = threading.Thread(target=lambda: result.append(_claim(store)))
+        claim.start()
+        claim.join(timeout=30)
+        return not claim.is_alive(), result
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 def test_a_claim_on_an_empty_queue_takes_no_write_lock(tmp_path: Path) -> None:
     """While another connection holds the write lock, a claim that matches nothing returns None at once
     instead of waiting (up to the 60 s busy timeout) for the lock."""
     store = SQLiteIndexStore(tmp_path / "index.sqlite")
     store.insert_one("tasks", {"_id": 1, "status": "finished"})
-    holder = sqlite3.connect(store.path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        result: list = []
-        claim = threading.Thread(target=lambda: result.append(store.find_one_and_update(
-            "tasks", {"status": "pending"}, {"$set": {"status": "running"}})))
-        claim.start()
-        claim.join(timeout=30)
-        assert not claim.is_alive() and result == [None]
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+    assert _claim_while_locked(store) == (True, [None])
     store.insert_one("tasks", {"_id": 2, "status": "pending"})
-    assert store.find_one_and_update("tasks", {"status": "pending"}, {"$set": {"status": "running"}})["_id"] == 2
+    assert _claim(store)["_id"] == 2
     # after a claim that matched, the next one skips the read (a busy queue); one that then finds the
     # queue empty brings the read back, so an idle claimer again never waits for the lock
-    assert store.find_one_and_update("tasks", {"status": "pending"}, {"$set": {"status": "running"}}) is None
-    holder = sqlite3.connect(store.path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        again: list = []
-        claim = threading.Thread(target=lambda: again.append(store.find_one_and_update(
-            "tasks", {"status": "pending"}, {"$set": {"status": "running"}})))
-        claim.start()
-        claim.join(timeout=30)
-        assert not claim.is_alive() and again == [None]
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+    assert _claim(store) is None
+    assert _claim_while_locked(store) == (True, [None])
     store.close()
 
 

@@ -101,6 +101,17 @@ def become_subreaper() -> bool:
 
 
 # ---------------------------------------------------------------------------- process trees
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, pgrp, ...); None when
+    the process is gone or there is no ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2:].split()  # the command name may hold spaces and parentheses
+
+
 def _children_map() -> dict[int, list[int]]:
     """parent pid -> child pids, from ``/proc`` (empty where there is no ``/proc``)."""
     children: dict[int, list[int]] = {}
@@ -111,13 +122,8 @@ def _children_map() -> dict[int, list[int]]:
     for entry in entries:
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        fields = stat[stat.rfind(b")") + 2:].split()  # the command name may hold spaces and parentheses
-        if len(fields) > 1:
+        fields = _stat_fields(entry)  # None: exited meanwhile
+        if fields is not None and len(fields) > 1:
             children.setdefault(int(fields[1]), []).append(int(entry))
     return children
 
@@ -143,13 +149,8 @@ def group_alive(pgid: int) -> bool:
             return False
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2:].split()
-            if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
+            fields = _stat_fields(entry)
+            if fields is not None and len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == pgid:
                 return True
     return False
 
@@ -220,13 +221,8 @@ class Zygote:
         """SIGKILL a stopped or hung helper (the guardian then kills every task tree and exits): by
         pid while ``/proc`` says it is still the guardian's child, else by SIGTERM to the guardian."""
         pid = self.helper_pid
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-            ours = pid is not None and int(stat[stat.rfind(b")") + 2:].split()[1]) == self.process.pid
-        except (OSError, ValueError, IndexError):
-            ours = False
-        if ours and pid is not None:
+        fields = _stat_fields(pid) if pid is not None else None
+        if pid is not None and fields is not None and len(fields) > 1 and int(fields[1]) == self.process.pid:
             _kill(pid)
         elif self.process.poll() is None:
             self.process.terminate()  # the guardian SIGKILLs the helper
@@ -513,6 +509,11 @@ def serve(fd: int, parent: int | None = None) -> None:
         theirs.close()
         spare.append(_Spare(pid, _pidfd(pid), ours))  # the pidfd before any reap: pid is our child
 
+    def refill() -> None:
+        """Fork the next spare if there is none (after a task ended: while the runner records it)."""
+        if not spare:
+            prefork()
+
     def drop_spare() -> None:
         while spare:
             unused = spare.pop()
@@ -623,20 +624,17 @@ def serve(fd: int, parent: int | None = None) -> None:
             conn.send(status_code)
             if status_code is not None:
                 sweep()
-                if not spare:
-                    prefork()
+                refill()
         elif request[0] == "kill":
             kill_tree(request[1])
             conn.send(None)
-            if not spare:
-                prefork()
+            refill()
         elif request[0] == "end":  # the task reported its end: kill what is left, reap it later
             if request[1] in running:
                 kill_group(request[1])
                 _kill(request[1])
             conn.send(None)
-            if not spare:  # the next task's process, while the runner records this one and claims
-                prefork()
+            refill()
             reap()
             if dirty[0]:
                 sweep()
